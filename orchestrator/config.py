@@ -1,0 +1,164 @@
+"""One typed, validated config for a sweep: dataclass defaults < YAML file < command-line flags.
+
+Every field is a YAML key and a flag of the same name (`--num_epochs 3`), so the two never
+drift apart. Validation happens here, once, before Ray starts; everything after trusts it.
+"""
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS_DIR = REPO_ROOT / "configs"
+DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """Bad input: the message says what is wrong and how to fix it, in one line."""
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    # what to search
+    search: str = _help("search space: a name under configs/search/ (default, seed_grid) or a YAML path",
+                        default="default")
+    num_samples: int | None = _help("trials to run; default: the search file's num_samples, or the grid's size",
+                                    default=None)
+    max_concurrent_trials: int | None = _help("trials running at once; default: one per free GPU or CPU slot",
+                                              default=None)
+    scheduler: str = _help("asha stops trials whose eval loss lags; fifo runs every trial to the end",
+                           default="asha")
+    grace_period: int = _help("evaluations every trial gets before ASHA may stop it", default=2)
+    reduction_factor: int = _help("ASHA keeps the best 1/reduction_factor of trials at each rung", default=2)
+    seed: int = _help("seed of the sampler, the eval split and the data order", default=0)
+    # the model and the data
+    load_model_dir: str | None = _help("local Hugging Face model folder to start from; default: the embedded tiny model",
+                                       default=None)
+    dataset_path: str | None = _help("local JSONL of question/response pairs; default: the bundled dataset",
+                                     default=None)
+    eval_fraction: float = _help("share of the pairs held out as the eval set every trial is scored on",
+                                 default=0.15)
+    max_length: int = _help("tokens per pair after truncation (validators use 2048)", default=2048)
+    # training, inside each trial
+    num_epochs: int = _help("passes over the training pairs per trial", default=1)
+    batch_size: int = _help("pairs per micro-batch", default=1)
+    accumulation_steps: int = _help("micro-batches per optimizer step", default=32)
+    eval_steps: int = _help("optimizer steps between evaluations, checkpoints and reports", default=10)
+    eval_batch_size: int = _help("pairs per evaluation batch", default=8)
+    warmup_ratio: float = _help("share of the steps spent warming the learning rate up", default=0.05)
+    weight_decay: float = _help("AdamW weight decay", default=0.01)
+    lora_dropout: float = _help("dropout on the LoRA layers", default=0.0)
+    # where it runs
+    device: str = _help("auto (every GPU Ray sees, else CPU), cpu, cuda, or cuda:N", default="auto")
+    cpus_per_trial: int = _help("CPU cores per trial; torch uses this many threads on CPU", default=1)
+    address: str | None = _help("Ray cluster address (auto on a cluster's head); default: start Ray here",
+                                default=None)
+    storage_path: str = _help("where experiments, checkpoints and the best model are written",
+                              default="~/ray_results")
+    experiment_name: str | None = _help("folder name of this experiment; default: lora-sweep-<timestamp>",
+                                        default=None)
+    max_failures: int = _help("times a failing trial is restarted from its last checkpoint", default=2)
+    dashboard: bool = _help("start the Ray dashboard when Ray is started here", default=True)
+    offline: bool = _help("never upload or commit (this build has no publishing yet, so it never does)",
+                          default=False)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(SweepConfig)}
+
+
+def _scalar_type(f: dataclasses.Field) -> type:
+    hint = typing.get_type_hints(SweepConfig)[f.name]
+    if isinstance(hint, types.UnionType):  # `int | None` -> int
+        hint = next(t for t in typing.get_args(hint) if t is not type(None))
+    return hint
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError(f"{message}; run with --help to see every flag")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="python -m orchestrator.run", argument_default=argparse.SUPPRESS,
+                            description="A LoRA hyperparameter sweep on Ray Tune + Optuna.")
+    parser.add_argument("--config", help=f"YAML of settings (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
+    for f in dataclasses.fields(SweepConfig):
+        kind = _scalar_type(f)
+        default = f" (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=f.metadata["help"] + default)
+        else:
+            parser.add_argument(f"--{f.name}", type=kind, metavar=kind.__name__.upper(), help=f.metadata["help"] + default)
+    return parser
+
+
+def read_yaml_settings(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass --config an existing YAML file")
+    try:
+        settings = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"config file {path} must be a mapping of setting: value")
+    unknown = sorted(set(settings) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in {path}; known keys are the flags listed by --help")
+    for name, value in settings.items():
+        kind = _scalar_type(FIELDS[name])
+        if value is None or isinstance(value, kind) or (kind is float and isinstance(value, int) and not isinstance(value, bool)):
+            continue
+        raise ConfigError(f"{name} in {path} must be {kind.__name__}, not {value!r}")
+    return settings
+
+
+def validate(config: SweepConfig) -> SweepConfig:
+    """Checks that need no files or machines; each failure names the flag to fix."""
+    positive = ["grace_period", "num_epochs", "batch_size", "accumulation_steps", "eval_steps", "eval_batch_size",
+                "max_length", "cpus_per_trial"]
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {getattr(config, name)}")
+    if config.num_samples is not None and config.num_samples < 1:
+        raise ConfigError(f"--num_samples must be at least 1, got {config.num_samples}")
+    if config.max_concurrent_trials is not None and config.max_concurrent_trials < 1:
+        raise ConfigError(f"--max_concurrent_trials must be at least 1, got {config.max_concurrent_trials}")
+    if config.scheduler not in ("asha", "fifo"):
+        raise ConfigError(f"--scheduler must be asha or fifo, got {config.scheduler!r}")
+    if config.reduction_factor < 2:
+        raise ConfigError(f"--reduction_factor must be at least 2, got {config.reduction_factor}")
+    if config.max_failures < 0:
+        raise ConfigError(f"--max_failures must be 0 or more, got {config.max_failures}")
+    if not 0 < config.eval_fraction < 1:
+        raise ConfigError(f"--eval_fraction must be between 0 and 1, got {config.eval_fraction}")
+    if not 0 <= config.warmup_ratio < 1:
+        raise ConfigError(f"--warmup_ratio must be in [0, 1), got {config.warmup_ratio}")
+    if not 0 <= config.lora_dropout < 1:
+        raise ConfigError(f"--lora_dropout must be in [0, 1), got {config.lora_dropout}")
+    if config.weight_decay < 0:
+        raise ConfigError(f"--weight_decay must be 0 or more, got {config.weight_decay}")
+    device = config.device
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if config.address is None and config.cpus_per_trial > (os.cpu_count() or 1):
+        raise ConfigError(f"--cpus_per_trial {config.cpus_per_trial} is more than this machine's "
+                          f"{os.cpu_count()} CPUs; pass at most {os.cpu_count()}")
+    return config
+
+
+def load_config(argv: list[str] | None = None) -> SweepConfig:
+    """Flags and YAML -> a validated SweepConfig, or ConfigError with one line saying what to fix."""
+    flags = vars(build_parser().parse_args(argv))
+    config_path = Path(flags.pop("config", DEFAULT_CONFIG))
+    settings = {**read_yaml_settings(config_path), **flags}
+    return validate(SweepConfig(**settings))

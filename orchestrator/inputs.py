@@ -1,0 +1,62 @@
+"""Everything a sweep reads from disk, checked and prepared before Ray starts.
+
+The starting model folder and the dataset are validated here; the dataset is split and
+tokenized once, in the driver, with the model's own tokenizer and chat template.
+"""
+
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from orchestrator.config import ConfigError, SweepConfig
+from trainables.data import DataError, SweepData, read_pairs, split_pairs, tokenize_split
+from trainables.embedded_model import DATASET, ensure_embedded_model
+from trainables.lora_trial import TrialSettings
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """A folder from_pretrained can load with use_safetensors=True, tokenizer and chat template included."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"--load_model_dir {path} does not exist; pass a folder saved with save_pretrained")
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"--load_model_dir {path} holds no model (no config.json); pass a folder saved with save_pretrained")
+    if not any(folder.glob("*.safetensors")):
+        raise ConfigError(f"--load_model_dir {path} has no .safetensors weights; save the model with safe_serialization=True")
+    return folder.resolve()
+
+
+def load_tokenizer(model_dir: Path):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot load a tokenizer from {model_dir} ({type(e).__name__}); "
+                          "the model folder needs its tokenizer files") from None
+    if not tokenizer.chat_template:
+        raise ConfigError(f"the tokenizer in {model_dir} has no chat template; validators score with the model's "
+                          "chat template, so the folder needs one in tokenizer_config.json")
+    return tokenizer
+
+
+def resolve_model_dir(config: SweepConfig) -> Path:
+    return check_model_dir(config.load_model_dir) if config.load_model_dir else ensure_embedded_model()
+
+
+def prepare_data(config: SweepConfig, model_dir: Path) -> SweepData:
+    try:
+        pairs = read_pairs(config.dataset_path or DATASET)
+        train, held_out = split_pairs(pairs, config.eval_fraction, config.seed)
+        tokenizer = load_tokenizer(model_dir)
+        return SweepData(train=tokenize_split(tokenizer, train, config.max_length),
+                         eval=tokenize_split(tokenizer, held_out, config.max_length))
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+
+
+def trial_settings(config: SweepConfig, model_dir: Path) -> TrialSettings:
+    return TrialSettings(
+        model_dir=str(model_dir), num_epochs=config.num_epochs, batch_size=config.batch_size,
+        accumulation_steps=config.accumulation_steps, eval_steps=config.eval_steps,
+        eval_batch_size=config.eval_batch_size, warmup_ratio=config.warmup_ratio,
+        weight_decay=config.weight_decay, lora_dropout=config.lora_dropout, seed=config.seed,
+        cpus_per_trial=config.cpus_per_trial, device="cpu" if config.device == "cpu" else "auto")

@@ -1,0 +1,43 @@
+"""The driver: flags + YAML -> validated config -> prepared inputs -> Ray Tune sweep -> summary.
+
+    python -m orchestrator.run            # the embedded default: an offline sweep on a tiny model
+    python -m orchestrator.run --help     # every flag, with its default
+"""
+
+import os
+import sys
+
+from orchestrator.config import ConfigError, load_config
+from orchestrator.inputs import prepare_data, resolve_model_dir, trial_settings
+from orchestrator.search_space import load_search_space
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+        space = load_search_space(config.search)
+        model_dir = resolve_model_dir(config)
+        data = prepare_data(config, model_dir)
+        settings = trial_settings(config, model_dir)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"model: {model_dir}\ndata: {len(data.train)} training pairs, {len(data.eval)} held-out eval pairs")
+
+    # Ray is imported only now, so bad input never pays for starting it.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # CLIReporter's live table of trials
+    from orchestrator.summary import render_summary
+    from orchestrator.sweep import run_sweep, start_ray
+
+    start_ray(config)
+    try:
+        outcome = run_sweep(config, space, settings, data)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(render_summary(outcome))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

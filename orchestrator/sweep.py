@@ -1,0 +1,146 @@
+"""The Ray edge: start or join Ray, run the Tuner, and bring back what the summary needs.
+
+The decisions (how many trials run at once, what each asks of the cluster) are pure
+functions; `run_sweep` only wires Ray Tune's own parts together: OptunaSearch for the
+suggestions, ASHA for early stopping, checkpoints kept by eval loss, and CLIReporter's table.
+"""
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.config import ConfigError, SweepConfig
+from orchestrator.search_space import SearchSpace, optuna_sampler, tune_param_space
+from trainables.data import SweepData
+from trainables.lora_trial import TrialSettings, base_eval_loss, lora_trainable, planned_reports
+
+METRIC, MODE = "eval_loss", "min"
+PARAMETERS = ["learning_rate", "r", "alpha"]
+# Trials read only local folders; quiet libraries keep the live table readable.
+WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
+              "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "1",
+              "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning"}
+
+
+def trial_resources(device: str, cpus_per_trial: int, cluster_gpus: float) -> dict:
+    """One GPU per trial wherever the cluster has GPUs (unless told to use the CPU)."""
+    if device == "cpu" or cluster_gpus < 1:
+        return {"cpu": cpus_per_trial}
+    return {"cpu": cpus_per_trial, "gpu": 1}
+
+
+def concurrent_slots(resources: dict, cluster: dict) -> int:
+    """How many trials fit in the cluster at once."""
+    return max(1, min(math.floor(cluster.get(k.upper(), 0) / v) for k, v in resources.items()))
+
+
+def start_ray(config: SweepConfig) -> None:
+    import ray
+
+    if ray.is_initialized():  # embedded use (tests, notebooks): the caller's Ray is the cluster
+        return
+    if config.device.startswith("cuda:") and config.address is None:
+        # Ray hands out the GPUs CUDA_VISIBLE_DEVICES shows; restricting it pins the sweep to one GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = config.device.split(":", 1)[1]
+    # Checkpoints are kept by score, so Tune snapshots its state often; that is cheap here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    context = ray.init(address=config.address,
+                       include_dashboard=config.dashboard if config.address is None else None,
+                       runtime_env={"env_vars": WORKER_ENV}, logging_level="WARNING", log_to_driver=True)
+    if context.dashboard_url:
+        print(f"Ray dashboard: http://{context.dashboard_url}")
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    experiment_path: str
+    num_trials: int
+    finished: int             # ran every planned step
+    stopped_early: int        # stopped by ASHA
+    errored: int
+    best_hyperparameters: dict
+    best_eval_loss: float
+    best_step: int
+    base_eval_loss: float
+    best_model_dir: str
+    wall_s: float
+
+
+def _remote_options(resources: dict) -> dict:
+    return {"num_cpus": resources.get("cpu", 1), "num_gpus": resources.get("gpu", 0)}
+
+
+def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, data: SweepData) -> SweepOutcome:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from publishing.merged_model import merge_checkpoint
+
+    started = time.perf_counter()
+    cluster = ray.cluster_resources()
+    resources = trial_resources(config.device, config.cpus_per_trial, cluster.get("GPU", 0))
+    if config.device.startswith("cuda") and "gpu" not in resources:
+        raise ConfigError(f"--device {config.device} but Ray sees no GPU; use --device cpu or auto")
+    slots = concurrent_slots(resources, cluster)
+    if "gpu" not in resources and config.cpus_per_trial > cluster.get("CPU", 0):
+        raise ConfigError(f"--cpus_per_trial {config.cpus_per_trial} is more than the cluster's "
+                          f"{int(cluster.get('CPU', 0))} CPUs")
+    max_concurrent = config.max_concurrent_trials or slots
+    num_trials = space.trials(config.num_samples)
+    max_reports = planned_reports(settings, len(data.train))
+
+    # The untrained model's loss, measured once on a worker (the driver never holds a model).
+    base_loss = ray.get(ray.remote(base_eval_loss).options(**_remote_options(resources))
+                        .remote(settings, data.eval))
+
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_reports,
+                               grace_period=min(config.grace_period, max_reports),
+                               reduction_factor=config.reduction_factor)
+                 if config.scheduler == "asha" else FIFOScheduler())
+    trainable = tune.with_resources(tune.with_parameters(lora_trainable, settings=settings, data=data), resources)
+    name = config.experiment_name or time.strftime("lora-sweep-%Y%m%d-%H%M%S")
+    reporter = tune.CLIReporter(
+        parameter_columns=PARAMETERS, metric_columns=["step", METRIC, "train_loss", "tokens_per_s"],
+        max_report_frequency=10, sort_by_metric=True, max_progress_rows=30)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=tune_param_space(space),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, num_samples=num_trials, max_concurrent_trials=max_concurrent,
+            search_alg=OptunaSearch(sampler=optuna_sampler(space, config.seed)), scheduler=scheduler,
+            reuse_actors=True),  # a worker imports torch and transformers once, not once per trial
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(Path(config.storage_path).expanduser()),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
+                                                    checkpoint_score_order=MODE),
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            progress_reporter=reporter, verbose=1),
+    )
+    results = tuner.fit()
+
+    errored = sum(1 for r in results if r.error is not None)
+    if errored == len(results):
+        raise RuntimeError(f"all {errored} trials failed; the first error: {results[0].error}")
+    best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
+    best_checkpoint = best.get_best_checkpoint(METRIC, MODE)
+    best_metrics = min((metrics for _, metrics in best.best_checkpoints), key=lambda m: m[METRIC])
+
+    # Merged on the driver's node, so the folder the summary names is on this machine.
+    out_dir = Path(results.experiment_path) / "best_model"
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    ray.get(ray.remote(merge_checkpoint).options(num_cpus=0, scheduling_strategy=here)
+            .remote(settings.model_dir, best_checkpoint, str(out_dir)))
+
+    done = [r for r in results if r.error is None]
+    finished = sum(1 for r in done if r.metrics.get("training_iteration", 0) >= max_reports)
+    return SweepOutcome(
+        experiment_path=results.experiment_path, num_trials=len(results), finished=finished,
+        stopped_early=len(done) - finished, errored=errored,
+        best_hyperparameters={k: best.config[k] for k in PARAMETERS}, best_eval_loss=best_metrics[METRIC],
+        best_step=best_metrics["step"], base_eval_loss=base_loss, best_model_dir=str(out_dir),
+        wall_s=time.perf_counter() - started)

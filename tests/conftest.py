@@ -1,0 +1,48 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """The embedded tiny Llama, built into a cache folder of this test session."""
+    from trainables.embedded_model import ensure_embedded_model
+
+    return ensure_embedded_model(tmp_path_factory.mktemp("model-cache"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="session")
+def sweep_data(tokenizer):
+    from trainables.data import SweepData, read_pairs, split_pairs, tokenize_split
+    from trainables.embedded_model import DATASET
+
+    train, held_out = split_pairs(read_pairs(DATASET), 0.15, seed=0)
+    return SweepData(tokenize_split(tokenizer, train, 2048), tokenize_split(tokenizer, held_out, 2048))
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A real local Ray with this machine's 2 CPUs, shared by every test that needs one."""
+    import ray
+
+    from orchestrator.sweep import WORKER_ENV
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env={"env_vars": WORKER_ENV})
+    yield ray
+    ray.shutdown()
+
+
+def write_jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path

@@ -1,0 +1,66 @@
+import pytest
+
+from orchestrator.config import DEFAULT_CONFIG, ConfigError, SweepConfig, load_config, read_yaml_settings
+
+
+def test_default_yaml_is_the_embedded_sweep():
+    config = load_config([])
+    assert config.search == "default"
+    assert config.load_model_dir is None and config.dataset_path is None
+    assert config.scheduler == "asha"
+
+
+def test_flags_override_yaml_and_yaml_overrides_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("num_epochs: 7\nbatch_size: 4\n")
+    config = load_config(["--config", str(path), "--batch_size", "2", "--scheduler", "fifo"])
+    assert config.num_epochs == 7  # from the YAML
+    assert config.batch_size == 2  # the flag wins
+    assert config.scheduler == "fifo"
+    assert config.accumulation_steps == SweepConfig().accumulation_steps  # untouched: the dataclass default
+
+
+def test_boolean_flags():
+    assert load_config(["--no-dashboard"]).dashboard is False
+    assert load_config(["--offline"]).offline is True
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--learning_rate", "1"], "unrecognized arguments: --learning_rate"),
+    (["--num_samples", "0"], "--num_samples must be at least 1"),
+    (["--num_samples", "many"], "invalid int value"),
+    (["--cpus_per_trial", "100000"], "more than this machine's"),
+    (["--scheduler", "hyperband"], "--scheduler must be asha or fifo"),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--eval_fraction", "1.5"], "--eval_fraction must be between 0 and 1"),
+    (["--max_concurrent_trials", "0"], "--max_concurrent_trials must be at least 1"),
+    (["--config", "/nonexistent.yaml"], "does not exist"),
+])
+def test_bad_flags_raise_one_clear_line(argv, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config(argv)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_yaml_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("num_epochs: 1\nlearnin_rate: 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'learnin_rate'"):
+        load_config(["--config", str(path)])
+
+
+def test_yaml_value_of_the_wrong_type(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("num_epochs: three\n")
+    with pytest.raises(ConfigError, match="num_epochs .* must be int"):
+        read_yaml_settings(path)
+
+
+def test_cpus_per_trial_is_not_checked_against_this_machine_on_a_cluster():
+    config = load_config(["--address", "auto", "--cpus_per_trial", "64"])
+    assert config.cpus_per_trial == 64
+
+
+def test_shipped_yaml_has_only_known_keys():
+    assert read_yaml_settings(DEFAULT_CONFIG)

@@ -1,0 +1,63 @@
+"""End to end on a real local Ray (2 CPUs): Optuna suggests, ASHA stops, trials train, the best is merged."""
+
+import json
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM
+
+from orchestrator.run import main
+from orchestrator.sweep import concurrent_slots, trial_resources
+
+
+def trial_results(experiment: Path) -> list[dict]:
+    """Every trial's params and reports, read back from the experiment folder Tune wrote."""
+    trials = []
+    for folder in sorted(p for p in experiment.iterdir() if (p / "params.json").is_file()):
+        reports = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
+        trials.append({"params": json.loads((folder / "params.json").read_text()), "reports": reports})
+    return trials
+
+
+def test_one_trial_per_gpu_where_there_are_gpus():
+    assert trial_resources("auto", 2, cluster_gpus=8) == {"cpu": 2, "gpu": 1}
+    assert trial_resources("auto", 1, cluster_gpus=0) == {"cpu": 1}
+    assert trial_resources("cpu", 1, cluster_gpus=8) == {"cpu": 1}
+    assert concurrent_slots({"cpu": 1, "gpu": 1}, {"CPU": 64, "GPU": 8}) == 8
+    assert concurrent_slots({"cpu": 1}, {"CPU": 2}) == 2
+    assert concurrent_slots({"cpu": 2}, {"CPU": 2}) == 1
+
+
+def test_sweep_end_to_end(local_ray, tmp_path, capsys):
+    code = main(["--num_samples", "4", "--num_epochs", "2", "--storage_path", str(tmp_path),
+                 "--experiment_name", "e2e", "--no-dashboard"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Trial name" in out and "eval_loss" in out  # the live table
+    summary = out[out.index("=== Sweep summary ==="):]
+    assert "best trial:" in summary and "untrained" in summary
+
+    trials = trial_results(tmp_path / "e2e")
+    assert len(trials) == 4
+    best_loss = min(r["eval_loss"] for t in trials for r in t["reports"])
+    assert f"{best_loss:.4f} best" in summary
+
+    # two trials really ran at the same time on the 2 CPUs
+    spans = sorted((t["reports"][0]["trial_started_at"], t["reports"][-1]["reported_at"]) for t in trials)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+
+    merged = tmp_path / "e2e" / "best_model"
+    assert f"merged model:    {merged}" in summary
+    assert not list(merged.glob("adapter*"))
+    model = AutoModelForCausalLM.from_pretrained(merged, use_safetensors=True)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    assert (merged / "tokenizer.json").is_file() and (merged / "tokenizer_config.json").is_file()
+
+
+def test_seed_grid_runs_exactly_its_twelve_combinations(local_ray, tmp_path, capsys):
+    code = main(["--search", "seed_grid", "--num_epochs", "1", "--eval_steps", "100", "--scheduler", "fifo",
+                 "--storage_path", str(tmp_path), "--experiment_name", "grid", "--no-dashboard"])
+    assert code == 0
+    combos = sorted((t["params"]["learning_rate"], t["params"]["r"], t["params"]["alpha"])
+                    for t in trial_results(tmp_path / "grid"))
+    expected = sorted((lr, r, 16) for lr in (1e-5, 1e-6, 1e-8, 1e-10) for r in (32, 64, 128))
+    assert combos == expected

@@ -1,0 +1,76 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainables.lora_trial import (TRAINER_STATE, TrialSettings, base_eval_loss, micro_batch_indices,
+                                   optimizer_steps, planned_reports, train_lora)
+
+
+def settings_for(model_dir, **overrides) -> TrialSettings:
+    return TrialSettings(model_dir=str(model_dir), **{"num_epochs": 1, "batch_size": 8, "accumulation_steps": 1,
+                                                      "eval_steps": 5, **overrides})
+
+
+def run(hyperparameters, settings, data, resume_from=None, stop_after=None, keep=None):
+    """Train, collecting reports; optionally stop after `stop_after` reports, keeping the last checkpoint."""
+    reports = []
+
+    class Stop(Exception):
+        pass
+
+    def report(metrics, folder: Path):
+        reports.append(metrics)
+        if keep is not None:
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(folder, keep)
+        if stop_after is not None and len(reports) == stop_after:
+            raise Stop
+
+    try:
+        train_lora(hyperparameters, settings, data, report, resume_from=resume_from)
+    except Stop:
+        pass
+    return reports
+
+
+def test_step_arithmetic():
+    s = TrialSettings(model_dir="x", num_epochs=2, batch_size=4, accumulation_steps=3, eval_steps=5)
+    assert optimizer_steps(s, 50) == 9  # ceil(ceil(50/4)*2 / 3) = ceil(26/3)
+    assert planned_reports(s, 50) == 2
+
+
+def test_micro_batches_are_a_seeded_shuffle_per_epoch():
+    epoch0 = np.concatenate([micro_batch_indices(10, 4, seed=1, micro_batch=m) for m in range(3)])
+    epoch1 = np.concatenate([micro_batch_indices(10, 4, seed=1, micro_batch=m) for m in range(3, 6)])
+    assert sorted(epoch0) == list(range(10)) and sorted(epoch1) == list(range(10))
+    assert epoch0.tolist() != epoch1.tolist()
+    assert micro_batch_indices(10, 4, seed=1, micro_batch=4).tolist() == epoch1[4:8].tolist()
+
+
+def test_loss_falls_at_a_sensible_lr_and_not_at_1e_10(model_dir, sweep_data):
+    settings = settings_for(model_dir, num_epochs=2)
+    untrained = base_eval_loss(settings, sweep_data.eval)
+    learns = run({"learning_rate": 1e-3, "r": 16, "alpha": 32}, settings, sweep_data)
+    frozen = run({"learning_rate": 1e-10, "r": 16, "alpha": 32}, settings, sweep_data)
+    assert learns[-1]["step"] == optimizer_steps(settings, len(sweep_data.train))
+    assert len(learns) == planned_reports(settings, len(sweep_data.train))
+    assert learns[-1]["eval_loss"] < 0.85 * untrained
+    assert frozen[-1]["eval_loss"] == pytest.approx(untrained, rel=1e-3)
+    assert all(r["tokens_per_s"] > 0 and r["train_loss"] > 0 for r in learns)
+
+
+def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(model_dir, sweep_data, tmp_path):
+    settings = settings_for(model_dir)
+    hp = {"learning_rate": 5e-4, "r": 8, "alpha": 16}
+    uninterrupted = run(hp, settings, sweep_data)
+
+    saved = tmp_path / "checkpoint"
+    first = run(hp, settings, sweep_data, stop_after=2, keep=saved)
+    assert json.loads((saved / TRAINER_STATE).read_text())["step"] == first[-1]["step"] == 10
+    resumed = run(hp, settings, sweep_data, resume_from=saved)
+
+    assert [r["step"] for r in resumed] == [r["step"] for r in uninterrupted[2:]]
+    assert resumed[-1]["eval_loss"] == pytest.approx(uninterrupted[-1]["eval_loss"], rel=1e-4)

@@ -1,0 +1,204 @@
+"""One LoRA trial: base model -> LoRA -> train -> validator-style eval -> report with a checkpoint.
+
+`train_lora` is the recipe, readable top to bottom and runnable without Ray: it takes the
+hyperparameters, the fixed settings, the tokenized data, a `report(metrics, checkpoint_dir)`
+callback and an optional checkpoint folder to resume from. `lora_trainable` is the thin
+Ray Tune adapter around it.
+"""
+
+import gc
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, get_cosine_with_min_lr_schedule_with_warmup
+
+from trainables.data import SweepData, TokenizedSplit, collate
+from trainables.evaluation import eval_loss
+
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_STATE = "optimizer.pt"
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """Everything a trial needs besides its hyperparameters; the same for every trial of a sweep."""
+    model_dir: str
+    num_epochs: int = 1
+    batch_size: int = 1
+    accumulation_steps: int = 32
+    eval_steps: int = 10           # optimizer steps between evaluations (and checkpoints)
+    eval_batch_size: int = 8
+    warmup_ratio: float = 0.05
+    min_lr_ratio: float = 0.01     # cosine decays to 1% of the peak rate, as the original miner did
+    weight_decay: float = 0.01
+    lora_dropout: float = 0.0
+    seed: int = 0
+    cpus_per_trial: int = 1
+    device: str = "auto"           # auto: the GPU Ray assigned to this trial, else the CPU
+
+
+def optimizer_steps(settings: TrialSettings, num_train: int) -> int:
+    micro_batches = math.ceil(num_train / settings.batch_size) * settings.num_epochs
+    return math.ceil(micro_batches / settings.accumulation_steps)
+
+
+def planned_reports(settings: TrialSettings, num_train: int) -> int:
+    """How many times a trial that is never stopped reports: the scheduler's max_t."""
+    return math.ceil(optimizer_steps(settings, num_train) / settings.eval_steps)
+
+
+def micro_batch_indices(num_train: int, batch_size: int, seed: int, micro_batch: int) -> np.ndarray:
+    """The pairs of global micro-batch number `micro_batch`: a fresh seeded shuffle every epoch.
+
+    A pure function of its arguments, so a resumed trial sees exactly the batches it would have.
+    """
+    per_epoch = math.ceil(num_train / batch_size)
+    epoch, within = divmod(micro_batch, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(num_train)
+    return order[within * batch_size:(within + 1) * batch_size]
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_lora_model(settings: TrialSettings, r: int, alpha: int, device: torch.device):
+    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(settings.model_dir, dtype=dtype, use_safetensors=True,
+                                                local_files_only=True)
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=settings.lora_dropout, target_modules="all-linear",
+                      bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(base, lora).to(device)
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, hyperparameters: dict,
+                    settings: TrialSettings) -> None:
+    model.save_pretrained(folder)  # the adapter only: adapter_config.json + adapter_model.safetensors
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, folder / OPTIMIZER_STATE)
+    state = {"step": step, "hyperparameters": hyperparameters, "base_model_dir": settings.model_dir}
+    (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+
+
+def restore_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
+    """Load adapter, optimizer and schedule from a checkpoint; return the optimizer step it was taken at."""
+    set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+    states = torch.load(folder / OPTIMIZER_STATE, weights_only=True)
+    optimizer.load_state_dict(states["optimizer"])
+    scheduler.load_state_dict(states["scheduler"])
+    return json.loads((folder / TRAINER_STATE).read_text())["step"]
+
+
+Report = Callable[[dict, Path], None]
+
+
+def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, report: Report,
+               resume_from: Path | None = None) -> None:
+    lr, r, alpha = float(hyperparameters["learning_rate"]), int(hyperparameters["r"]), int(hyperparameters["alpha"])
+    device = pick_device(settings.device)
+    if device.type == "cpu":
+        torch.set_num_threads(settings.cpus_per_trial)
+    torch.manual_seed(settings.seed)
+
+    model = load_lora_model(settings, r, alpha, device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=settings.weight_decay)
+    total_steps = optimizer_steps(settings, len(data.train))
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=int(settings.warmup_ratio * total_steps), num_training_steps=total_steps,
+        min_lr_rate=settings.min_lr_ratio)
+    step = restore_checkpoint(resume_from, model, optimizer, scheduler) if resume_from else 0
+
+    total_micro_batches = math.ceil(len(data.train) / settings.batch_size) * settings.num_epochs
+    micro_batch = step * settings.accumulation_steps
+    model.train()
+    window = _Window()
+    while step < total_steps:
+        # one optimizer step: accumulate gradients over up to `accumulation_steps` micro-batches
+        group = range(micro_batch, min(micro_batch + settings.accumulation_steps, total_micro_batches))
+        for m in group:
+            batch = collate(data.train, micro_batch_indices(len(data.train), settings.batch_size, settings.seed, m))
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = model(**batch).loss
+            (loss / len(group)).backward()
+            window.add(loss.item(), int(batch["attention_mask"].sum()))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        micro_batch = group.stop
+        step += 1
+        if step % settings.eval_steps == 0 or step == total_steps:
+            metrics = {"eval_loss": eval_loss(model, data.eval, device, settings.eval_batch_size),
+                       **window.metrics(), "step": step, "learning_rate_now": scheduler.get_last_lr()[0]}
+            with tempfile.TemporaryDirectory() as folder:
+                save_checkpoint(Path(folder), model, optimizer, scheduler, step, hyperparameters, settings)
+                report(metrics, Path(folder))
+            window = _Window()
+
+
+class _Window:
+    """Training loss and throughput since the last report."""
+
+    def __init__(self):
+        self.losses, self.tokens, self.started = [], 0, time.perf_counter()
+
+    def add(self, loss: float, tokens: int) -> None:
+        self.losses.append(loss)
+        self.tokens += tokens
+
+    def metrics(self) -> dict:
+        elapsed = time.perf_counter() - self.started
+        train_loss = sum(self.losses) / len(self.losses) if self.losses else math.nan
+        return {"train_loss": train_loss, "tokens_per_s": self.tokens / elapsed if elapsed > 0 else 0.0}
+
+
+def base_eval_loss(settings: TrialSettings, eval_split: TokenizedSplit) -> float:
+    """The untrained model's loss on the held-out set: the number every trial must beat."""
+    device = pick_device(settings.device)
+    if device.type == "cpu":
+        torch.set_num_threads(settings.cpus_per_trial)
+    model = AutoModelForCausalLM.from_pretrained(settings.model_dir, use_safetensors=True,
+                                                 local_files_only=True).to(device)
+    return eval_loss(model, eval_split, device, settings.eval_batch_size)
+
+
+def lora_trainable(config: dict, settings: TrialSettings, data: SweepData) -> None:
+    """Ray Tune's entry point: resumes from Tune's checkpoint when the trial is restarted."""
+    from ray import tune
+
+    # one line per checkpoint from every trial would drown the live table
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    started = time.time()
+
+    def report(metrics: dict, folder: Path) -> None:
+        # wall-clock bounds of this trial's work, so overlap between trials can be checked
+        tune.report({**metrics, "trial_started_at": started, "reported_at": time.time()},
+                    checkpoint=tune.Checkpoint.from_directory(folder))
+
+    checkpoint = tune.get_checkpoint()
+    try:
+        if checkpoint is None:
+            train_lora(config, settings, data, report)
+        else:
+            with checkpoint.as_directory() as folder:
+                train_lora(config, settings, data, report, resume_from=Path(folder))
+    finally:
+        release_accelerator_memory()
+
+
+def release_accelerator_memory() -> None:
+    """Workers are reused across trials: hand cached GPU memory back so the next trial starts clean."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
