@@ -72,7 +72,8 @@ def _remote_options(resources: dict) -> dict:
     return {"num_cpus": resources.get("cpu", 1), "num_gpus": resources.get("gpu", 0)}
 
 
-def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, data: SweepData) -> SweepOutcome:
+def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, data: SweepData,
+              trial_function=lora_trainable) -> SweepOutcome:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -102,7 +103,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
                                grace_period=min(config.grace_period, max_reports),
                                reduction_factor=config.reduction_factor)
                  if config.scheduler == "asha" else FIFOScheduler())
-    trainable = tune.with_resources(tune.with_parameters(lora_trainable, settings=settings, data=data), resources)
+    trainable = tune.with_resources(tune.with_parameters(trial_function, settings=settings, data=data), resources)
     name = config.experiment_name or time.strftime("lora-sweep-%Y%m%d-%H%M%S")
     reporter = tune.CLIReporter(
         parameter_columns=PARAMETERS, metric_columns=["step", METRIC, "train_loss", "tokens_per_s"],

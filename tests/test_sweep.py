@@ -61,3 +61,46 @@ def test_seed_grid_runs_exactly_its_twelve_combinations(local_ray, tmp_path, cap
                     for t in trial_results(tmp_path / "grid"))
     expected = sorted((lr, r, 16) for lr in (1e-5, 1e-6, 1e-8, 1e-10) for r in (32, 64, 128))
     assert combos == expected
+
+
+def crash_once_after_first_checkpoint(config, settings, data):
+    """lora_trainable, except that a first attempt dies right after its first checkpoint is reported."""
+    from ray import tune
+
+    from trainables.lora_trial import lora_trainable
+
+    report = tune.report
+    if tune.get_checkpoint() is None:
+        def report_then_crash(metrics, checkpoint=None):
+            report(metrics, checkpoint=checkpoint)
+            raise RuntimeError("injected failure after the first checkpoint")
+        tune.report = report_then_crash
+    try:
+        lora_trainable(config, settings, data)
+    finally:
+        tune.report = report  # the worker is reused by the next trial
+
+
+def test_a_restarted_trial_resumes_from_its_tune_checkpoint(local_ray, model_dir, sweep_data, tmp_path):
+    import sys
+
+    from ray import cloudpickle
+
+    from orchestrator.config import load_config
+    from orchestrator.inputs import trial_settings
+    from orchestrator.search_space import parse_search_space
+    from orchestrator.sweep import run_sweep
+
+    config = load_config(["--num_epochs", "1", "--eval_steps", "10", "--scheduler", "fifo", "--max_failures", "1",
+                          "--storage_path", str(tmp_path), "--experiment_name", "restart", "--no-dashboard"])
+    space = parse_search_space({"sampler": "grid", "space": {"learning_rate": [5e-4], "r": [8], "alpha": [16]}},
+                               "test")
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    outcome = run_sweep(config, space, trial_settings(config, model_dir), sweep_data,
+                        trial_function=crash_once_after_first_checkpoint)
+
+    assert outcome.errored == 0 and outcome.finished == 1
+    [trial] = trial_results(tmp_path / "restart")
+    steps = [r["step"] for r in trial["reports"]]
+    assert steps == [10, 20, 30, 31]  # the second attempt started at step 10, not from scratch
+    assert trial["reports"][1]["trial_started_at"] > trial["reports"][0]["trial_started_at"]
