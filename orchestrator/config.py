@@ -23,8 +23,9 @@ class ConfigError(ValueError):
     """Bad input: the message says what is wrong and how to fix it, in one line."""
 
 
-def _help(text: str, **kwargs):
-    return field(metadata={"help": text}, **kwargs)
+def _help(text: str, flag: str | None = None, **kwargs):
+    """A documented setting; `flag` names it on the command line and in YAML when that differs (wallet.name)."""
+    return field(metadata={"help": text, "flag": flag}, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,36 @@ class SweepConfig:
                                         default=None)
     max_failures: int = _help("times a failing trial is restarted from its last checkpoint", default=2)
     dashboard: bool = _help("start the Ray dashboard when Ray is started here", default=True)
-    offline: bool = _help("never upload or commit (this build has no publishing yet, so it never does)",
+    # publishing (the best model to the Hub, its id to the chain)
+    offline: bool = _help("never upload or commit; the best model is still packaged and described in publish.json",
                           default=False)
+    hf_repo_id: str | None = _help("Hugging Face repo to publish to (namespace/name, at most 38 characters); "
+                                   "without it the sweep runs offline", default=None)
+    competition_id: str = _help("competition to publish for (see configs/competitions.yaml)", default="m1")
+    avg_loss_upload_threshold: float | None = _help("publish only a model whose eval loss is at most this",
+                                                    default=None)
+    publish_min_improvement: float = _help("publish only a model this much better than the hotkey's committed one "
+                                           "(the validators' epsilon)", default=0.01)
+    use_hotkey_in_hash: bool = _help("commit the hotkey-salted hash of later subnet versions", default=False)
+    wait_for_publish: bool = _help("at the end, wait for the 20-minute window to publish the best model",
+                                   default=False)
+    subtensor_network: str = _help("finney, test, local, or a ws:// address", flag="subtensor.network",
+                                   default="finney")
+    netuid: int = _help("the subnet's uid", default=6)
+    wallet_name: str | None = _help("coldkey (wallet) name of the miner", flag="wallet.name", default=None)
+    wallet_hotkey: str | None = _help("hotkey name of the miner, registered on the subnet", flag="wallet.hotkey",
+                                      default=None)
+    wallet_path: str = _help("folder of bittensor wallets", flag="wallet.path", default="~/.bittensor/wallets")
+    env_file: str = _help("file with HF_ACCESS_TOKEN (or HF_TOKEN) and WANDB_API_KEY", default=".env")
+
+    @property
+    def publishes(self) -> bool:
+        return self.hf_repo_id is not None and not self.offline
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(SweepConfig)}
+# the name a setting has on the command line and in YAML -> its field
+KEYS = {(f.metadata["flag"] or f.name): f.name for f in dataclasses.fields(SweepConfig)}
 
 
 def _scalar_type(f: dataclasses.Field) -> type:
@@ -92,13 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="python -m orchestrator.run", argument_default=argparse.SUPPRESS,
                             description="A LoRA hyperparameter sweep on Ray Tune + Optuna.")
     parser.add_argument("--config", help=f"YAML of settings (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
-    for f in dataclasses.fields(SweepConfig):
+    for key, name in KEYS.items():
+        f = FIELDS[name]
         kind = _scalar_type(f)
         default = f" (default: {f.default})"
         if kind is bool:
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=f.metadata["help"] + default)
+            parser.add_argument(f"--{key}", dest=name, action=argparse.BooleanOptionalAction,
+                                help=f.metadata["help"] + default)
         else:
-            parser.add_argument(f"--{f.name}", type=kind, metavar=kind.__name__.upper(), help=f.metadata["help"] + default)
+            parser.add_argument(f"--{key}", dest=name, type=kind, metavar=kind.__name__.upper(),
+                                help=f.metadata["help"] + default)
     return parser
 
 
@@ -111,15 +140,15 @@ def read_yaml_settings(path: Path) -> dict:
         raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from None
     if not isinstance(settings, dict):
         raise ConfigError(f"config file {path} must be a mapping of setting: value")
-    unknown = sorted(set(settings) - set(FIELDS))
+    unknown = sorted(set(settings) - set(KEYS))
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in {path}; known keys are the flags listed by --help")
-    for name, value in settings.items():
-        kind = _scalar_type(FIELDS[name])
+    for key, value in settings.items():
+        kind = _scalar_type(FIELDS[KEYS[key]])
         if value is None or isinstance(value, kind) or (kind is float and isinstance(value, int) and not isinstance(value, bool)):
             continue
-        raise ConfigError(f"{name} in {path} must be {kind.__name__}, not {value!r}")
-    return settings
+        raise ConfigError(f"{key} in {path} must be {kind.__name__}, not {value!r}")
+    return {KEYS[key]: value for key, value in settings.items()}
 
 
 def validate(config: SweepConfig) -> SweepConfig:
@@ -150,6 +179,8 @@ def validate(config: SweepConfig) -> SweepConfig:
     device = config.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if not 0 <= config.publish_min_improvement < 1:
+        raise ConfigError(f"--publish_min_improvement must be in [0, 1), got {config.publish_min_improvement}")
     if config.address is None and config.cpus_per_trial > (os.cpu_count() or 1):
         raise ConfigError(f"--cpus_per_trial {config.cpus_per_trial} is more than this machine's "
                           f"{os.cpu_count()} CPUs; pass at most {os.cpu_count()}")

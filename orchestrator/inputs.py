@@ -9,6 +9,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from orchestrator.config import ConfigError, SweepConfig
+from publishing.setup import PublishOptions, PublishSetup, SetupError, prepare_publishing
 from trainables.data import DataError, SweepData, read_pairs, split_pairs, tokenize_split
 from trainables.embedded_model import DATASET, ensure_embedded_model
 from trainables.lora_trial import TrialSettings
@@ -60,3 +61,15 @@ def trial_settings(config: SweepConfig, model_dir: Path) -> TrialSettings:
         eval_batch_size=config.eval_batch_size, warmup_ratio=config.warmup_ratio,
         weight_decay=config.weight_decay, lora_dropout=config.lora_dropout, seed=config.seed,
         cpus_per_trial=config.cpus_per_trial, device="cpu" if config.device == "cpu" else "auto")
+
+
+def publish_options(config: SweepConfig) -> PublishOptions:
+    return PublishOptions(**{name: getattr(config, name) for name in PublishOptions.__dataclass_fields__})
+
+
+def check_publishing(config: SweepConfig, model_dir: Path) -> PublishSetup:
+    """Repo id, competition, token, wallet and registration: all checked before any training."""
+    try:
+        return prepare_publishing(publish_options(config), model_dir)
+    except SetupError as e:
+        raise ConfigError(str(e)) from None

@@ -8,7 +8,7 @@ import os
 import sys
 
 from orchestrator.config import ConfigError, load_config
-from orchestrator.inputs import prepare_data, resolve_model_dir, trial_settings
+from orchestrator.inputs import check_publishing, prepare_data, resolve_model_dir, trial_settings
 from orchestrator.search_space import load_search_space
 
 
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = resolve_model_dir(config)
         data = prepare_data(config, model_dir)
         settings = trial_settings(config, model_dir)
+        publishing = check_publishing(config, model_dir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -31,11 +32,11 @@ def main(argv: list[str] | None = None) -> int:
 
     start_ray(config)
     try:
-        outcome = run_sweep(config, space, settings, data)
+        outcome = run_sweep(config, space, settings, data, publishing)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(render_summary(outcome))
+    print(render_summary(outcome, config))
     return 0
 
 

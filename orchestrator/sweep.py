@@ -13,6 +13,7 @@ from pathlib import Path
 
 from orchestrator.config import ConfigError, SweepConfig
 from orchestrator.search_space import SearchSpace, optuna_sampler, tune_param_space
+from publishing.setup import PublishSetup
 from trainables.data import SweepData
 from trainables.lora_trial import TrialSettings, base_eval_loss, lora_trainable, planned_reports
 
@@ -66,6 +67,7 @@ class SweepOutcome:
     base_eval_loss: float
     best_model_dir: str
     wall_s: float
+    publish: dict             # the coordinator's report: outcome lines, what was published, publish.json
 
 
 def _remote_options(resources: dict) -> dict:
@@ -73,14 +75,13 @@ def _remote_options(resources: dict) -> dict:
 
 
 def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, data: SweepData,
-              trial_function=lora_trainable) -> SweepOutcome:
+              publishing: PublishSetup, trial_function=lora_trainable) -> SweepOutcome:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from publishing.merged_model import merge_checkpoint
+    from publishing.actor import PublishCallback, start_coordinator
 
     started = time.perf_counter()
     cluster = ray.cluster_resources()
@@ -105,6 +106,8 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
                  if config.scheduler == "asha" else FIFOScheduler())
     trainable = tune.with_resources(tune.with_parameters(trial_function, settings=settings, data=data), resources)
     name = config.experiment_name or time.strftime("lora-sweep-%Y%m%d-%H%M%S")
+    storage = Path(config.storage_path).expanduser()
+    coordinator = start_coordinator(publishing, settings.model_dir, str(storage / name), name)
     reporter = tune.CLIReporter(
         parameter_columns=PARAMETERS, metric_columns=["step", METRIC, "train_loss", "tokens_per_s"],
         max_report_frequency=10, sort_by_metric=True, max_progress_rows=30)
@@ -116,26 +119,23 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
             search_alg=OptunaSearch(sampler=optuna_sampler(space, config.seed)), scheduler=scheduler,
             reuse_actors=True),  # a worker imports torch and transformers once, not once per trial
         run_config=tune.RunConfig(
-            name=name, storage_path=str(Path(config.storage_path).expanduser()),
+            name=name, storage_path=str(storage), callbacks=[PublishCallback(coordinator)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
             progress_reporter=reporter, verbose=1),
     )
-    results = tuner.fit()
-
-    errored = sum(1 for r in results if r.error is not None)
-    if errored == len(results):
-        raise RuntimeError(f"all {errored} trials failed; the first error: {results[0].error}")
-    best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
-    best_checkpoint = best.get_best_checkpoint(METRIC, MODE)
-    best_metrics = min((metrics for _, metrics in best.best_checkpoints), key=lambda m: m[METRIC])
-
-    # Merged on the driver's node, so the folder the summary names is on this machine.
-    out_dir = Path(results.experiment_path) / "best_model"
-    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-    ray.get(ray.remote(merge_checkpoint).options(num_cpus=0, scheduling_strategy=here)
-            .remote(settings.model_dir, best_checkpoint, str(out_dir)))
+    try:
+        results = tuner.fit()
+        errored = sum(1 for r in results if r.error is not None)
+        if errored == len(results):
+            raise RuntimeError(f"all {errored} trials failed; the first error: {results[0].error}")
+        best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
+        best_metrics = min((metrics for _, metrics in best.best_checkpoints), key=lambda m: m[METRIC])
+        # The coordinator saw every checkpoint: it publishes (or, offline, packages) the best and merges it.
+        report = ray.get(coordinator.finish.remote(config.wait_for_publish))
+    finally:
+        ray.kill(coordinator)  # its state is on disk; the name is free for the next sweep in this Ray session
 
     done = [r for r in results if r.error is None]
     finished = sum(1 for r in done if r.metrics.get("training_iteration", 0) >= max_reports)
@@ -143,5 +143,5 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
         experiment_path=results.experiment_path, num_trials=len(results), finished=finished,
         stopped_early=len(done) - finished, errored=errored,
         best_hyperparameters={k: best.config[k] for k in PARAMETERS}, best_eval_loss=best_metrics[METRIC],
-        best_step=best_metrics["step"], base_eval_loss=base_loss, best_model_dir=str(out_dir),
-        wall_s=time.perf_counter() - started)
+        best_step=best_metrics["step"], base_eval_loss=base_loss, best_model_dir=report["best_model_dir"],
+        wall_s=time.perf_counter() - started, publish=report)

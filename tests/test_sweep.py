@@ -7,6 +7,8 @@ from transformers import AutoModelForCausalLM
 
 from orchestrator.run import main
 from orchestrator.sweep import concurrent_slots, trial_resources
+from publishing.model_hash import hash_directory
+from publishing.model_id import ModelId
 
 
 def trial_results(experiment: Path) -> list[dict]:
@@ -47,6 +49,14 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
 
     merged = tmp_path / "e2e" / "best_model"
     assert f"merged model:    {merged}" in summary
+    # offline: publish.json describes the folder exactly as it would be uploaded
+    publish_json = tmp_path / "e2e" / "publish.json"
+    assert f"publish.json:    {publish_json}" in summary
+    record = json.loads(publish_json.read_text())
+    model_id = ModelId.from_compressed_str(record["model_id"])
+    assert model_id.commit is None and model_id.competition_id == "m1"
+    assert record["model_dir"] == str(merged) and model_id.hash == record["hash"] == hash_directory(merged)
+    assert record["eval_loss"] == best_loss
     assert not list(merged.glob("adapter*"))
     model = AutoModelForCausalLM.from_pretrained(merged, use_safetensors=True)
     assert not any("lora" in name for name, _ in model.named_parameters())
@@ -96,7 +106,10 @@ def test_a_restarted_trial_resumes_from_its_tune_checkpoint(local_ray, model_dir
     space = parse_search_space({"sampler": "grid", "space": {"learning_rate": [5e-4], "r": [8], "alpha": [16]}},
                                "test")
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    outcome = run_sweep(config, space, trial_settings(config, model_dir), sweep_data,
+    from publishing.setup import PublishSetup
+    from publishing.publisher import PublishTarget
+
+    outcome = run_sweep(config, space, trial_settings(config, model_dir), sweep_data, PublishSetup(PublishTarget()),
                         trial_function=crash_once_after_first_checkpoint)
 
     assert outcome.errored == 0 and outcome.finished == 1

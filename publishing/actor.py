@@ -1,0 +1,51 @@
+"""The Ray side of publishing: the named PublishCoordinator actor and the Tune callback that feeds it."""
+
+from ray import tune
+
+from publishing.coordinator import ACTOR_NAME, PublishCoordinator
+from publishing.publisher import Candidate
+from publishing.setup import PublishSetup
+
+HYPERPARAMETERS = ("learning_rate", "r", "alpha")
+
+
+class CoordinatorHost:
+    """Builds the Publisher inside the actor, so its Hub client and chain connection live here only."""
+
+    def __init__(self, setup: PublishSetup, base_model_dir: str, experiment_dir: str, sweep_id: str):
+        publisher = setup.publisher(base_model_dir, experiment_dir, sweep_id)
+        self.coordinator = PublishCoordinator(publisher, experiment_dir)
+
+    def offer(self, candidate: Candidate) -> bool:
+        return self.coordinator.offer(candidate)
+
+    def finish(self, wait_for_window: bool) -> dict:
+        return self.coordinator.finish(wait_for_window)
+
+
+def start_coordinator(setup: PublishSetup, base_model_dir: str, experiment_dir: str, sweep_id: str):
+    """The actor runs on the driver's node (num_cpus=0: it mostly waits), so the folders it writes are here."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    actor = ray.remote(CoordinatorHost).options(name=ACTOR_NAME, num_cpus=0, scheduling_strategy=here,
+                                                max_concurrency=2)
+    return actor.remote(setup, base_model_dir, experiment_dir, sweep_id)
+
+
+class PublishCallback(tune.Callback):
+    """Offers every checkpoint to the coordinator; fire-and-forget, so Tune's loop never waits on publishing."""
+
+    def __init__(self, coordinator):
+        self.coordinator = coordinator
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        result = trial.last_result  # Tune processes a result before saving its checkpoint
+        if "eval_loss" not in result:
+            return
+        candidate = Candidate(trial_id=trial.trial_id, step=int(result.get("step", 0)),
+                              eval_loss=float(result["eval_loss"]),
+                              hyperparameters={k: trial.config[k] for k in HYPERPARAMETERS if k in trial.config},
+                              checkpoint=checkpoint)
+        self.coordinator.offer.remote(candidate)

@@ -1,0 +1,81 @@
+"""The chain, as the publisher sees it: one commitment per hotkey, with the block it landed in.
+
+`Chain` is the small interface every backend implements: the bittensor SDK adapter for
+finney/test/local networks (`publishing.bittensor_chain`), and an in-process chain for tests
+and offline runs (`InMemoryChain`).
+"""
+
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+BLOCK_SECONDS = 12
+# The original chain's commit rate limit: one commitment per 100 blocks, the "20 minutes".
+COMMIT_INTERVAL_BLOCKS = 100
+
+
+class ChainError(RuntimeError):
+    """A chain call failed; the message says why in words a miner can act on."""
+
+
+@dataclass(frozen=True)
+class Commitment:
+    block: int   # the block the commitment was written in
+    data: str    # the committed string (a ModelId)
+
+
+class Chain(Protocol):
+    hotkey_ss58: str  # the hotkey this chain client commits with
+
+    def current_block(self) -> int: ...
+
+    def is_registered(self, hotkey_ss58: str) -> bool: ...
+
+    def read_commitment(self, hotkey_ss58: str) -> Commitment | None: ...
+
+    def set_commitment(self, data: str) -> None:
+        """Commit `data` for this client's hotkey; raise ChainError when the chain refuses."""
+
+
+class InMemoryChain:
+    """An in-process chain: blocks advance with a clock, commitments are rate limited per hotkey.
+
+    `clock` returns seconds; a test drives it to move time. Blocks are clock // BLOCK_SECONDS.
+    """
+
+    def __init__(self, hotkey_ss58: str, registered: set[str] | None = None, clock=None,
+                 interval_blocks: int = COMMIT_INTERVAL_BLOCKS):
+        import time
+
+        self.hotkey_ss58 = hotkey_ss58
+        self.registered = {hotkey_ss58} if registered is None else set(registered)
+        self.clock = clock or time.time
+        self.interval_blocks = interval_blocks
+        self.commitments: dict[str, Commitment] = {}
+        self.history: list[tuple[str, Commitment]] = []
+        self._lock = threading.Lock()
+
+    def current_block(self) -> int:
+        return int(self.clock() // BLOCK_SECONDS)
+
+    def is_registered(self, hotkey_ss58: str) -> bool:
+        return hotkey_ss58 in self.registered
+
+    def read_commitment(self, hotkey_ss58: str) -> Commitment | None:
+        return self.commitments.get(hotkey_ss58)
+
+    def set_commitment(self, data: str) -> None:
+        with self._lock:
+            if self.hotkey_ss58 not in self.registered:
+                raise ChainError(f"hotkey {self.hotkey_ss58} is not registered on the subnet (AccountNotAllowedCommit); "
+                                 "register it with btcli subnet register")
+            if len(data.encode()) > 128:
+                raise ChainError(f"commitment of {len(data.encode())} bytes is over the chain's 128")
+            block = self.current_block()
+            last = self.commitments.get(self.hotkey_ss58)
+            if last is not None and block - last.block < self.interval_blocks:
+                raise ChainError(f"commitment rate limit: the last one was {block - last.block} blocks ago, "
+                                 f"the chain allows one per {self.interval_blocks}")
+            commitment = Commitment(block=block, data=data)
+            self.commitments[self.hotkey_ss58] = commitment
+            self.history.append((self.hotkey_ss58, commitment))

@@ -1,0 +1,109 @@
+"""Publishing, checked at the edge: everything that can be wrong with it fails before Ray starts.
+
+`prepare_publishing` validates the repo id, the competition, the token, the wallet and the
+hotkey's registration, and returns a `PublishSetup`: plain settings plus a picklable factory
+that builds the Publisher inside the coordinator actor (so the chain connection and the
+token's client are made where they are used, never in a trial).
+"""
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from publishing.chain import Chain, ChainError
+from publishing.competitions import Competition, CompetitionError, get_competition
+from publishing.hub import HubClient
+from publishing.model_checks import ModelCheckError, check_model
+from publishing.model_id import ModelIdError, parse_repo_id
+from publishing.publisher import Publisher, PublishTarget
+from publishing.secrets import Secret, load_hf_token
+
+
+def open_bittensor_chain(network: str, netuid: int, wallet_name: str, wallet_hotkey: str, wallet_path: str) -> Chain:
+    from publishing.bittensor_chain import BittensorChain, load_wallet
+
+    return BittensorChain(network, netuid, load_wallet(wallet_name, wallet_hotkey, wallet_path))
+
+
+class SetupError(ValueError):
+    """Publishing cannot work as asked; one line saying what to fix."""
+
+
+@dataclass(frozen=True)
+class PublishOptions:
+    """The miner's publishing flags, as given (see orchestrator.config for their meaning)."""
+    offline: bool = True
+    hf_repo_id: str | None = None
+    competition_id: str = "m1"
+    avg_loss_upload_threshold: float | None = None
+    publish_min_improvement: float = 0.01
+    use_hotkey_in_hash: bool = False
+    subtensor_network: str = "finney"
+    netuid: int = 6
+    wallet_name: str | None = None
+    wallet_hotkey: str | None = None
+    wallet_path: str = "~/.bittensor/wallets"
+    env_file: str = ".env"
+
+
+@dataclass(frozen=True)
+class PublishSetup:
+    target: PublishTarget
+    token: Secret | None = None
+    hub_endpoint: str | None = None
+    chain_factory: Callable[[], Chain] | None = None
+
+    def publisher(self, base_model_dir: str, work_dir: str | Path, sweep_id: str) -> Publisher:
+        if self.target.repo_id is None:
+            return Publisher(self.target, base_model_dir, work_dir, sweep_id)
+        hub = HubClient(self.token, endpoint=self.hub_endpoint)
+        return Publisher(self.target, base_model_dir, work_dir, sweep_id, hub=hub, chain=self.chain_factory())
+
+
+def check_starting_model(model_dir: Path, competition: Competition) -> None:
+    """Architecture, parameter count and size: LoRA merging changes none of them, so check them before training."""
+    try:
+        check_model(model_dir, competition, weight_norms=False)
+    except ModelCheckError as e:
+        raise SetupError(f"the starting model breaks competition {competition.id}'s limits: {e}") from None
+
+
+def prepare_publishing(config: PublishOptions, model_dir: Path, chain_factory: Callable[[], Chain] | None = None,
+                       hub_endpoint: str | None = None) -> PublishSetup:
+    """Check every publishing input; offline (or without --hf_repo_id) only the competition is checked."""
+    try:
+        competition = get_competition(config.competition_id)
+    except CompetitionError as e:
+        raise SetupError(f"--competition_id: {e}") from None
+    check_starting_model(model_dir, competition)
+    threshold = config.avg_loss_upload_threshold if config.avg_loss_upload_threshold is not None else float("inf")
+    target = PublishTarget(repo_id=None, competition_id=competition.id, use_hotkey_in_hash=config.use_hotkey_in_hash,
+                           threshold=threshold, min_improvement=config.publish_min_improvement)
+    if config.offline or config.hf_repo_id is None:
+        return PublishSetup(target=target)
+
+    try:
+        parse_repo_id(config.hf_repo_id)
+    except ModelIdError as e:
+        raise SetupError(str(e)) from None
+    token = load_hf_token(config.env_file)
+    if token is None:
+        raise SetupError(f"no Hugging Face token: set HF_ACCESS_TOKEN (or HF_TOKEN) in the environment or in "
+                          f"{config.env_file}, or run with --offline")
+    if not config.wallet_name or not config.wallet_hotkey:
+        raise SetupError("publishing needs --wallet.name and --wallet.hotkey (the hotkey registered on the subnet); "
+                          "or run with --offline")
+    chain_factory = chain_factory or functools.partial(
+        open_bittensor_chain, config.subtensor_network, config.netuid, config.wallet_name, config.wallet_hotkey,
+        config.wallet_path)
+    try:
+        chain = chain_factory()
+        if not chain.is_registered(chain.hotkey_ss58):
+            raise SetupError(f"hotkey {config.wallet_hotkey} ({chain.hotkey_ss58}) is not registered on subnet "
+                              f"{config.netuid} of {config.subtensor_network}; register it with btcli "
+                              f"subnet register, or run with --offline")
+    except ChainError as e:
+        raise SetupError(str(e)) from None
+    return PublishSetup(target=PublishTarget(**{**target.__dict__, "repo_id": config.hf_repo_id}), token=token,
+                        hub_endpoint=hub_endpoint, chain_factory=chain_factory)

@@ -1,0 +1,96 @@
+"""Manual upload: publish a model folder without a sweep, with the sweep's checks, order and 20-minute rule.
+
+    python -m publishing.upload --load_model_dir DIR --hf_repo_id ns/name \
+        --wallet.name coldkey --wallet.hotkey hotkey [--competition_id m1] [--eval_loss X]
+
+DIR is a merged model (a sweep's `best_model/`, or any save_pretrained folder with a tokenizer).
+Its eval loss comes from --eval_loss or from the publish.json a sweep wrote beside it; it is
+checked against the model this experiment last committed (publish_state.json beside DIR,
+or --state_dir), so a worse model is never published over a better one.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from publishing.coordinator import PUBLISH_FILE, PublishCoordinator
+from publishing.publisher import Candidate
+from publishing.setup import PublishOptions, SetupError, prepare_publishing
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise SetupError(f"{message}; run with --help to see every flag")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = PublishOptions()
+    p = _OneLineParser(prog="python -m publishing.upload", description=__doc__.split("\n\n")[0])
+    p.add_argument("--load_model_dir", required=True, help="merged model folder to publish")
+    p.add_argument("--hf_repo_id", required=True, help="namespace/name, at most 38 characters")
+    p.add_argument("--wallet.name", dest="wallet_name", required=True)
+    p.add_argument("--wallet.hotkey", dest="wallet_hotkey", required=True)
+    p.add_argument("--wallet.path", dest="wallet_path", default=defaults.wallet_path)
+    p.add_argument("--competition_id", default=defaults.competition_id)
+    p.add_argument("--subtensor.network", dest="subtensor_network", default=defaults.subtensor_network)
+    p.add_argument("--netuid", type=int, default=defaults.netuid)
+    p.add_argument("--use_hotkey_in_hash", action="store_true")
+    p.add_argument("--avg_loss_upload_threshold", type=float, default=None)
+    p.add_argument("--publish_min_improvement", type=float, default=defaults.publish_min_improvement)
+    p.add_argument("--eval_loss", type=float, default=None,
+                   help="the model's validator-style eval loss (default: from publish.json beside the model)")
+    p.add_argument("--state_dir", default=None,
+                   help="folder of publish_state.json (default: the model folder's parent, the experiment)")
+    p.add_argument("--env_file", default=defaults.env_file)
+    return p
+
+
+def model_eval_loss(model_dir: Path, given: float | None) -> float:
+    if given is not None:
+        return given
+    record = model_dir.parent / PUBLISH_FILE
+    if record.is_file():
+        return float(json.loads(record.read_text())["eval_loss"])
+    raise SetupError(f"the eval loss of {model_dir} is unknown (no --eval_loss, no {PUBLISH_FILE} beside it); "
+                     "pass --eval_loss so a worse model is never published over a better one")
+
+
+def check_model_folder(model_dir: Path) -> None:
+    if not (model_dir / "config.json").is_file() or not any(model_dir.glob("*.safetensors")):
+        raise SetupError(f"--load_model_dir {model_dir} is not a model folder with config.json and safetensors")
+    if any(model_dir.glob("adapter_*")):
+        raise SetupError(f"--load_model_dir {model_dir} holds a LoRA adapter; publish a merged model")
+
+
+def main(argv: list[str] | None = None, chain_factory=None, hub_endpoint: str | None = None, clock=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        model_dir = Path(args.load_model_dir).expanduser().resolve()
+        check_model_folder(model_dir)
+        eval_loss = model_eval_loss(model_dir, args.eval_loss)
+        options = PublishOptions(offline=False, **{k: v for k, v in vars(args).items()
+                                                   if k in PublishOptions.__dataclass_fields__})
+        setup = prepare_publishing(options, model_dir, chain_factory=chain_factory, hub_endpoint=hub_endpoint)
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    state_dir = Path(args.state_dir) if args.state_dir else model_dir.parent
+    with tempfile.TemporaryDirectory() as work_dir:
+        publisher = setup.publisher(str(model_dir), work_dir, sweep_id="manual upload")
+        extra = {"clock": clock} if clock else {}
+        coordinator = PublishCoordinator(publisher, state_dir, background=False, **extra)
+        coordinator.offer(Candidate(trial_id="manual", step=0, eval_loss=eval_loss, hyperparameters={},
+                                    model_dir=str(model_dir)))
+        decision = coordinator.step()
+    if decision.action == "publish":
+        print(f"published {coordinator.published['model_id']}")
+        return 0
+    print(f"not published: {decision.reason}", file=sys.stderr)
+    return 1 if decision.action in ("wait", "retry") else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The upload folder: what validators download, readable by every transformers release, within limits."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from publishing.competitions import CompetitionError, get_competition, load_competitions
+from publishing.model_checks import ModelCheckError, check_model
+from publishing.package import hashed_files, legacy_tokenizer_json, model_card, package_model
+
+
+@pytest.fixture
+def packaged(model_dir, tmp_path):
+    return package_model(model_dir, tmp_path / "upload")
+
+
+def test_upload_holds_only_files_every_release_downloads(packaged):
+    assert hashed_files(packaged) == sorted(
+        ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"])
+
+
+def test_model_card_names_what_a_miner_needs():
+    card = model_card("tiny", {"learning_rate": 1e-4, "r": 8, "alpha": 16}, 3.21, "sweep-1", "m1")
+    assert "eval loss (validator-style, held-out pairs): 3.2100" in card
+    assert "- r: 8" in card and "`sweep-1`" in card and "base model: `tiny`" in card
+
+
+def test_packaged_model_and_tokenizer_load_with_the_chat_template(packaged, model_dir):
+    model = AutoModelForCausalLM.from_pretrained(packaged, use_safetensors=True)
+    assert model.config.architectures == ["LlamaForCausalLM"]
+    tokenizer = AutoTokenizer.from_pretrained(packaged)
+    original = AutoTokenizer.from_pretrained(model_dir)
+    chat = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+    assert tokenizer.apply_chat_template(chat, tokenize=False) == original.apply_chat_template(chat, tokenize=False)
+    config = json.loads((packaged / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and config["chat_template"]
+
+
+def test_a_tokenizer_saved_by_recent_transformers_is_made_portable(model_dir, tmp_path):
+    folder = tmp_path / "saved"
+    AutoModelForCausalLM.from_pretrained(model_dir).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)  # writes chat_template.jinja separately
+    packaged = package_model(folder, tmp_path / "upload")
+    assert not (packaged / "chat_template.jinja").exists()
+    config = json.loads((packaged / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == (folder / "chat_template.jinja").read_text()
+    assert config["tokenizer_class"] != "TokenizersBackend"
+
+
+def test_merges_are_written_the_way_tokenizers_0_15_reads_them():
+    data = {"model": {"type": "BPE", "merges": [["a", "b"], ["Ġ", "ab"]], "ignore_merges": False}}
+    assert legacy_tokenizer_json(data)["model"] == {"type": "BPE", "merges": ["a b", "Ġ ab"]}
+    with_space = {"model": {"type": "BPE", "merges": [["a b", "c"]]}}
+    assert legacy_tokenizer_json(with_space) == with_space  # cannot be written the old way: left as is
+
+
+def test_competitions_are_data():
+    competitions = load_competitions()
+    assert competitions["m1"].architecture == "LlamaForCausalLM" and competitions["m1"].max_parameters == 7 * 1024**3
+    assert competitions["g1"].architecture == "GemmaForCausalLM" and competitions["g1"].max_parameters == 3 * 1024**3
+    with pytest.raises(CompetitionError, match="unknown competition 'x9'"):
+        get_competition("x9")
+
+
+def test_the_tiny_model_is_within_m1(packaged):
+    stats = check_model(packaged, get_competition("m1"))
+    model = AutoModelForCausalLM.from_pretrained(packaged)
+    assert stats.parameters == sum(p.numel() for p in model.parameters())
+    assert stats.max_weight_norm < 200
+
+
+def test_limits_are_enforced(packaged):
+    m1 = get_competition("m1")
+    with pytest.raises(ModelCheckError, match="takes GemmaForCausalLM"):
+        check_model(packaged, get_competition("g1"))
+    with pytest.raises(ModelCheckError, match="parameters, over"):
+        check_model(packaged, dataclasses.replace(m1, max_parameters=1000))
+    with pytest.raises(ModelCheckError, match="GiB, over"):
+        check_model(packaged, dataclasses.replace(m1, max_repo_bytes=1000))
+    with pytest.raises(ModelCheckError, match="validators evaluate 4096-token"):
+        check_model(packaged, dataclasses.replace(m1, sequence_length=4096))
+
+
+def test_weight_norm_bounds(packaged):
+    weights = load_file(packaged / "model.safetensors")
+    name = next(n for n in weights if n.endswith("q_proj.weight"))
+    weights[name] = weights[name] * 1e5  # one exploded projection
+    save_file(weights, packaged / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelCheckError, match="has norm .* over the validators' 1000"):
+        check_model(packaged, get_competition("m1"))
+    m1 = get_competition("m1")
+    with pytest.raises(ModelCheckError, match="of projection weights have norm above"):
+        check_model(packaged, dataclasses.replace(m1, max_weight_norm=1e12, high_norm=0.001))
+    assert torch.isfinite(weights[name]).all()

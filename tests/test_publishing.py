@@ -1,0 +1,257 @@
+"""Publishing scenarios: the real huggingface_hub client against a local Hub server, and an in-process chain.
+
+The coordinator runs without its thread here, driven step by step on a synthetic clock, so
+"20 minutes later" takes no time.
+"""
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi
+from ray.tune import Checkpoint
+
+from publishing.chain import InMemoryChain
+from publishing.coordinator import STATE_FILE, PublishCoordinator
+from publishing.hub import HubClient
+from publishing.model_hash import hash_directory, hash_with_hotkey
+from publishing.model_id import ModelId
+from publishing.package import MODEL_CARD
+from publishing.publisher import Candidate, Publisher, PublishTarget
+from publishing.secrets import Secret
+from tests.hub_server import local_hub  # noqa: F401  (the fixture)
+from trainables.lora_trial import TrialSettings, train_lora
+
+TOKEN = "hf_test_token"
+HOTKEY = "5HotkeyOfThisMinerForTestsxxxxxxxxxxxxxxxxxxxxxx"
+REPO = "miner/tiny-lora"
+
+
+class Clock:
+    def __init__(self, now: float = 1_700_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def adapter_checkpoint(model_dir, sweep_data, tmp_path_factory) -> Path:
+    """A real LoRA checkpoint of the tiny model, trained for a few steps."""
+    folder = tmp_path_factory.mktemp("checkpoint") / "adapter"
+    settings = TrialSettings(model_dir=str(model_dir), batch_size=8, accumulation_steps=1, eval_steps=5)
+
+    class Enough(Exception):
+        pass
+
+    def keep_first(metrics, checkpoint_dir):
+        shutil.copytree(checkpoint_dir, folder)
+        raise Enough
+
+    with pytest.raises(Enough):
+        train_lora({"learning_rate": 1e-3, "r": 8, "alpha": 16}, settings, sweep_data, keep_first)
+    return folder
+
+
+@pytest.fixture
+def candidate(adapter_checkpoint):
+    def make(eval_loss: float, trial: str = "t1", step: int = 5) -> Candidate:
+        return Candidate(trial_id=trial, step=step, eval_loss=eval_loss,
+                         hyperparameters={"learning_rate": 1e-3, "r": 8, "alpha": 16},
+                         checkpoint=Checkpoint.from_directory(adapter_checkpoint))
+    return make
+
+
+@pytest.fixture
+def world(local_hub, model_dir, tmp_path):
+    """A coordinator wired to the local Hub and an in-process chain, and a way to build another (a restart)."""
+    clock = Clock()
+    chain = InMemoryChain(HOTKEY, clock=clock)
+
+    def coordinator(**target_overrides) -> PublishCoordinator:
+        settings = {"repo_id": REPO, "competition_id": "m1", "threshold": 10.0, "backoff_s": 0.0,
+                    "upload_attempts": 2, "commit_attempts": 2, **target_overrides}
+        target = PublishTarget(**settings)
+        hub = HubClient(Secret(TOKEN), endpoint=local_hub.url)
+        publisher = Publisher(target, str(model_dir), tmp_path / "experiment", "sweep-test", hub=hub, chain=chain,
+                              sleep=lambda s: None)
+        return PublishCoordinator(publisher, tmp_path / "experiment", clock=clock, background=False)
+
+    class World:
+        pass
+
+    w = World()
+    w.clock, w.chain, w.hub, w.coordinator, w.experiment = clock, chain, local_hub, coordinator, tmp_path / "experiment"
+    return w
+
+
+def uploads(world) -> list[str]:
+    """Commits we made: the Hub opens every new repo with its own commit of .gitattributes."""
+    return world.hub.commits(REPO)[1:]
+
+
+def committed(world) -> list[ModelId]:
+    return [ModelId.from_compressed_str(c.data) for _, c in world.chain.history]
+
+
+def test_a_published_model_is_what_validators_download_and_hash(world, candidate, tmp_path):
+    coordinator = world.coordinator()
+    coordinator.offer(candidate(4.0))
+    assert coordinator.step().action == "publish"
+
+    [model_id] = committed(world)
+    assert model_id.repo_id == REPO and model_id.competition_id == "m1"
+    assert model_id.commit == world.hub.commits(REPO)[-1]
+    # recompute the validators' way: download at that commit with from_pretrained's files, hash the snapshot
+    api = HfApi(endpoint=world.hub.url, token=TOKEN)
+    assert not api.model_info(REPO).private
+    snapshot = HubClient(Secret(TOKEN), endpoint=world.hub.url).download(REPO, model_id.commit, tmp_path / "cache")
+    assert (snapshot / MODEL_CARD).is_file()  # the card is on the Hub, but from_pretrained never fetches it,
+    only_model = tmp_path / "only-model"     # nor the .gitattributes the Hub adds
+    shutil.copytree(snapshot, only_model)
+    (only_model / MODEL_CARD).unlink()
+    (only_model / ".gitattributes").unlink(missing_ok=True)
+    assert hash_directory(only_model) == model_id.hash
+    state = json.loads((world.experiment / STATE_FILE).read_text())
+    assert state["published"][-1]["model_id"] == model_id.to_compressed_str()
+    assert state["published"][-1]["eval_loss"] == 4.0
+
+
+def test_three_better_models_in_the_window_give_one_commit_then_the_best(world, candidate):
+    coordinator = world.coordinator()
+    coordinator.offer(candidate(4.0, "a"))
+    assert coordinator.step().action == "publish"
+    for minute, (loss, trial) in enumerate([(3.5, "b"), (3.0, "c"), (3.2, "d")], start=1):
+        world.clock.now += 60
+        coordinator.offer(candidate(loss, trial))
+        assert coordinator.step().action == "wait"
+    assert len(world.chain.history) == 1 and len(uploads(world)) == 1
+
+    world.clock.now += 20 * 60
+    assert coordinator.step().action == "publish"
+    assert len(world.chain.history) == 2
+    state = json.loads((world.experiment / STATE_FILE).read_text())
+    assert state["published"][-1]["eval_loss"] == 3.0 and state["published"][-1]["trial"] == "c@5"
+    assert coordinator.step().action == "skip"  # and never the same one twice
+
+
+def test_a_worse_or_barely_better_model_is_never_published(world, candidate):
+    coordinator = world.coordinator()
+    coordinator.offer(candidate(3.0))
+    coordinator.step()
+    world.clock.now += 3600
+    fresh = world.coordinator()  # a later sweep of the same experiment, knowing the published 3.0
+    fresh.offer(candidate(2.98, "barely"))  # 0.7% better: loses to the older commitment on the chain
+    assert fresh.step().action == "skip"
+    fresh.offer(candidate(2.5, "better"))
+    assert fresh.step().action == "publish"
+    other = world.coordinator()
+    other.offer(candidate(3.5, "worse"))
+    assert other.step().action == "skip"
+    assert [m.hash is not None for m in committed(world)] == [True, True]
+
+
+def test_above_the_threshold_nothing_is_uploaded(world, candidate):
+    coordinator = world.coordinator(threshold=2.0)
+    coordinator.offer(candidate(3.0))
+    assert coordinator.step().action == "skip"
+    assert REPO not in world.hub.repos() and world.chain.history == []
+
+
+def test_an_upload_failure_gives_no_commit(world, candidate):
+    coordinator = world.coordinator()
+    world.hub.fail_next("commit", times=10, status=500)
+    coordinator.offer(candidate(4.0))
+    assert coordinator.step().action == "retry"
+    assert world.chain.history == []
+    assert json.loads((world.experiment / STATE_FILE).read_text() if (world.experiment / STATE_FILE).exists()
+                      else '{"uploaded": null}')["uploaded"] is None
+    assert any("nothing committed" in line for line in coordinator.lines)
+
+
+def test_a_private_repo_fails_verification_and_gives_no_commit(world, candidate):
+    HfApi(endpoint=world.hub.url, token=TOKEN).create_repo(REPO, private=True)
+    coordinator = world.coordinator()
+    coordinator.offer(candidate(4.0))
+    assert coordinator.step().action == "retry"
+    assert world.chain.history == []
+    assert any("private" in line for line in coordinator.lines)
+
+
+def test_a_commit_failure_is_retried_without_a_second_upload(world, candidate):
+    world.chain.registered.clear()  # the chain refuses: AccountNotAllowedCommit
+    coordinator = world.coordinator()
+    coordinator.offer(candidate(4.0))
+    assert coordinator.step().action == "retry"
+    assert len(uploads(world)) == 1 and world.chain.history == []
+    assert json.loads((world.experiment / STATE_FILE).read_text())["uploaded"] is not None
+
+    world.chain.registered.add(HOTKEY)
+    restarted = world.coordinator()  # even across a restart, the kept upload is committed, not redone
+    restarted.offer(candidate(4.0))
+    assert restarted.step().action == "publish"
+    assert len(uploads(world)) == 1 and len(world.chain.history) == 1
+    assert committed(world)[0].commit == uploads(world)[0]
+
+
+def test_a_restart_inside_the_window_does_not_commit_again(world, candidate):
+    first = world.coordinator()
+    first.offer(candidate(4.0))
+    first.step()
+    world.clock.now += 5 * 60
+    restarted = world.coordinator()
+    restarted.offer(candidate(3.0, "better"))
+    assert restarted.step().action == "wait"
+    assert len(world.chain.history) == 1
+
+    # another process without our local state: the chain's block still keeps the window shut
+    shutil.rmtree(world.experiment / STATE_FILE, ignore_errors=True)
+    (world.experiment / STATE_FILE).unlink(missing_ok=True)
+    stranger = world.coordinator()
+    stranger.offer(candidate(3.0, "better"))
+    assert stranger.step().action == "wait"
+    assert len(world.chain.history) == 1
+
+
+def test_hotkey_salted_hash(world, candidate):
+    coordinator = world.coordinator(use_hotkey_in_hash=True)
+    coordinator.offer(candidate(4.0))
+    assert coordinator.step().action == "publish"
+    [model_id] = committed(world)
+    plain = hash_directory(coordinator.publisher.prepare(candidate(4.0)).model_dir)
+    assert model_id.hash == hash_with_hotkey(plain, HOTKEY)
+
+
+def test_the_token_appears_nowhere(world, candidate, capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    coordinator = world.coordinator()
+    coordinator.offer(candidate(4.0))
+    coordinator.step()
+    world.hub.fail_next("commit", times=10, status=500)
+    world.clock.now += 3600
+    coordinator.offer(candidate(3.0, "b"))
+    coordinator.step()
+    coordinator.finish()
+    captured = capsys.readouterr()
+    assert TOKEN not in captured.out + captured.err + caplog.text
+    assert TOKEN not in repr(coordinator.publisher.hub.__dict__.get("_token"))
+    for path in world.experiment.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_offline_writes_publish_json_that_parses_the_validators_way(model_dir, candidate, tmp_path):
+    target = PublishTarget(repo_id=None, competition_id="m1")
+    publisher = Publisher(target, str(model_dir), tmp_path / "exp", "sweep-offline")
+    coordinator = PublishCoordinator(publisher, tmp_path / "exp", background=False)
+    coordinator.offer(candidate(4.0))
+    report = coordinator.finish()
+    record = json.loads(Path(report["publish_json"]).read_text())
+    assert report["offline"] and report["published"] is None
+    model_id = ModelId.from_compressed_str(record["model_id"])
+    assert model_id.commit is None and model_id.competition_id == "m1"
+    assert model_id.hash == record["hash"] == hash_directory(record["model_dir"])
+    assert record["eval_loss"] == 4.0 and record["hyperparameters"]["r"] == 8
+    assert report["best_model_dir"] == record["model_dir"]
