@@ -4,7 +4,6 @@
     python -m orchestrator.run --help     # every flag, with its default
 """
 
-import os
 import sys
 
 from orchestrator.config import ConfigError, load_config
@@ -26,7 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {model_dir}\ndata: {len(data.train)} training pairs, {len(data.eval)} held-out eval pairs")
 
     # Ray is imported only now, so bad input never pays for starting it.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # CLIReporter's live table of trials
     from orchestrator.summary import render_summary
     from orchestrator.sweep import run_sweep, start_ray
 

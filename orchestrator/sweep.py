@@ -19,9 +19,10 @@ from trainables.lora_trial import TrialSettings, base_eval_loss, lora_trainable,
 
 METRIC, MODE = "eval_loss", "min"
 PARAMETERS = ["learning_rate", "r", "alpha"]
-# Trials read only local folders; quiet libraries keep the live table readable.
+# Quiet libraries keep the live table readable. (Trials load only local folders, with local_files_only;
+# the Hub stays reachable for the coordinator, which publishes.)
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
-              "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "1",
+              "HF_HUB_DISABLE_PROGRESS_BARS": "1",
               "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning"}
 
 
@@ -83,6 +84,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
 
     from publishing.actor import PublishCallback, start_coordinator
 
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # CLIReporter's live table of trials
     started = time.perf_counter()
     cluster = ray.cluster_resources()
     resources = trial_resources(config.device, config.cpus_per_trial, cluster.get("GPU", 0))

@@ -38,7 +38,9 @@ def local_ray():
 
     from orchestrator.sweep import WORKER_ENV
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env={"env_vars": WORKER_ENV})
+    # the local Hub server speaks plain HTTP/LFS, not Xet (see tests/hub_server.py)
+    env = {**WORKER_ENV, "HF_HUB_DISABLE_XET": "1"}
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env={"env_vars": env})
     yield ray
     ray.shutdown()
 

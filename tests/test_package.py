@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+import subprocess
 
 import pytest
 import torch
@@ -96,3 +98,28 @@ def test_weight_norm_bounds(packaged):
     with pytest.raises(ModelCheckError, match="of projection weights have norm above"):
         check_model(packaged, dataclasses.replace(m1, max_weight_norm=1e12, high_norm=0.001))
     assert torch.isfinite(weights[name]).all()
+
+
+LEGACY_PYTHON = os.environ.get("LORA_SWEEP_LEGACY_PYTHON")
+LEGACY_CHECK = """
+import json, sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, chat = sys.argv[1], json.loads(sys.argv[2])
+AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+tokenizer = AutoTokenizer.from_pretrained(folder)
+print(json.dumps([tokenizer.apply_chat_template(chat[:1], add_generation_prompt=True, tokenize=True),
+                  tokenizer.apply_chat_template(chat, tokenize=True)]))
+"""
+
+
+@pytest.mark.skipif(not LEGACY_PYTHON, reason="set LORA_SWEEP_LEGACY_PYTHON to a Python with transformers==4.38.1 "
+                                               "(the original validators') to check the upload folder there")
+def test_the_original_validators_read_the_upload_folder_the_same_way(packaged):
+    from trainables.data import tokenize_pair
+
+    chat = [{"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "Four."}]
+    done = subprocess.run([LEGACY_PYTHON, "-c", LEGACY_CHECK, str(packaged), json.dumps(chat)],
+                          capture_output=True, text=True, timeout=300, check=True)
+    prompt, full = json.loads(done.stdout.strip().splitlines()[-1])
+    ids, prompt_len = tokenize_pair(AutoTokenizer.from_pretrained(packaged), "What is two plus two?", "Four.", 2048)
+    assert full == ids and len(prompt) == prompt_len
