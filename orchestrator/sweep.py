@@ -112,7 +112,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     coordinator = start_coordinator(publishing, settings.model_dir, str(storage / name), name)
     reporter = tune.CLIReporter(
         parameter_columns=PARAMETERS, metric_columns=["step", METRIC, "train_loss", "tokens_per_s"],
-        max_report_frequency=10, sort_by_metric=True, max_progress_rows=30)
+        max_report_frequency=10, sort_by_metric=True, max_progress_rows=30, print_intermediate_tables=True)
     tuner = tune.Tuner(
         trainable,
         param_space=tune_param_space(space),

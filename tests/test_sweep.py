@@ -34,7 +34,7 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
                  "--experiment_name", "e2e", "--no-dashboard"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "Trial name" in out and "eval_loss" in out  # the live table
+    assert "Trial name" in out and "eval_loss" in out, out  # the live table
     summary = out[out.index("=== Sweep summary ==="):]
     assert "best trial:" in summary and "untrained" in summary
 
