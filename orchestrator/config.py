@@ -42,11 +42,23 @@ class SweepConfig:
     grace_period: int = _help("evaluations every trial gets before ASHA may stop it", default=2)
     reduction_factor: int = _help("ASHA keeps the best 1/reduction_factor of trials at each rung", default=2)
     seed: int = _help("seed of the sampler, the eval split and the data order", default=0)
-    # the model and the data
+    # the starting model (at most one of these; none: the embedded tiny model)
     load_model_dir: str | None = _help("local Hugging Face model folder to start from; default: the embedded tiny model",
                                        default=None)
-    dataset_path: str | None = _help("local JSONL of question/response pairs; default: the bundled dataset",
+    load_repo: str | None = _help("Hugging Face repo to start from (with --download_repo_latest_commit)", default=None)
+    download_repo_latest_commit: str | None = _help("the 40-character commit of --load_repo to download",
+                                                    default=None)
+    load_uid: int | None = _help("start from the model uid N has committed on the chain", default=None)
+    load_best: bool = _help("start from the model of the uid with the highest incentive", default=False)
+    # the data (at most one source; none: the bundled dataset)
+    dataset_path: str | None = _help("local JSONL or Parquet of question/response pairs; default: the bundled dataset",
                                      default=None)
+    dataset_repo_id: str | None = _help("Hugging Face dataset repo of question/response pairs", default=None)
+    question_column: str = _help("column holding the prompts", default="question")
+    response_column: str = _help("column holding the responses", default="response")
+    use_cortex: bool = _help("train on Cortex subnet data read from W&B", default=False)
+    cortex_steps: int = _help("latest history steps read from each Cortex validator run", default=5)
+    cortex_samples_per_epoch: int = _help("Cortex pairs used", default=4096)
     eval_fraction: float = _help("share of the pairs held out as the eval set every trial is scored on",
                                  default=0.15)
     max_length: int = _help("tokens per pair after truncation (validators use 2048)", default=2048)
@@ -91,6 +103,14 @@ class SweepConfig:
                                       default=None)
     wallet_path: str = _help("folder of bittensor wallets", flag="wallet.path", default="~/.bittensor/wallets")
     env_file: str = _help("file with HF_ACCESS_TOKEN (or HF_TOKEN) and WANDB_API_KEY", default=".env")
+    list_competitions: bool = _help("print the competitions and exit", default=False)
+    # head-to-head and tracking
+    comparison_uid: int | None = _help("compare the best model with this uid's committed model at the end",
+                                       default=None)
+    require_win: bool = _help("publish only a model whose win rate against --comparison_uid is above 0.5",
+                              default=False)
+    wandb_entity: str | None = _help("W&B entity; with --wandb_project, every trial is logged as a run", default=None)
+    wandb_project: str | None = _help("W&B project; with --wandb_entity", default=None)
 
     @property
     def publishes(self) -> bool:
@@ -176,6 +196,27 @@ def validate(config: SweepConfig) -> SweepConfig:
         raise ConfigError(f"--lora_dropout must be in [0, 1), got {config.lora_dropout}")
     if config.weight_decay < 0:
         raise ConfigError(f"--weight_decay must be 0 or more, got {config.weight_decay}")
+    loads = [flag for flag, given in [("--load_model_dir", config.load_model_dir), ("--load_repo", config.load_repo),
+                                      ("--load_uid", config.load_uid is not None), ("--load_best", config.load_best)]
+             if given]
+    if len(loads) > 1:
+        raise ConfigError(f"{' and '.join(loads)} both choose the starting model; pass only one")
+    if config.load_repo and not config.download_repo_latest_commit:
+        raise ConfigError("--load_repo needs --download_repo_latest_commit (the 40-character commit to download)")
+    commit = config.download_repo_latest_commit
+    if commit and not (len(commit) == 40 and all(c in "0123456789abcdef" for c in commit)):
+        raise ConfigError(f"--download_repo_latest_commit must be a 40-character hex commit, got {commit!r}")
+    sources = [flag for flag, given in [("--dataset_path", config.dataset_path),
+                                        ("--dataset_repo_id", config.dataset_repo_id),
+                                        ("--use_cortex", config.use_cortex)] if given]
+    if len(sources) > 1:
+        raise ConfigError(f"{' and '.join(sources)} both choose the training data; pass only one")
+    if config.cortex_steps < 1 or config.cortex_samples_per_epoch < 1:
+        raise ConfigError("--cortex_steps and --cortex_samples_per_epoch must be at least 1")
+    if bool(config.wandb_entity) != bool(config.wandb_project):
+        raise ConfigError("W&B logging needs both --wandb_entity and --wandb_project")
+    if config.require_win and config.comparison_uid is None:
+        raise ConfigError("--require_win needs --comparison_uid (the uid to win against)")
     device = config.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")

@@ -73,3 +73,11 @@ def check_publishing(config: SweepConfig, model_dir: Path) -> PublishSetup:
         return prepare_publishing(publish_options(config), model_dir)
     except SetupError as e:
         raise ConfigError(str(e)) from None
+
+
+def check_tracking(config: SweepConfig) -> None:
+    from orchestrator.tracking import wandb_key_available
+
+    if config.wandb_project and not wandb_key_available(config.env_file):
+        raise ConfigError(f"W&B logging needs WANDB_API_KEY in the environment or {config.env_file}, or `wandb login`, "
+                          "or WANDB_MODE=offline")

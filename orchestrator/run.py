@@ -7,13 +7,18 @@
 import sys
 
 from orchestrator.config import ConfigError, load_config
-from orchestrator.inputs import check_publishing, prepare_data, resolve_model_dir, trial_settings
+from orchestrator.inputs import check_publishing, check_tracking, prepare_data, resolve_model_dir, trial_settings
 from orchestrator.search_space import load_search_space
+from publishing.competitions import competitions_table, load_competitions
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(argv)
+        if config.list_competitions:
+            print(competitions_table(load_competitions()))
+            return 0
+        check_tracking(config)
         space = load_search_space(config.search)
         model_dir = resolve_model_dir(config)
         data = prepare_data(config, model_dir)

@@ -43,6 +43,7 @@ def render_summary(outcome: SweepOutcome, config: SweepConfig) -> str:
         f"({gain:.1%} lower)",
         f"merged model:    {outcome.best_model_dir}",
         *publish_lines(outcome, config),
+        *(f"plot:            {path}" for path in outcome.plots),
         f"experiment:      {outcome.experiment_path}",
         f"wall time:       {outcome.wall_s:.0f} s",
     ]

@@ -68,6 +68,7 @@ class SweepOutcome:
     base_eval_loss: float
     best_model_dir: str
     wall_s: float
+    plots: list               # PNG files in the experiment folder
     publish: dict             # the coordinator's report: outcome lines, what was published, publish.json
 
 
@@ -82,6 +83,8 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from orchestrator.plots import write_plots
+    from orchestrator.tracking import log_sweep_summary, wandb_callback
     from publishing.actor import PublishCallback, start_coordinator
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # CLIReporter's live table of trials
@@ -109,7 +112,13 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     trainable = tune.with_resources(tune.with_parameters(trial_function, settings=settings, data=data), resources)
     name = config.experiment_name or time.strftime("lora-sweep-%Y%m%d-%H%M%S")
     storage = Path(config.storage_path).expanduser()
-    coordinator = start_coordinator(publishing, settings.model_dir, str(storage / name), name)
+    experiment_dir = storage / name
+    coordinator = start_coordinator(publishing, settings.model_dir, str(experiment_dir), name)
+    callbacks = [PublishCallback(coordinator)]
+    if config.wandb_project:
+        experiment_dir.mkdir(parents=True, exist_ok=True)
+        callbacks.append(wandb_callback(config.wandb_entity, config.wandb_project, name, config.env_file,
+                                        str(experiment_dir)))
     reporter = tune.CLIReporter(
         parameter_columns=PARAMETERS, metric_columns=["step", METRIC, "train_loss", "tokens_per_s"],
         max_report_frequency=10, sort_by_metric=True, max_progress_rows=30, print_intermediate_tables=True)
@@ -121,7 +130,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
             search_alg=OptunaSearch(sampler=optuna_sampler(space, config.seed)), scheduler=scheduler,
             reuse_actors=True),  # a worker imports torch and transformers once, not once per trial
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage), callbacks=[PublishCallback(coordinator)],
+            name=name, storage_path=str(storage), callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
@@ -141,9 +150,24 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
 
     done = [r for r in results if r.error is None]
     finished = sum(1 for r in done if r.metrics.get("training_iteration", 0) >= max_reports)
-    return SweepOutcome(
+    outcome = SweepOutcome(
         experiment_path=results.experiment_path, num_trials=len(results), finished=finished,
         stopped_early=len(done) - finished, errored=errored,
         best_hyperparameters={k: best.config[k] for k in PARAMETERS}, best_eval_loss=best_metrics[METRIC],
         best_step=best_metrics["step"], base_eval_loss=base_loss, best_model_dir=report["best_model_dir"],
-        wall_s=time.perf_counter() - started, publish=report)
+        wall_s=time.perf_counter() - started, plots=[str(p) for p in write_plots(results.experiment_path)],
+        publish=report)
+    if config.wandb_project:
+        log_sweep_summary(config.wandb_entity, config.wandb_project, name, config.env_file, str(experiment_dir),
+                          summary_record(outcome))
+    return outcome
+
+
+def summary_record(outcome: SweepOutcome) -> dict:
+    """The outcome as plain values, for W&B's summary run (nothing secret is in it)."""
+    published = outcome.publish.get("published")
+    return {"best_hyperparameters": outcome.best_hyperparameters, "best_eval_loss": outcome.best_eval_loss,
+            "base_eval_loss": outcome.base_eval_loss, "best_step": outcome.best_step,
+            "num_trials": outcome.num_trials, "stopped_early": outcome.stopped_early, "errored": outcome.errored,
+            "best_model_dir": outcome.best_model_dir, "published_model_id": published["model_id"] if published else None,
+            "wall_s": outcome.wall_s}

@@ -39,3 +39,13 @@ def get_competition(competition_id: str, path: Path = COMPETITIONS_FILE) -> Comp
     if len(competition_id) > 2:
         raise CompetitionError(f"competition id {competition_id!r} is longer than the chain's 2 characters")
     return competitions[competition_id]
+
+
+def competitions_table(competitions: dict[str, Competition]) -> str:
+    rows = [("id", "architecture", "max parameters", "tokenizer", "reward share")]
+    rows += [(c.id, c.architecture, f"{c.max_parameters:,}", c.tokenizer, f"{c.reward_share:.2f}")
+             for c in competitions.values()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)

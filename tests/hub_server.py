@@ -5,7 +5,13 @@ downloading a model needs: whoami, create/delete repo, repo settings (visibility
 protocol (preupload, git-LFS batch + upload + verify, ndjson commit), model_info, the tree /
 paths-info / refs / commits listings, and `/{repo}/resolve/{revision}/{path}` (HEAD and GET).
 It is standard library only. File bytes are kept on disk under `root`, content addressed; the
-repo and commit metadata lives in memory. Only model repos and only the `main` branch exist.
+repo and commit metadata lives in memory. Only the `main` branch exists.
+
+Dataset repos are read-only over HTTP: seed one with `add_commit(..., repo_type="dataset")`,
+then the client reads it the Hub's way (`dataset_info` at `/api/datasets/{repo}`, the
+`/api/datasets/{repo}/tree|paths-info|refs|commits` listings, `/datasets/{repo}/resolve/...`),
+which is all `snapshot_download(repo_type="dataset")` needs. A model and a dataset may share a
+name, as on the Hub; `repos()` lists a dataset as `datasets/{repo_id}`.
 
 How the client has to be set up (the `local_hub` fixture does all of it):
 
@@ -74,6 +80,7 @@ logger = logging.getLogger(__name__)
 TEST_TOKEN = "hf_test_token"
 DEFAULT_USER = "me"
 MAIN = "main"
+REPO_TYPES = ("model", "dataset")
 REGULAR_FILE_MAX_SIZE = 10 * 1024 * 1024  # the Hub refuses larger files outside LFS
 _CHUNK = 1024 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -129,6 +136,7 @@ class _Repo:
     created_at: str
     lfs_dir: Path
     gated: str | bool = False
+    repo_type: str = "model"
     commits: list[_Commit] = field(default_factory=list)  # oldest first; the last is `main`
 
     @property
@@ -182,6 +190,13 @@ def _error_response(error: _HubError) -> _Response:
         response.headers["X-Error-Code"] = error.code
     response.headers.update(error.headers)
     return response
+
+
+def _key(repo_id: str, repo_type: str = "model") -> str:
+    """Where a repo is kept: its id for a model, `datasets/{id}` for a dataset (the Hub's URL prefix)."""
+    if repo_type not in REPO_TYPES:
+        raise ValueError(f"LocalHub hosts {REPO_TYPES} repos, not {repo_type!r}")
+    return repo_id if repo_type == "model" else f"datasets/{repo_id}"
 
 
 def _now() -> str:
@@ -253,7 +268,7 @@ class LocalHub:
 
     FAULT_OPERATIONS = frozenset({
         "whoami", "create", "delete", "settings", "preupload", "lfs_batch", "lfs_upload",
-        "lfs_verify", "commit", "model_info", "tree", "refs", "commits", "download",
+        "lfs_verify", "commit", "model_info", "dataset_info", "tree", "refs", "commits", "download",
     })
 
     def __init__(self, root: str | Path | None = None, tokens: Iterable[str] = (TEST_TOKEN,),
@@ -314,14 +329,15 @@ class LocalHub:
         with self._lock:
             return sorted(self._repos)
 
-    def commits(self, repo_id: str) -> list[str]:
+    def commits(self, repo_id: str, repo_type: str = "model") -> list[str]:
         """Commit shas of `main`, oldest first (the first is the repo's initial commit)."""
         with self._lock:
-            return [c.sha for c in self._repo(repo_id).commits]
+            return [c.sha for c in self._repo(_key(repo_id, repo_type)).commits]
 
-    def files(self, repo_id: str, revision: str | None = None) -> dict[str, bytes]:
+    def files(self, repo_id: str, revision: str | None = None, repo_type: str = "model") -> dict[str, bytes]:
         """path -> content of every file at `revision` (a sha or "main"; default main)."""
-        return {path: entry.store.read_bytes() for path, entry in self._tree(repo_id, revision).items()}
+        tree = self._tree(_key(repo_id, repo_type), revision)
+        return {path: entry.store.read_bytes() for path, entry in tree.items()}
 
     def lfs_files(self, repo_id: str, revision: str | None = None) -> set[str]:
         """The paths stored through LFS at `revision`."""
@@ -339,15 +355,16 @@ class LocalHub:
 
     # -- seeding and faults -----------------------------------------------------------------
 
-    def create_repo(self, repo_id: str, private: bool = False) -> str:
+    def create_repo(self, repo_id: str, private: bool = False, repo_type: str = "model") -> str:
         """Create a repo directly (no HTTP); returns the sha of its initial commit."""
         with self._lock:
-            return self._create_repo(repo_id, private).head.sha
+            return self._create_repo(repo_id, private, repo_type).head.sha
 
-    def add_commit(self, repo_id: str, files: dict[str, bytes], message: str = "Upload files") -> str:
+    def add_commit(self, repo_id: str, files: dict[str, bytes], message: str = "Upload files",
+                   repo_type: str = "model") -> str:
         """Commit `files` to main directly (creating a public repo if needed); returns the sha."""
         with self._lock:
-            repo = self._repos.get(repo_id) or self._create_repo(repo_id, private=False)
+            repo = self._repos.get(_key(repo_id, repo_type)) or self._create_repo(repo_id, False, repo_type)
             patterns = self._lfs_patterns_of(repo.head)
             tree = dict(repo.head.tree)
             for path, data in files.items():
@@ -364,7 +381,8 @@ class LocalHub:
 
         Operations: create, settings, preupload, lfs_batch, lfs_upload (the PUT of the bytes),
         lfs_verify, commit, model_info, tree (tree listing and paths-info), refs, commits,
-        download (HEAD and GET of /resolve/), whoami, delete.
+        download (HEAD and GET of /resolve/), whoami, delete, dataset_info (the dataset
+        counterpart of model_info; the listings and downloads of a dataset share the model names).
         """
         if operation not in self.FAULT_OPERATIONS:
             raise ValueError(f"unknown operation {operation!r}; one of {sorted(self.FAULT_OPERATIONS)}")
@@ -373,18 +391,19 @@ class LocalHub:
 
     # -- state, used by the handler (callers hold no lock; these take it) -------------------
 
-    def _repo(self, repo_id: str) -> _Repo:
+    def _repo(self, key: str) -> _Repo:
+        """The repo kept under `key` (see `_key`: a model's id, or `datasets/{id}`)."""
         with self._lock:
-            repo = self._repos.get(repo_id)
+            repo = self._repos.get(key)
         if repo is None:
-            raise KeyError(f"no repo {repo_id!r} on this LocalHub")
+            raise KeyError(f"no repo {key!r} on this LocalHub")
         return repo
 
-    def _tree(self, repo_id: str, revision: str | None) -> dict[str, _Entry]:
+    def _tree(self, key: str, revision: str | None) -> dict[str, _Entry]:
         with self._lock:
-            commit = self._repo(repo_id).resolve(revision)
+            commit = self._repo(key).resolve(revision)
         if commit is None:
-            raise KeyError(f"no revision {revision!r} in {repo_id!r}")
+            raise KeyError(f"no revision {revision!r} in {key!r}")
         return commit.tree
 
     def _is_valid_token(self, token: str) -> bool:
@@ -399,19 +418,20 @@ class LocalHub:
         with self._lock:
             self._log.append((method, path, status))
 
-    def _create_repo(self, repo_id: str, private: bool) -> _Repo:
+    def _create_repo(self, repo_id: str, private: bool, repo_type: str = "model") -> _Repo:
         namespace, _, name = repo_id.partition("/")
         if not (_NAME.fullmatch(namespace) and _NAME.fullmatch(name)):
             raise _HubError(400, f"Invalid repo name {repo_id!r}")
+        key = _key(repo_id, repo_type)
         with self._lock:
-            if repo_id in self._repos:
+            if key in self._repos:
                 # create_repo(exist_ok=True) accepts a 409 and then reads `url` from its body.
-                raise _HubError(409, "You already created this model repo",
-                                body={"url": f"{self.url}/{repo_id}"})
-            lfs_dir = self.root / "lfs" / namespace / name
+                raise _HubError(409, f"You already created this {repo_type} repo",
+                                body={"url": f"{self.url}/{key}"})
+            lfs_dir = self.root / "lfs" / key  # a model and a dataset of the same name stay apart
             lfs_dir.mkdir(parents=True, exist_ok=True)
-            repo = _Repo(repo_id, private, _now(), lfs_dir)
-            self._repos[repo_id] = repo
+            repo = _Repo(repo_id, private, _now(), lfs_dir, repo_type=repo_type)
+            self._repos[key] = repo
             gitattributes = self._store_regular(DEFAULT_GITATTRIBUTES.encode())
             self._append_commit(repo, {".gitattributes": gitattributes}, "initial commit", "")
             return repo
@@ -494,10 +514,23 @@ class _Server(ThreadingHTTPServer):
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
 _REV = r"(?P<rev>[^/]+)"
 
-# (methods, path regex, operation name for fail_next and the log, handler method)
-_ROUTES: list[tuple[tuple[str, ...], re.Pattern, str, str]] = [
-    (methods, re.compile(pattern.replace("{repo}", _REPO).replace("{rev}", _REV)), operation, handler)
-    for methods, pattern, operation, handler in [
+# Dataset repos, read-only: the same handlers, reached under the Hub's dataset URLs. The router
+# hands them the repo as `datasets/{repo}`, the key the hub keeps datasets under.
+_DATASET_ROUTES = [
+    (("GET",), r"/api/datasets/{repo}", "dataset_info", "model_info"),
+    (("GET",), r"/api/datasets/{repo}/revision/{rev}", "dataset_info", "model_info"),
+    (("GET",), r"/api/datasets/{repo}/tree/{rev}(?:/(?P<path>.*))?", "tree", "tree"),
+    (("POST",), r"/api/datasets/{repo}/paths-info/{rev}", "tree", "paths_info"),
+    (("GET",), r"/api/datasets/{repo}/refs", "refs", "refs"),
+    (("GET",), r"/api/datasets/{repo}/commits/{rev}", "commits", "list_commits"),
+    (("GET", "HEAD"), r"/datasets/{repo}/resolve/{rev}/(?P<path>.+)", "download", "resolve"),
+]
+
+# (methods, path regex, operation name for fail_next and the log, handler method, repo type)
+_ROUTES: list[tuple[tuple[str, ...], re.Pattern, str, str, str]] = [
+    (methods, re.compile(pattern.replace("{repo}", _REPO).replace("{rev}", _REV)), operation, handler,
+     "dataset" if pattern.startswith(("/api/datasets/", "/datasets/")) else "model")
+    for methods, pattern, operation, handler in _DATASET_ROUTES + [
         (("GET",), r"/api/whoami-v2", "whoami", "whoami"),
         (("POST",), r"/api/repos/create", "create", "create_repo"),
         (("DELETE",), r"/api/repos/delete", "delete", "delete_repo"),
@@ -565,13 +598,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(response)
 
     def _route(self, path: str) -> _Response:
-        for methods, pattern, operation, handler in _ROUTES:
+        for methods, pattern, operation, handler, repo_type in _ROUTES:
             match = pattern.fullmatch(path)
             if match and self.command in methods:
                 status = self.hub._take_fault(operation)
                 if status is not None:
                     raise _HubError(status, f"LocalHub: injected failure of '{operation}'")
                 params = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
+                if "repo" in params:
+                    params["repo"] = _key(params["repo"], repo_type)
                 return getattr(self, handler)(**params)
         raise _HubError(404, f"LocalHub has no route for {self.command} {path}")
 
@@ -733,9 +768,10 @@ class _Handler(BaseHTTPRequestHandler):
                     sibling["lfs"] = {"size": entry.size, "sha256": entry.lfs_sha256,
                                       "pointerSize": entry.pointer_size}
             siblings.append(sibling)
-        namespace = repo.split("/")[0]
+        repo_id = target.repo_id  # `repo` is the hub's key: `datasets/{id}` for a dataset
+        namespace = repo_id.split("/")[0]
         return _json_response({
-            "_id": f"local-{repo}", "id": repo, "modelId": repo, "author": namespace, "sha": commit.sha,
+            "_id": f"local-{repo}", "id": repo_id, "modelId": repo_id, "author": namespace, "sha": commit.sha,
             "lastModified": commit.date, "createdAt": target.created_at, "private": target.private,
             "gated": target.gated, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
             "siblings": siblings,

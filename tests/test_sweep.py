@@ -37,6 +37,7 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
     assert "Trial name" in out and "eval_loss" in out, out  # the live table
     summary = out[out.index("=== Sweep summary ==="):]
     assert "best trial:" in summary and "untrained" in summary
+    assert f"plot:            {tmp_path / 'e2e' / 'plots' / 'eval_loss_curves.png'}" in summary
 
     trials = trial_results(tmp_path / "e2e")
     assert len(trials) == 4

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
 
 EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "configs" / "embedded"
 MODEL_CONFIG = EMBEDDED_DIR / "model_config.json"
@@ -49,6 +50,7 @@ def ensure_embedded_model(cache_root: Path | None = None) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         torch.manual_seed(SEED)
         model = LlamaForCausalLM(LlamaConfig(**json.loads(MODEL_CONFIG.read_text())))
+        hf_logging.disable_progress_bar()  # a bar for one tiny file is noise on stderr
         model.save_pretrained(staging, safe_serialization=True)
         for path in TOKENIZER_DIR.iterdir():
             shutil.copy2(path, staging / path.name)
