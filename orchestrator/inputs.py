@@ -9,7 +9,13 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from orchestrator.config import ConfigError, SweepConfig
-from publishing.setup import PublishOptions, PublishSetup, SetupError, prepare_publishing
+from publishing.chain import ChainError
+from publishing.competitions import CompetitionError, get_competition
+from publishing.hub import HubClient
+from publishing.remote_model import RemoteModelError, best_uid, committed_model_id, fetch_model
+from publishing.secrets import load_hf_token
+from publishing.setup import (PublishOptions, PublishSetup, SetupError, open_bittensor_chain,
+                              prepare_publishing)
 from trainables.data import DataError, SweepData, read_pairs, split_pairs, tokenize_split
 from trainables.embedded_model import DATASET, ensure_embedded_model
 from trainables.lora_trial import TrialSettings
@@ -39,8 +45,39 @@ def load_tokenizer(model_dir: Path):
     return tokenizer
 
 
-def resolve_model_dir(config: SweepConfig) -> Path:
-    return check_model_dir(config.load_model_dir) if config.load_model_dir else ensure_embedded_model()
+def read_only_chain(config: SweepConfig):
+    """The chain for reading other miners' commitments; a wallet is used when given, never required."""
+    if config.wallet_name and config.wallet_hotkey:
+        return open_bittensor_chain(config.subtensor_network, config.netuid, config.wallet_name,
+                                    config.wallet_hotkey, config.wallet_path)
+    from publishing.bittensor_chain import BittensorChain
+
+    return BittensorChain(config.subtensor_network, config.netuid, None)
+
+
+def resolve_model_dir(config: SweepConfig, chain_factory=None, hub_endpoint: str | None = None) -> Path:
+    """The starting model's local folder: given, downloaded once into this node's cache, or the embedded one."""
+    if config.load_model_dir:
+        return check_model_dir(config.load_model_dir)
+    if not (config.load_repo or config.load_uid is not None or config.load_best):
+        return ensure_embedded_model()
+    try:
+        competition = get_competition(config.competition_id)
+        hub = HubClient(load_hf_token(config.env_file), endpoint=hub_endpoint)
+        if config.load_repo:
+            repo_id, commit = config.load_repo, config.download_repo_latest_commit
+            if len(repo_id.split("/")) != 2:
+                raise RemoteModelError(f"--load_repo {repo_id!r} must be namespace/name")
+        else:
+            chain = (chain_factory or (lambda: read_only_chain(config)))()
+            uid = best_uid(chain) if config.load_best else config.load_uid
+            model_id = committed_model_id(chain, uid)
+            repo_id, commit = model_id.repo_id, model_id.commit
+            print(f"starting from uid {uid}'s model {repo_id}@{commit[:8]}")
+        folder = fetch_model(hub, repo_id, commit, competition.max_repo_bytes)
+    except (RemoteModelError, ChainError, CompetitionError) as e:
+        raise ConfigError(str(e)) from None
+    return check_model_dir(folder)
 
 
 def prepare_data(config: SweepConfig, model_dir: Path) -> SweepData:

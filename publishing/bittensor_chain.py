@@ -34,7 +34,7 @@ from bittensor.result import ChainError as SdkChainError
 from bittensor.result import RpcConnectionError, RpcPolicyError
 from bittensor.wallet import DEFAULT_WALLET_PATH
 
-from publishing.chain import ChainError, Commitment
+from publishing.chain import Neuron, ChainError, Commitment
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +228,16 @@ def describe_chain_error(error: Any, *, endpoint: str | None = None, netuid: int
     return _one_line(f"chain call failed: {text}")
 
 
+def neuron_from_record(record: Any) -> Neuron:
+    """The SDK's Neuron (or its raw runtime record) -> uid, hotkey, incentive."""
+    raw = getattr(record, "raw", None) or (record if isinstance(record, dict) else {})
+    uid = getattr(record, "uid", None)
+    hotkey = getattr(record, "hotkey", None)
+    return Neuron(uid=int(uid if uid is not None else raw["uid"]),
+                  hotkey=str(hotkey if hotkey is not None else raw["hotkey"]),
+                  incentive=float(raw.get("incentive", 0) or 0))
+
+
 # --- the wallet -----------------------------------------------------------------------------------------
 
 def load_wallet(name: str, hotkey: str, path: str | None = None) -> bittensor.Wallet:
@@ -336,8 +346,8 @@ class BittensorChain:
         self.submit_timeout = submit_timeout
         # The keypair itself is what gets passed to submit_call: the SDK passes a Signer through untouched,
         # whereas a Wallet would be re-read (and could prompt) at signing time.
-        self._hotkey = hotkey_keypair(wallet)
-        self.hotkey_ss58: str = self._hotkey.ss58_address
+        self._hotkey = hotkey_keypair(wallet) if wallet is not None else None  # None: read-only
+        self.hotkey_ss58: str | None = self._hotkey.ss58_address if self._hotkey is not None else None
         self._substrate = substrate
         self._client: bittensor.Client | None = None
         self._connect_lock: asyncio.Lock | None = None
@@ -423,7 +433,15 @@ class BittensorChain:
                            self.timeout, "reading the commitment")
         return decode_commitment(record)
 
+    def neurons(self) -> list[Neuron]:
+        """uid, hotkey and incentive of every neuron on the subnet (the SDK's one-call metagraph read)."""
+        records = self._run(lambda client: client.read("neurons", netuid=self.netuid, lite=True), self.timeout,
+                            f"reading the neurons of subnet {self.netuid}")
+        return [neuron_from_record(record) for record in records or []]
+
     def set_commitment(self, data: str) -> None:
+        if self._hotkey is None:
+            raise ChainError("this chain client has no hotkey; pass --wallet.name and --wallet.hotkey to commit")
         call = build_set_commitment_call(self.netuid, data)  # size checked before anything touches the network
         log.info("committing %d bytes on subnet %d with hotkey %s via %s",
                  len(data.encode("utf-8")), self.netuid, self.hotkey_ss58, self.endpoint)

@@ -19,15 +19,25 @@ class ChainError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Neuron:
+    uid: int
+    hotkey: str
+    incentive: float
+
+
+@dataclass(frozen=True)
 class Commitment:
     block: int   # the block the commitment was written in
     data: str    # the committed string (a ModelId)
 
 
 class Chain(Protocol):
-    hotkey_ss58: str  # the hotkey this chain client commits with
+    hotkey_ss58: str | None  # the hotkey this chain client commits with (None: a read-only client)
 
     def current_block(self) -> int: ...
+
+    def neurons(self) -> list[Neuron]:
+        """The subnet's registered neurons, by uid (the metagraph's uid, hotkey and incentive)."""
 
     def is_registered(self, hotkey_ss58: str) -> bool: ...
 
@@ -43,12 +53,14 @@ class InMemoryChain:
     `clock` returns seconds; a test drives it to move time. Blocks are clock // BLOCK_SECONDS.
     """
 
-    def __init__(self, hotkey_ss58: str, registered: set[str] | None = None, clock=None,
-                 interval_blocks: int = COMMIT_INTERVAL_BLOCKS):
+    def __init__(self, hotkey_ss58: str | None, registered: set[str] | None = None, clock=None,
+                 interval_blocks: int = COMMIT_INTERVAL_BLOCKS, neurons: list[Neuron] | None = None):
         import time
 
         self.hotkey_ss58 = hotkey_ss58
-        self.registered = {hotkey_ss58} if registered is None else set(registered)
+        self.registered = ({hotkey_ss58} if hotkey_ss58 else set()) if registered is None else set(registered)
+        self.neuron_list = list(neurons) if neurons is not None else [
+            Neuron(uid, hotkey, 0.0) for uid, hotkey in enumerate(sorted(self.registered))]
         self.clock = clock or time.time
         self.interval_blocks = interval_blocks
         self.commitments: dict[str, Commitment] = {}
@@ -61,11 +73,20 @@ class InMemoryChain:
     def is_registered(self, hotkey_ss58: str) -> bool:
         return hotkey_ss58 in self.registered
 
+    def neurons(self) -> list[Neuron]:
+        return sorted(self.neuron_list, key=lambda n: n.uid)
+
+    def commit_as(self, hotkey_ss58: str, data: str) -> None:
+        """Another miner's commitment (tests and local development)."""
+        self.commitments[hotkey_ss58] = Commitment(block=self.current_block(), data=data)
+
     def read_commitment(self, hotkey_ss58: str) -> Commitment | None:
         return self.commitments.get(hotkey_ss58)
 
     def set_commitment(self, data: str) -> None:
         with self._lock:
+            if self.hotkey_ss58 is None:
+                raise ChainError("this chain client has no hotkey; pass --wallet.name and --wallet.hotkey to commit")
             if self.hotkey_ss58 not in self.registered:
                 raise ChainError(f"hotkey {self.hotkey_ss58} is not registered on the subnet (AccountNotAllowedCommit); "
                                  "register it with btcli subnet register")

@@ -27,10 +27,15 @@ class Verified:
 
 
 class HubClient:
-    def __init__(self, token: Secret, endpoint: str | None = None):
+    def __init__(self, token: Secret | None, endpoint: str | None = None):
+        """`token` None: anonymous, enough to download public models."""
         self._token = token
         self.endpoint = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-        self._api = HfApi(endpoint=self.endpoint, token=token.reveal())
+        self._api = HfApi(endpoint=self.endpoint, token=self._secret())
+
+    def _secret(self) -> str | bool:
+        # False, not None: huggingface_hub would otherwise fall back to a token saved on this machine
+        return self._token.reveal() if self._token else False
 
     def upload(self, repo_id: str, folder: str | Path, model_card: str, message: str) -> str:
         """Create the repo public if missing; commit the folder's files and the model card (README.md,
@@ -54,13 +59,18 @@ class HubClient:
         total_bytes = sum(s.size or 0 for s in info.siblings or [])
         with tempfile.TemporaryDirectory() as cache:
             snapshot = snapshot_download(repo_id, revision=commit, allow_patterns=files, cache_dir=cache,
-                                         endpoint=self.endpoint, token=self._token.reveal())
+                                         endpoint=self.endpoint, token=self._secret())
             downloaded = sorted(p.name for p in Path(snapshot).iterdir())
             if downloaded != sorted(files):
                 raise HubError(f"{repo_id}@{commit[:8]} holds {downloaded}, not the uploaded {sorted(files)}")
             plain = hash_directory(snapshot)
         return Verified(commit=commit, hash=salt(plain) if salt else plain, total_bytes=total_bytes)
 
-    def download(self, repo_id: str, commit: str, cache_dir: str | Path) -> Path:
+    def download(self, repo_id: str, commit: str, cache_dir: str | Path, allow_patterns: list[str] | None = None) -> Path:
         return Path(snapshot_download(repo_id, revision=commit, cache_dir=str(cache_dir), endpoint=self.endpoint,
-                                      token=self._token.reveal()))
+                                      token=self._secret(), allow_patterns=allow_patterns))
+
+    def file_sizes(self, repo_id: str, commit: str) -> dict[str, int]:
+        """Every file of the repo at `commit` with its size, from the Hub's metadata (nothing downloaded)."""
+        info = self._api.model_info(repo_id, revision=commit, files_metadata=True)
+        return {s.rfilename: s.size or 0 for s in info.siblings or []}
