@@ -4,6 +4,7 @@ The starting model folder and the dataset are validated here; the dataset is spl
 tokenized once, in the driver, with the model's own tokenizer and chat template.
 """
 
+import os
 from pathlib import Path
 
 from transformers import AutoTokenizer
@@ -16,6 +17,7 @@ from publishing.remote_model import RemoteModelError, best_uid, committed_model_
 from publishing.secrets import load_hf_token
 from publishing.setup import (PublishOptions, PublishSetup, SetupError, open_bittensor_chain,
                               prepare_publishing)
+from trainables.data_sources import fetch_cortex_pairs, load_hub_dataset, read_local_dataset
 from trainables.data import DataError, SweepData, read_pairs, split_pairs, tokenize_split
 from trainables.embedded_model import DATASET, ensure_embedded_model
 from trainables.lora_trial import TrialSettings
@@ -55,6 +57,26 @@ def read_only_chain(config: SweepConfig):
     return BittensorChain(config.subtensor_network, config.netuid, None)
 
 
+def resolve_opponent(config: SweepConfig, chain_factory=None, hub_endpoint: str | None = None):
+    """--comparison_uid's committed model, downloaded now so a bad uid fails before any training."""
+    from orchestrator.head_to_head import Opponent
+
+    if config.comparison_uid is None:
+        return None
+    try:
+        competition = get_competition(config.competition_id)
+        chain = (chain_factory or (lambda: read_only_chain(config)))()
+        model_id = committed_model_id(chain, config.comparison_uid)
+        hotkey = {n.uid: n.hotkey for n in chain.neurons()}[config.comparison_uid]
+        block = chain.read_commitment(hotkey).block
+        hub = HubClient(load_hf_token(config.env_file), endpoint=hub_endpoint)
+        folder = fetch_model(hub, model_id.repo_id, model_id.commit, competition.max_repo_bytes)
+    except (RemoteModelError, ChainError, CompetitionError) as e:
+        raise ConfigError(f"--comparison_uid: {e}") from None
+    return Opponent(uid=config.comparison_uid, model_id=model_id.to_compressed_str(), block=block,
+                    model_dir=str(check_model_dir(folder)))
+
+
 def resolve_model_dir(config: SweepConfig, chain_factory=None, hub_endpoint: str | None = None) -> Path:
     """The starting model's local folder: given, downloaded once into this node's cache, or the embedded one."""
     if config.load_model_dir:
@@ -80,9 +102,24 @@ def resolve_model_dir(config: SweepConfig, chain_factory=None, hub_endpoint: str
     return check_model_dir(folder)
 
 
+def read_training_pairs(config: SweepConfig, hub_endpoint: str | None = None) -> list[dict]:
+    """The question/response pairs from the one source the flags choose (default: the bundled dataset)."""
+    columns = {"question_column": config.question_column, "response_column": config.response_column}
+    if config.dataset_path:
+        return read_local_dataset(config.dataset_path, **columns)
+    if config.dataset_repo_id:
+        token = load_hf_token(config.env_file)
+        return load_hub_dataset(config.dataset_repo_id, **columns,
+                                endpoint=hub_endpoint or os.environ.get("HF_ENDPOINT"),
+                                token=token.reveal() if token else None)
+    if config.use_cortex:
+        return fetch_cortex_pairs(config.cortex_steps, config.cortex_samples_per_epoch)
+    return read_pairs(DATASET)
+
+
 def prepare_data(config: SweepConfig, model_dir: Path) -> SweepData:
     try:
-        pairs = read_pairs(config.dataset_path or DATASET)
+        pairs = read_training_pairs(config)
         train, held_out = split_pairs(pairs, config.eval_fraction, config.seed)
         tokenizer = load_tokenizer(model_dir)
         return SweepData(train=tokenize_split(tokenizer, train, config.max_length),

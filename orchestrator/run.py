@@ -7,7 +7,8 @@
 import sys
 
 from orchestrator.config import ConfigError, load_config
-from orchestrator.inputs import check_publishing, check_tracking, prepare_data, resolve_model_dir, trial_settings
+from orchestrator.inputs import (check_publishing, check_tracking, prepare_data, resolve_model_dir, resolve_opponent,
+                                 trial_settings)
 from orchestrator.search_space import load_search_space
 from publishing.competitions import competitions_table, load_competitions
 
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         data = prepare_data(config, model_dir)
         settings = trial_settings(config, model_dir)
         publishing = check_publishing(config, model_dir)
+        opponent = resolve_opponent(config)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start_ray(config)
     try:
-        outcome = run_sweep(config, space, settings, data, publishing)
+        outcome = run_sweep(config, space, settings, data, publishing, opponent)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

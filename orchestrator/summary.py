@@ -43,6 +43,9 @@ def render_summary(outcome: SweepOutcome, config: SweepConfig) -> str:
         f"({gain:.1%} lower)",
         f"merged model:    {outcome.best_model_dir}",
         *publish_lines(outcome, config),
+        *([f"head-to-head:    {outcome.comparison.line()}",
+           f"                 (per-pair losses in {outcome.experiment_path}/comparison.json)"]
+          if outcome.comparison else []),
         *(f"plot:            {path}" for path in outcome.plots),
         f"experiment:      {outcome.experiment_path}",
         f"wall time:       {outcome.wall_s:.0f} s",

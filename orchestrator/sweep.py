@@ -5,6 +5,7 @@ functions; `run_sweep` only wires Ray Tune's own parts together: OptunaSearch fo
 suggestions, ASHA for early stopping, checkpoints kept by eval loss, and CLIReporter's table.
 """
 
+import dataclasses
 import math
 import os
 import time
@@ -69,6 +70,7 @@ class SweepOutcome:
     best_model_dir: str
     wall_s: float
     plots: list               # PNG files in the experiment folder
+    comparison: object        # publishing.head_to_head.Comparison with --comparison_uid, else None
     publish: dict             # the coordinator's report: outcome lines, what was published, publish.json
 
 
@@ -77,12 +79,13 @@ def _remote_options(resources: dict) -> dict:
 
 
 def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, data: SweepData,
-              publishing: PublishSetup, trial_function=lora_trainable) -> SweepOutcome:
+              publishing: PublishSetup, opponent=None, trial_function=lora_trainable) -> SweepOutcome:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from orchestrator.head_to_head import WinGate, head_to_head, remote_pair_losses
     from orchestrator.plots import write_plots
     from orchestrator.tracking import log_sweep_summary, wandb_callback
     from publishing.actor import PublishCallback, start_coordinator
@@ -104,6 +107,12 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     # The untrained model's loss, measured once on a worker (the driver never holds a model).
     base_loss = ray.get(ray.remote(base_eval_loss).options(**_remote_options(resources))
                         .remote(settings, data.eval))
+    their_losses = None
+    if opponent is not None:
+        their_losses = remote_pair_losses(opponent.model_dir, settings, data.eval, _remote_options(resources))
+        if config.require_win:
+            gate = WinGate(opponent, their_losses, settings, data.eval, _remote_options(resources))
+            publishing = dataclasses.replace(publishing, gate=gate)
 
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_reports,
                                grace_period=min(config.grace_period, max_reports),
@@ -156,7 +165,9 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
         best_hyperparameters={k: best.config[k] for k in PARAMETERS}, best_eval_loss=best_metrics[METRIC],
         best_step=best_metrics["step"], base_eval_loss=base_loss, best_model_dir=report["best_model_dir"],
         wall_s=time.perf_counter() - started, plots=[str(p) for p in write_plots(results.experiment_path)],
-        publish=report)
+        publish=report, comparison=None if opponent is None else head_to_head(
+            opponent, their_losses, report["best_model_dir"], settings, data.eval, _remote_options(resources),
+            results.experiment_path))
     if config.wandb_project:
         log_sweep_summary(config.wandb_entity, config.wandb_project, name, config.env_file, str(experiment_dir),
                           summary_record(outcome))
@@ -170,4 +181,4 @@ def summary_record(outcome: SweepOutcome) -> dict:
             "base_eval_loss": outcome.base_eval_loss, "best_step": outcome.best_step,
             "num_trials": outcome.num_trials, "stopped_early": outcome.stopped_early, "errored": outcome.errored,
             "best_model_dir": outcome.best_model_dir, "published_model_id": published["model_id"] if published else None,
-            "wall_s": outcome.wall_s}
+            "wall_s": outcome.wall_s, **({"comparison": outcome.comparison.record()} if outcome.comparison else {})}

@@ -14,7 +14,7 @@ class CoordinatorHost:
 
     def __init__(self, setup: PublishSetup, base_model_dir: str, experiment_dir: str, sweep_id: str):
         publisher = setup.publisher(base_model_dir, experiment_dir, sweep_id)
-        self.coordinator = PublishCoordinator(publisher, experiment_dir)
+        self.coordinator = PublishCoordinator(publisher, experiment_dir, gate=setup.gate)
 
     def offer(self, candidate: Candidate) -> bool:
         return self.coordinator.offer(candidate)

@@ -32,8 +32,10 @@ ACTOR_NAME = "PublishCoordinator"
 
 
 class PublishCoordinator:
-    def __init__(self, publisher: Publisher, experiment_dir: str | Path, clock=time.time, background: bool = True):
-        self.publisher, self.target = publisher, publisher.target
+    def __init__(self, publisher: Publisher, experiment_dir: str | Path, clock=time.time, background: bool = True,
+                 gate=None):
+        """`gate(model_dir) -> (publish?, reason)`: a last check on a prepared model (--require_win)."""
+        self.publisher, self.target, self.gate = publisher, publisher.target, gate
         self.experiment_dir = Path(experiment_dir)
         self.clock = clock
         self.state = self._load_state()
@@ -127,16 +129,22 @@ class PublishCoordinator:
             if candidate is None:
                 return None
             if candidate.key in self._rejected:
-                return Decision("skip", f"{candidate.key} breaks the competition's limits")
+                return Decision("skip", f"{candidate.key} was refused before (limits or --require_win)")
             decision = self.decision(candidate, self.clock())
             if decision.action != "publish":
                 return decision
             try:
-                self.publisher.prepare(candidate)
+                prepared = self.publisher.prepare(candidate)
             except (ModelCheckError, PackageError) as e:
                 self._rejected.add(candidate.key)
                 self._note(f"not publishing {candidate.key}: {e}")
                 return Decision("skip", str(e))
+            if self.gate is not None:
+                passed, reason = self.gate(prepared.model_dir)
+                self._note(f"{candidate.key} {reason}")
+                if not passed:
+                    self._rejected.add(candidate.key)
+                    return Decision("skip", reason)
             if not self._publish(candidate):
                 return Decision("retry", "publishing failed; it is tried again later")
             return decision

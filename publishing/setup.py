@@ -53,6 +53,7 @@ class PublishSetup:
     token: Secret | None = None
     hub_endpoint: str | None = None
     chain_factory: Callable[[], Chain] | None = None
+    gate: Callable[[str], tuple[bool, str]] | None = None  # e.g. --require_win: (publish?, reason) for a model folder
 
     def publisher(self, base_model_dir: str, work_dir: str | Path, sweep_id: str) -> Publisher:
         if self.target.repo_id is None:

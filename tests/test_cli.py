@@ -43,7 +43,7 @@ def bad_inputs(tmp_path):
         "dataset empty": (["--dataset_path", str(write_jsonl(tmp_path / "e.jsonl", []))], "is empty"),
         "dataset not JSONL": (["--dataset_path", str(write_jsonl(tmp_path / "n.jsonl", ["a,b"]))], "is not JSON"),
         "dataset lacks keys": (["--dataset_path", str(write_jsonl(tmp_path / "k.jsonl", ['{"q": "a"}']))],
-                               "lacks a string 'question' and 'response'"),
+                               "has no column 'question', 'response'"),
         "num_samples < 1": (["--num_samples", "0"], "--num_samples must be at least 1"),
         "cpus_per_trial too large": (["--cpus_per_trial", "4096"], "more than this machine's"),
     }

@@ -300,7 +300,8 @@ FINISHED = pairs(("How many legs does a spider have?", "A spider has eight legs.
 
 def test_unwanted_phrases_are_the_shipped_copy():
     phrases = load_unwanted_phrases()
-    assert data_sources.DEFAULT_UNWANTED_PHRASES == Path(__file__).parents[1] / "configs" / "cortex_unwanted_phrases.txt"
+    shipped = Path(__file__).parents[1] / "configs" / "cortex_unwanted_phrases.txt"
+    assert data_sources.DEFAULT_UNWANTED_PHRASES == shipped
     assert len(phrases) == 137 and phrases[0] == "text-based AI language model" and phrases[-1] == "GPT"
     assert "my purpose is to " in phrases  # trailing space kept, as in the original list
     assert "As an AI language model, I cannot" in phrases and "<|endoftext|>" in phrases

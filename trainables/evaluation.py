@@ -22,16 +22,21 @@ def per_pair_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def eval_loss(model, split: TokenizedSplit, device: torch.device, batch_size: int = 8) -> float:
-    """Average of the per-pair losses over the whole split (the number trials are ranked by)."""
+def pair_losses(model, split: TokenizedSplit, device: torch.device, batch_size: int = 8) -> list[float]:
+    """Every pair's loss, in split order: what head-to-head comparisons count wins over."""
     was_training = model.training
     model.eval()
-    total = 0.0
+    losses = []
     for start in range(0, len(split), batch_size):
         batch = collate(split, range(start, min(start + batch_size, len(split))))
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        total += per_pair_losses(logits, batch["labels"]).sum().item()
+        losses.extend(per_pair_losses(logits, batch["labels"]).tolist())
     model.train(was_training)
-    loss = total / len(split)
+    return losses
+
+
+def eval_loss(model, split: TokenizedSplit, device: torch.device, batch_size: int = 8) -> float:
+    """Average of the per-pair losses over the whole split (the number trials are ranked by)."""
+    loss = sum(pair_losses(model, split, device, batch_size)) / len(split)
     return loss if math.isfinite(loss) else math.inf

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, get_cosine_with_min_lr_schedule_with_warmup
 
 from trainables.data import SweepData, TokenizedSplit, collate
-from trainables.evaluation import eval_loss
+from trainables.evaluation import eval_loss, pair_losses
 
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
@@ -163,14 +163,25 @@ class _Window:
         return {"train_loss": train_loss, "tokens_per_s": self.tokens / elapsed if elapsed > 0 else 0.0}
 
 
-def base_eval_loss(settings: TrialSettings, eval_split: TokenizedSplit) -> float:
-    """The untrained model's loss on the held-out set: the number every trial must beat."""
+def model_pair_losses(model_dir: str, settings: TrialSettings, eval_split: TokenizedSplit) -> list[float]:
+    """Per-pair losses of a plain model folder on the held-out set (run as a Ray task with a trial's resources)."""
     device = pick_device(settings.device)
     if device.type == "cpu":
         torch.set_num_threads(settings.cpus_per_trial)
-    model = AutoModelForCausalLM.from_pretrained(settings.model_dir, use_safetensors=True,
+    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True,
                                                  local_files_only=True).to(device)
-    return eval_loss(model, eval_split, device, settings.eval_batch_size)
+    try:
+        return pair_losses(model, eval_split, device, settings.eval_batch_size)
+    finally:
+        del model
+        release_accelerator_memory()
+
+
+def base_eval_loss(settings: TrialSettings, eval_split: TokenizedSplit) -> float:
+    """The untrained model's loss on the held-out set: the number every trial must beat."""
+    losses = model_pair_losses(settings.model_dir, settings, eval_split)
+    return sum(losses) / len(losses)
 
 
 def lora_trainable(config: dict, settings: TrialSettings, data: SweepData) -> None:
