@@ -59,6 +59,9 @@ class SweepConfig:
     use_cortex: bool = _help("train on Cortex subnet data read from W&B", default=False)
     cortex_steps: int = _help("latest history steps read from each Cortex validator run", default=5)
     cortex_samples_per_epoch: int = _help("Cortex pairs used", default=4096)
+    tokenizer: str = _help("model: the starting model's own; competition: the competition's, which validators score "
+                           "with (downloaded once); auto: the competition's, but the embedded model's own",
+                           default="auto")
     eval_fraction: float = _help("share of the pairs held out as the eval set every trial is scored on",
                                  default=0.15)
     max_length: int = _help("tokens per pair after truncation (validators use 2048)", default=2048)
@@ -217,6 +220,8 @@ def validate(config: SweepConfig) -> SweepConfig:
         raise ConfigError("W&B logging needs both --wandb_entity and --wandb_project")
     if config.require_win and config.comparison_uid is None:
         raise ConfigError("--require_win needs --comparison_uid (the uid to win against)")
+    if config.tokenizer not in ("auto", "model", "competition"):
+        raise ConfigError(f"--tokenizer must be auto, model or competition, got {config.tokenizer!r}")
     device = config.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")

@@ -4,6 +4,7 @@ The starting model folder and the dataset are validated here; the dataset is spl
 tokenized once, in the driver, with the model's own tokenizer and chat template.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from orchestrator.config import ConfigError, SweepConfig
 from publishing.chain import ChainError
 from publishing.competitions import CompetitionError, get_competition
 from publishing.hub import HubClient
-from publishing.remote_model import RemoteModelError, best_uid, committed_model_id, fetch_model
+from publishing.remote_model import RemoteModelError, best_uid, committed_model_id, default_model_cache, fetch_model
 from publishing.secrets import load_hf_token
 from publishing.setup import (PublishOptions, PublishSetup, SetupError, open_bittensor_chain,
                               prepare_publishing)
@@ -117,11 +118,45 @@ def read_training_pairs(config: SweepConfig, hub_endpoint: str | None = None) ->
     return read_pairs(DATASET)
 
 
-def prepare_data(config: SweepConfig, model_dir: Path) -> SweepData:
+TOKENIZER_FILES = ["tokenizer*", "special_tokens_map.json", "added_tokens.json", "*.jinja"]
+
+
+def competition_tokenizer_dir(config: SweepConfig, hub_endpoint: str | None = None) -> Path:
+    """The competition's tokenizer files, downloaded once into this node's cache."""
+    competition = get_competition(config.competition_id)
+    hub = HubClient(load_hf_token(config.env_file), endpoint=hub_endpoint)
+    return hub.download(competition.tokenizer, None, default_model_cache(), allow_patterns=TOKENIZER_FILES)
+
+
+def choose_tokenizer(config: SweepConfig, model_dir: Path, hub_endpoint: str | None = None):
+    """Validators tokenize every model with the competition's tokenizer; train and evaluate with it too."""
+    embedded = config.load_model_dir is None and not (config.load_repo or config.load_uid is not None
+                                                      or config.load_best)
+    if config.tokenizer == "model" or (config.tokenizer == "auto" and embedded):
+        return load_tokenizer(model_dir)
     try:
-        pairs = read_training_pairs(config)
+        folder = competition_tokenizer_dir(config, hub_endpoint)
+    except Exception as e:  # no network, or the repo is gated
+        reason = str(e).splitlines()[0][:200]
+        if config.tokenizer == "competition":
+            raise ConfigError(f"cannot fetch competition {config.competition_id}'s tokenizer: {reason}; "
+                              "use --tokenizer model") from None
+        print(f"note: cannot fetch competition {config.competition_id}'s tokenizer ({reason}); "
+              "tokenizing with the model's own")
+        return load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(folder)
+    vocab = json.loads((model_dir / "config.json").read_text()).get("vocab_size", len(tokenizer))
+    if len(tokenizer) > vocab:
+        raise ConfigError(f"competition {config.competition_id}'s tokenizer has {len(tokenizer)} tokens but the model "
+                          f"embeds {vocab}; start from a model of that competition, or use --tokenizer model")
+    return tokenizer
+
+
+def prepare_data(config: SweepConfig, model_dir: Path, hub_endpoint: str | None = None) -> SweepData:
+    try:
+        tokenizer = choose_tokenizer(config, model_dir, hub_endpoint)
+        pairs = read_training_pairs(config, hub_endpoint)
         train, held_out = split_pairs(pairs, config.eval_fraction, config.seed)
-        tokenizer = load_tokenizer(model_dir)
         return SweepData(train=tokenize_split(tokenizer, train, config.max_length),
                          eval=tokenize_split(tokenizer, held_out, config.max_length))
     except DataError as e:
@@ -155,3 +190,16 @@ def check_tracking(config: SweepConfig) -> None:
     if config.wandb_project and not wandb_key_available(config.env_file):
         raise ConfigError(f"W&B logging needs WANDB_API_KEY in the environment or {config.env_file}, or `wandb login`, "
                           "or WANDB_MODE=offline")
+
+
+def check_device(config: SweepConfig) -> None:
+    """--device cuda[:N] on a machine without that GPU fails here, not after Ray starts (local runs only)."""
+    if config.address is not None or not config.device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(config.device.split(":")[1]) if ":" in config.device else 0
+    if index >= count:
+        raise ConfigError(f"--device {config.device} but this machine has {count} CUDA GPU(s); "
+                          "use --device cpu or auto")

@@ -7,7 +7,7 @@
 import sys
 
 from orchestrator.config import ConfigError, load_config
-from orchestrator.inputs import (check_publishing, check_tracking, prepare_data, resolve_model_dir, resolve_opponent,
+from orchestrator.inputs import (check_device, check_publishing, check_tracking, prepare_data, resolve_model_dir, resolve_opponent,
                                  trial_settings)
 from orchestrator.search_space import load_search_space
 from publishing.competitions import competitions_table, load_competitions
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
             print(competitions_table(load_competitions()))
             return 0
         check_tracking(config)
+        check_device(config)
         space = load_search_space(config.search)
         model_dir = resolve_model_dir(config)
         data = prepare_data(config, model_dir)

@@ -66,7 +66,9 @@ class HubClient:
             plain = hash_directory(snapshot)
         return Verified(commit=commit, hash=salt(plain) if salt else plain, total_bytes=total_bytes)
 
-    def download(self, repo_id: str, commit: str, cache_dir: str | Path, allow_patterns: list[str] | None = None) -> Path:
+    def download(self, repo_id: str, commit: str | None, cache_dir: str | Path,
+                 allow_patterns: list[str] | None = None) -> Path:
+        """The repo's files at `commit` (None: the latest), into a Hub cache folder; cached files are reused."""
         return Path(snapshot_download(repo_id, revision=commit, cache_dir=str(cache_dir), endpoint=self.endpoint,
                                       token=self._secret(), allow_patterns=allow_patterns))
 

@@ -46,6 +46,9 @@ def bad_inputs(tmp_path):
                                "has no column 'question', 'response'"),
         "num_samples < 1": (["--num_samples", "0"], "--num_samples must be at least 1"),
         "cpus_per_trial too large": (["--cpus_per_trial", "4096"], "more than this machine's"),
+        "a GPU this machine lacks": (["--device", "cuda:7"], "--device cuda:7 but this machine has"),
+        "starting model outside the competition": (["--competition_id", "g1"], "breaks competition g1's limits"),
+        "unknown competition": (["--competition_id", "zz"], "unknown competition 'zz'"),
     }
 
 
@@ -55,7 +58,8 @@ def bad_inputs(tmp_path):
                                   "empty list", "model dir missing", "model dir empty",
                                   "model dir without safetensors", "dataset missing", "dataset empty",
                                   "dataset not JSONL", "dataset lacks keys", "num_samples < 1",
-                                  "cpus_per_trial too large"])
+                                  "cpus_per_trial too large", "a GPU this machine lacks",
+                                  "starting model outside the competition", "unknown competition"])
 def test_bad_input_fails_at_the_edge(case, tmp_path, capsys, monkeypatch):
     def ray_must_not_start(_config):
         raise AssertionError("Ray started for bad input")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 
 class DataError(ValueError):
@@ -85,7 +86,7 @@ class TokenizedSplit:
 def tokenize_split(tokenizer, pairs: list[dict], max_length: int) -> TokenizedSplit:
     """Tokenize pairs; a pair whose response is truncated away entirely carries no loss and is dropped."""
     kept = []
-    for row in pairs:
+    for row in tqdm(pairs, desc="tokenizing", unit="pair", disable=None, leave=False):  # a bar on terminals only
         ids, prompt_len = tokenize_pair(tokenizer, row["question"], row["response"], max_length)
         if len(ids) > prompt_len:
             kept.append((ids, prompt_len))
