@@ -115,6 +115,9 @@ def test_a_restarted_trial_resumes_from_its_tune_checkpoint(local_ray, model_dir
 
     assert outcome.errored == 0 and outcome.finished == 1
     [trial] = trial_results(tmp_path / "restart")
-    steps = [r["step"] for r in trial["reports"]]
-    assert steps == [10, 20, 30, 31]  # the second attempt started at step 10, not from scratch
-    assert trial["reports"][1]["trial_started_at"] > trial["reports"][0]["trial_started_at"]
+    second_attempt = trial["reports"][-1]["trial_started_at"]
+    resumed = [r["step"] for r in trial["reports"] if r["trial_started_at"] == second_attempt]
+    # The second attempt continued after the checkpoint at step 10 instead of starting over. (Whether the
+    # first attempt's own report reached result.json races with its crash, so it is not asserted.)
+    assert resumed == [20, 30, 31]
+    assert all(r["trial_started_at"] < second_attempt for r in trial["reports"] if r["step"] == 10)
