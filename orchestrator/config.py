@@ -83,6 +83,8 @@ class SweepConfig:
                               default="~/ray_results")
     experiment_name: str | None = _help("folder name of this experiment; default: lora-sweep-<timestamp>",
                                         default=None)
+    resume: bool = _help("continue the experiment --experiment_name (default: the latest in --storage_path) after "
+                         "the driver stopped; run the same command again with --resume", default=False)
     max_failures: int = _help("times a failing trial is restarted from its last checkpoint", default=2)
     dashboard: bool = _help("start the Ray dashboard when Ray is started here", default=True)
     # publishing (the best model to the Hub, its id to the chain)

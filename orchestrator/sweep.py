@@ -78,12 +78,50 @@ def _remote_options(resources: dict) -> dict:
     return {"num_cpus": resources.get("cpu", 1), "num_gpus": resources.get("gpu", 0)}
 
 
+def experiment_name(config: SweepConfig, storage: Path) -> str:
+    """The experiment's folder name; resuming without a name picks the newest experiment in storage."""
+    if config.experiment_name:
+        return config.experiment_name
+    if config.resume:
+        from ray import tune
+
+        previous = sorted((p for p in storage.glob("lora-sweep-*") if tune.Tuner.can_restore(str(p))),
+                          key=lambda p: p.stat().st_mtime)
+        if not previous:
+            raise ConfigError(f"--resume found no experiment in {storage}; pass --experiment_name and --storage_path")
+        return previous[-1].name
+    return time.strftime("lora-sweep-%Y%m%d-%H%M%S")
+
+
+def new_tuner(config: SweepConfig, space: SearchSpace, trainable, name: str, storage: Path, callbacks: list,
+              scheduler, num_trials: int, max_concurrent: int):
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    reporter = tune.CLIReporter(
+        parameter_columns=PARAMETERS, metric_columns=["step", METRIC, "train_loss", "tokens_per_s"],
+        max_report_frequency=10, sort_by_metric=True, max_progress_rows=30, print_intermediate_tables=True)
+    return tune.Tuner(
+        trainable,
+        param_space=tune_param_space(space),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, num_samples=num_trials, max_concurrent_trials=max_concurrent,
+            search_alg=OptunaSearch(sampler=optuna_sampler(space, config.seed)), scheduler=scheduler,
+            reuse_actors=True),  # a worker imports torch and transformers once, not once per trial
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage), callbacks=callbacks,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
+                                                    checkpoint_score_order=MODE),
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            progress_reporter=reporter, verbose=1),
+    )
+
+
 def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, data: SweepData,
               publishing: PublishSetup, opponent=None, trial_function=lora_trainable) -> SweepOutcome:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from orchestrator.head_to_head import WinGate, head_to_head, remote_pair_losses
     from orchestrator.plots import write_plots
@@ -119,32 +157,22 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
                                reduction_factor=config.reduction_factor)
                  if config.scheduler == "asha" else FIFOScheduler())
     trainable = tune.with_resources(tune.with_parameters(trial_function, settings=settings, data=data), resources)
-    name = config.experiment_name or time.strftime("lora-sweep-%Y%m%d-%H%M%S")
     storage = Path(config.storage_path).expanduser()
+    name = experiment_name(config, storage)
     experiment_dir = storage / name
     coordinator = start_coordinator(publishing, settings.model_dir, str(experiment_dir), name)
-    callbacks = [PublishCallback(coordinator)]
+    callbacks = [PublishCallback(name)]
     if config.wandb_project:
         experiment_dir.mkdir(parents=True, exist_ok=True)
         callbacks.append(wandb_callback(config.wandb_entity, config.wandb_project, name, config.env_file,
                                         str(experiment_dir)))
-    reporter = tune.CLIReporter(
-        parameter_columns=PARAMETERS, metric_columns=["step", METRIC, "train_loss", "tokens_per_s"],
-        max_report_frequency=10, sort_by_metric=True, max_progress_rows=30, print_intermediate_tables=True)
-    tuner = tune.Tuner(
-        trainable,
-        param_space=tune_param_space(space),
-        tune_config=tune.TuneConfig(
-            metric=METRIC, mode=MODE, num_samples=num_trials, max_concurrent_trials=max_concurrent,
-            search_alg=OptunaSearch(sampler=optuna_sampler(space, config.seed)), scheduler=scheduler,
-            reuse_actors=True),  # a worker imports torch and transformers once, not once per trial
-        run_config=tune.RunConfig(
-            name=name, storage_path=str(storage), callbacks=callbacks,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
-                                                    checkpoint_score_order=MODE),
-            failure_config=tune.FailureConfig(max_failures=config.max_failures),
-            progress_reporter=reporter, verbose=1),
-    )
+    if config.resume:
+        # Tune restores the trials, their checkpoints and the searcher's state; finished trials stay finished.
+        print(f"resuming {experiment_dir}")
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        tuner = new_tuner(config, space, trainable, name, storage, callbacks, scheduler, num_trials, max_concurrent)
     try:
         results = tuner.fit()
         errored = sum(1 for r in results if r.error is not None)
