@@ -169,7 +169,9 @@ def trial_settings(config: SweepConfig, model_dir: Path) -> TrialSettings:
         accumulation_steps=config.accumulation_steps, eval_steps=config.eval_steps,
         eval_batch_size=config.eval_batch_size, warmup_ratio=config.warmup_ratio,
         weight_decay=config.weight_decay, lora_dropout=config.lora_dropout, seed=config.seed,
-        cpus_per_trial=config.cpus_per_trial, device="cpu" if config.device == "cpu" else "auto")
+        cpus_per_trial=config.cpus_per_trial, device="cpu" if config.device == "cpu" else "auto",
+        embedded_model=not (config.load_model_dir or config.load_repo or config.load_uid is not None
+                            or config.load_best))
 
 
 def publish_options(config: SweepConfig) -> PublishOptions:

@@ -39,6 +39,41 @@ def concurrent_slots(resources: dict, cluster: dict) -> int:
     return max(1, min(math.floor(cluster.get(k.upper(), 0) / v) for k, v in resources.items()))
 
 
+def unshared_nodes(nodes: list[dict], can_see) -> list[str]:
+    """Addresses of the alive nodes for which `can_see(node)` is False."""
+    return [n["NodeManagerAddress"] for n in nodes if n.get("Alive") and not can_see(n)]
+
+
+def check_shared_storage(storage_path: str) -> None:
+    """On a multi-node cluster, every node must reach --storage_path: trials resume from checkpoints there
+    on whichever node survives. A probe file written here must be visible on every node."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2 or "://" in storage_path:
+        return
+    storage = Path(storage_path).expanduser()
+    storage.mkdir(parents=True, exist_ok=True)
+    probe = storage / f".lora-sweep-probe-{uuid.uuid4().hex}"
+    probe.write_text("probe")
+    exists = ray.remote(os.path.exists)
+
+    def can_see(node):
+        pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+        return ray.get(exists.options(num_cpus=0, scheduling_strategy=pinned).remote(str(probe)), timeout=60)
+
+    try:
+        blind = unshared_nodes(nodes, can_see)
+    finally:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise ConfigError(f"--storage_path {storage_path} is not shared: node(s) {', '.join(blind)} cannot see it; "
+                          "on a multi-node cluster use s3://, gs:// or a folder every node mounts")
+
+
 def start_ray(config: SweepConfig) -> None:
     import ray
 
@@ -138,6 +173,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     if "gpu" not in resources and config.cpus_per_trial > cluster.get("CPU", 0):
         raise ConfigError(f"--cpus_per_trial {config.cpus_per_trial} is more than the cluster's "
                           f"{int(cluster.get('CPU', 0))} CPUs")
+    check_shared_storage(config.storage_path)
     max_concurrent = config.max_concurrent_trials or slots
     num_trials = space.trials(config.num_samples)
     max_reports = planned_reports(settings, len(data.train))

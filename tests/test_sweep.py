@@ -121,3 +121,12 @@ def test_a_restarted_trial_resumes_from_its_tune_checkpoint(local_ray, model_dir
     # first attempt's own report reached result.json races with its crash, so it is not asserted.)
     assert resumed == [20, 30, 31]
     assert all(r["trial_started_at"] < second_attempt for r in trial["reports"] if r["step"] == 10)
+
+
+def test_nodes_that_cannot_see_the_storage_are_named():
+    from orchestrator.sweep import unshared_nodes
+
+    nodes = [{"NodeManagerAddress": "10.0.0.1", "Alive": True}, {"NodeManagerAddress": "10.0.0.2", "Alive": True},
+             {"NodeManagerAddress": "10.0.0.3", "Alive": False}]
+    assert unshared_nodes(nodes, lambda n: n["NodeManagerAddress"] == "10.0.0.1") == ["10.0.0.2"]
+    assert unshared_nodes(nodes, lambda n: True) == []

@@ -74,3 +74,14 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(mod
 
     assert [r["step"] for r in resumed] == [r["step"] for r in uninterrupted[2:]]
     assert resumed[-1]["eval_loss"] == pytest.approx(uninterrupted[-1]["eval_loss"], rel=1e-4)
+
+
+def test_a_node_without_the_embedded_model_builds_the_same_one(model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from trainables.lora_trial import ensure_model_here
+
+    elsewhere = tmp_path / "other-node-cache" / model_dir.name  # the same cache path on another machine
+    ensure_model_here(TrialSettings(model_dir=str(elsewhere), embedded_model=True))
+    ours, theirs = load_file(model_dir / "model.safetensors"), load_file(elsewhere / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all((ours[k] == theirs[k]).all() for k in ours)

@@ -45,6 +45,7 @@ class TrialSettings:
     seed: int = 0
     cpus_per_trial: int = 1
     device: str = "auto"           # auto: the GPU Ray assigned to this trial, else the CPU
+    embedded_model: bool = False   # model_dir is the embedded model: a node without it builds its own copy
 
 
 def optimizer_steps(settings: TrialSettings, num_train: int) -> int:
@@ -74,7 +75,16 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def ensure_model_here(settings: TrialSettings) -> None:
+    """On a node that lacks the embedded model, build it once (deterministic: the same weights everywhere)."""
+    if settings.embedded_model and not Path(settings.model_dir).is_dir():
+        from trainables.embedded_model import ensure_embedded_model
+
+        ensure_embedded_model(Path(settings.model_dir).parent)
+
+
 def load_lora_model(settings: TrialSettings, r: int, alpha: int, device: torch.device):
+    ensure_model_here(settings)
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     base = AutoModelForCausalLM.from_pretrained(settings.model_dir, dtype=dtype, use_safetensors=True,
                                                 local_files_only=True)
@@ -165,6 +175,7 @@ class _Window:
 
 def model_pair_losses(model_dir: str, settings: TrialSettings, eval_split: TokenizedSplit) -> list[float]:
     """Per-pair losses of a plain model folder on the held-out set (run as a Ray task with a trial's resources)."""
+    ensure_model_here(settings)
     device = pick_device(settings.device)
     if device.type == "cpu":
         torch.set_num_threads(settings.cpus_per_trial)
