@@ -130,3 +130,39 @@ def test_nodes_that_cannot_see_the_storage_are_named():
              {"NodeManagerAddress": "10.0.0.3", "Alive": False}]
     assert unshared_nodes(nodes, lambda n: n["NodeManagerAddress"] == "10.0.0.1") == ["10.0.0.2"]
     assert unshared_nodes(nodes, lambda n: True) == []
+
+
+def fail_at_one_learning_rate(config, settings, data):
+    """lora_trainable, except that the trial at learning rate 1e-4 always raises."""
+    from trainables.lora_trial import lora_trainable
+
+    if config["learning_rate"] == 1e-4:
+        raise RuntimeError("injected: this trial always fails")
+    lora_trainable(config, settings, data)
+
+
+def test_a_trial_that_keeps_failing_is_reported_and_the_sweep_goes_on(local_ray, model_dir, sweep_data, tmp_path):
+    import sys
+
+    from ray import cloudpickle
+
+    from orchestrator.config import load_config
+    from orchestrator.inputs import trial_settings
+    from orchestrator.search_space import parse_search_space
+    from orchestrator.summary import render_summary
+    from orchestrator.sweep import run_sweep
+    from publishing.publisher import PublishTarget
+    from publishing.setup import PublishSetup
+
+    config = load_config(["--num_epochs", "1", "--eval_steps", "10", "--scheduler", "fifo", "--max_failures", "2",
+                          "--storage_path", str(tmp_path), "--experiment_name", "failing", "--no-dashboard"])
+    space = parse_search_space({"sampler": "grid", "space": {"learning_rate": [1e-3, 1e-4], "r": [8], "alpha": [16]}},
+                               "test")
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    outcome = run_sweep(config, space, trial_settings(config, model_dir), sweep_data, PublishSetup(PublishTarget()),
+                        trial_function=fail_at_one_learning_rate)
+    assert outcome.errored == 1 and outcome.finished == 1
+    assert outcome.best_hyperparameters["learning_rate"] == 1e-3
+    assert "1 failed" in render_summary(outcome, config)
+    error_files = list(tmp_path.glob("failing/*/error.txt"))
+    assert len(error_files) == 1 and "injected" in error_files[0].read_text()
