@@ -1,0 +1,93 @@
+"""A worker node dies mid-trial on a real two-node cluster (`ray start` head + worker on this machine):
+its trial resumes from its last checkpoint on the surviving node and the sweep ends with the same best
+configuration as an undisturbed run."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+GRID = "sampler: grid\nspace:\n  learning_rate: [1.0e-3, 2.0e-4]\n  r: [8]\n  alpha: [16]\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reports(result_json: Path) -> list[dict]:
+    return [json.loads(line) for line in result_json.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Head and worker, one CPU each; the worker runs in its own process group so it can be killed whole."""
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_health_check_period_ms": "1000",
+           "RAY_health_check_failure_threshold": "3", "LORA_SWEEP_CACHE": str(tmp_path / "cache")}
+    common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    subprocess.run([RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
+                   env=env, check=True, capture_output=True, timeout=120)
+    worker = subprocess.Popen([RAY, "start", "--address", f"127.0.0.1:{port}", "--block", *common], env=env,
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(8)
+    try:
+        yield f"127.0.0.1:{port}", env, worker
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def sweep(address, env, tmp_path, name) -> subprocess.Popen:
+    (tmp_path / "grid.yaml").write_text(GRID)
+    argv = [sys.executable, "-m", "orchestrator.run", "--address", address, "--search", str(tmp_path / "grid.yaml"),
+            "--scheduler", "fifo", "--num_epochs", "3", "--max_failures", "3", "--storage_path",
+            str(tmp_path / "results"), "--experiment_name", name]
+    return subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def best_learning_rate(output: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith("best trial:")).split()[2]
+
+
+def test_a_killed_worker_nodes_trial_resumes_on_the_survivor(cluster, tmp_path):
+    address, env, worker = cluster
+    undisturbed = sweep(address, env, tmp_path, "undisturbed")
+    calm, _ = undisturbed.communicate(timeout=400)
+    assert undisturbed.returncode == 0, calm[-3000:]
+
+    disturbed = sweep(address, env, tmp_path, "disturbed")
+    experiment = tmp_path / "results" / "disturbed"
+    worker_pids = set()
+    deadline = time.time() + 240
+    victim = None
+    while victim is None and time.time() < deadline:
+        time.sleep(0.5)
+        worker_pids = {int(p) for p in subprocess.run(["ps", "-o", "pid=", "-g", str(worker.pid)],
+                                                      capture_output=True, text=True).stdout.split()}
+        for result in experiment.glob("*/result.json"):
+            rows = reports(result)
+            if len(rows) >= 2 and rows[-1]["pid"] in worker_pids:
+                victim = result
+    assert victim is not None, "no trial ran on the worker node"
+    os.killpg(worker.pid, signal.SIGKILL)  # the whole worker node: raylet and its trial processes
+
+    out, _ = disturbed.communicate(timeout=600)
+    assert disturbed.returncode == 0, out[-3000:]
+    rows = reports(victim)
+    attempts = sorted({r["trial_started_at"] for r in rows})
+    assert len(attempts) >= 2, "the killed trial was not restarted"
+    first = [r["step"] for r in rows if r["trial_started_at"] == attempts[0]]
+    resumed = [r["step"] for r in rows if r["trial_started_at"] == attempts[-1]]
+    assert 10 < resumed[0] <= first[-1] + 10  # continued from a checkpoint of the first attempt, not from scratch
+    assert best_learning_rate(out) == best_learning_rate(calm)
