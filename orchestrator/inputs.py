@@ -171,7 +171,8 @@ def trial_settings(config: SweepConfig, model_dir: Path) -> TrialSettings:
         weight_decay=config.weight_decay, lora_dropout=config.lora_dropout, seed=config.seed,
         cpus_per_trial=config.cpus_per_trial, device="cpu" if config.device == "cpu" else "auto",
         embedded_model=not (config.load_model_dir or config.load_repo or config.load_uid is not None
-                            or config.load_best))
+                            or config.load_best),
+        hub_endpoint=os.environ.get("HF_ENDPOINT"))
 
 
 def publish_options(config: SweepConfig) -> PublishOptions:

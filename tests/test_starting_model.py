@@ -102,3 +102,18 @@ def test_a_sweep_starts_from_a_hub_repo(local_ray, local_hub, published, tmp_pat
     assert code == 0
     out = capsys.readouterr().out
     assert f"model: {tmp_path / 'cache'}" in out and "=== Sweep summary ===" in out
+
+
+def test_a_node_without_the_downloaded_model_fetches_the_same_snapshot(local_hub, published, tmp_path):
+    import shutil
+
+    from trainables.lora_trial import TrialSettings, ensure_model_here, hub_snapshot_source
+
+    config = load_config(["--load_repo", REPO, "--download_repo_latest_commit", published])
+    folder = resolve_model_dir(config, hub_endpoint=local_hub.url)
+    assert hub_snapshot_source(str(folder))[:2] == (REPO, published)
+    assert hub_snapshot_source("/some/plain/model") is None
+
+    shutil.rmtree(folder.parents[2])  # another node: the cache is empty there
+    ensure_model_here(TrialSettings(model_dir=str(folder), hub_endpoint=local_hub.url))
+    assert (folder / "model.safetensors").is_file() and not (folder / "README.md").exists()

@@ -46,6 +46,7 @@ class TrialSettings:
     cpus_per_trial: int = 1
     device: str = "auto"           # auto: the GPU Ray assigned to this trial, else the CPU
     embedded_model: bool = False   # model_dir is the embedded model: a node without it builds its own copy
+    hub_endpoint: str | None = None  # where a node without a Hub-downloaded model_dir fetches it
 
 
 def optimizer_steps(settings: TrialSettings, num_train: int) -> int:
@@ -75,12 +76,33 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def hub_snapshot_source(model_dir: str) -> tuple[str, str, Path] | None:
+    """(repo_id, commit, cache_dir) of a folder in the Hub cache layout .../models--ns--name/snapshots/<commit>."""
+    path = Path(model_dir)
+    if len(path.parts) < 4 or path.parent.name != "snapshots" or not path.parents[1].name.startswith("models--"):
+        return None
+    repo_id = path.parents[1].name[len("models--"):].replace("--", "/", 1)
+    return repo_id, path.name, path.parents[2]
+
+
 def ensure_model_here(settings: TrialSettings) -> None:
-    """On a node that lacks the embedded model, build it once (deterministic: the same weights everywhere)."""
-    if settings.embedded_model and not Path(settings.model_dir).is_dir():
+    """A node that lacks the starting model gets its own copy, once: the embedded model is built (deterministic,
+    the same weights everywhere), a Hub model is downloaded into the same cache path (the files are checked
+    already; only weights, configs and tokenizer files)."""
+    if Path(settings.model_dir).is_dir():
+        return
+    if settings.embedded_model:
         from trainables.embedded_model import ensure_embedded_model
 
         ensure_embedded_model(Path(settings.model_dir).parent)
+        return
+    source = hub_snapshot_source(settings.model_dir)
+    if source is not None:
+        from huggingface_hub import snapshot_download
+
+        repo_id, commit, cache_dir = source
+        snapshot_download(repo_id, revision=commit, cache_dir=str(cache_dir), endpoint=settings.hub_endpoint,
+                          allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.jinja"])
 
 
 def load_lora_model(settings: TrialSettings, r: int, alpha: int, device: torch.device):
