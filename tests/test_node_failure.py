@@ -91,3 +91,82 @@ def test_a_killed_worker_nodes_trial_resumes_on_the_survivor(cluster, tmp_path):
     resumed = [r["step"] for r in rows if r["trial_started_at"] == attempts[-1]]
     assert 10 < resumed[0] <= first[-1] + 10  # continued from a checkpoint of the first attempt, not from scratch
     assert best_learning_rate(out) == best_learning_rate(calm)
+
+
+def finished(experiment: Path, final_step: int) -> dict[str, list[dict]]:
+    done = {}
+    for result in experiment.glob("*/result.json"):
+        rows = reports(result)
+        if rows and rows[-1]["step"] == final_step:
+            done[result.parent.name] = rows
+    return done
+
+
+def test_a_killed_driver_resumes_on_the_cluster(cluster, tmp_path):
+    """Only the driver dies (the cluster lives on): `--resume` continues; finished trials are not rerun."""
+    from trainables.lora_trial import TrialSettings, optimizer_steps
+
+    address, env, _ = cluster
+    final_step = optimizer_steps(TrialSettings(model_dir="", num_epochs=3, batch_size=8, accumulation_steps=1), 241)
+    (tmp_path / "grid.yaml").write_text(GRID.replace("[1.0e-3, 2.0e-4]", "[1.0e-3, 5.0e-4, 2.0e-4, 1.0e-4]"))
+    argv = [sys.executable, "-m", "orchestrator.run", "--address", address, "--search", str(tmp_path / "grid.yaml"),
+            "--scheduler", "fifo", "--num_epochs", "3", "--storage_path", str(tmp_path / "results"),
+            "--experiment_name", "driverless"]
+    experiment = tmp_path / "results" / "driverless"
+    driver = subprocess.Popen(argv, env=env, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not finished(experiment, final_step) and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+    before = finished(experiment, final_step)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert before and len(before) < 4, "the kill should land after the first trial finished and before the last"
+
+    resumed = subprocess.run([*argv, "--resume"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming {experiment}" in resumed.stdout and "=== Sweep summary ===" in resumed.stdout
+    after = finished(experiment, final_step)
+    assert len(after) == 4
+    for name, rows in before.items():
+        assert after[name] == rows  # not run again
+    assert (experiment / "publish.json").is_file()
+
+
+FAILING_SWEEP = """
+import json, sys
+import ray
+from ray import cloudpickle
+import tests.test_sweep as helpers
+from orchestrator.config import load_config
+from orchestrator.inputs import prepare_data, resolve_model_dir, trial_settings
+from orchestrator.search_space import parse_search_space
+from orchestrator.sweep import run_sweep
+from publishing.publisher import PublishTarget
+from publishing.setup import PublishSetup
+
+config = load_config(sys.argv[1:])
+ray.init(address=config.address, logging_level="ERROR")
+cloudpickle.register_pickle_by_value(helpers)  # the cluster's workers cannot import the tests
+model_dir = resolve_model_dir(config)
+space = parse_search_space({"sampler": "grid", "space": {"learning_rate": [1e-3, 1e-4], "r": [8], "alpha": [16]}}, "t")
+outcome = run_sweep(config, space, trial_settings(config, model_dir), prepare_data(config, model_dir),
+                    PublishSetup(PublishTarget()), trial_function=helpers.fail_at_one_learning_rate)
+print("OUTCOME " + json.dumps({"errored": outcome.errored, "finished": outcome.finished,
+                               "best_lr": outcome.best_hyperparameters["learning_rate"]}))
+"""
+
+
+def test_a_trial_that_keeps_raising_is_reported_and_the_cluster_sweep_goes_on(cluster, tmp_path):
+    address, env, _ = cluster
+    done = subprocess.run([sys.executable, "-c", FAILING_SWEEP, "--address", address, "--num_epochs", "1",
+                           "--scheduler", "fifo", "--max_failures", "2", "--storage_path", str(tmp_path / "results"),
+                           "--experiment_name", "raising"], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    outcome = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("OUTCOME "))[8:])
+    assert outcome == {"errored": 1, "finished": 1, "best_lr": 1e-3}
+    [error] = (tmp_path / "results" / "raising").glob("*/error.txt")
+    # tried 1 + --max_failures times, each failure recorded, then given up on
+    assert error.read_text().count("RuntimeError: injected: this trial always fails") == 3
+    assert "Failure # 3" in error.read_text() and "Failure # 4" not in error.read_text()
