@@ -84,7 +84,8 @@ def start_ray(config: SweepConfig) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = config.device.split(":", 1)[1]
     # Checkpoints are kept by score, so Tune snapshots its state often; that is cheap here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    context = ray.init(address=config.address,
+    # Without --address, "local" starts a Ray here, rather than joining one `ray start` left on this machine.
+    context = ray.init(address=config.address or "local",
                        include_dashboard=config.dashboard if config.address is None else None,
                        runtime_env={"env_vars": WORKER_ENV}, logging_level="WARNING", log_to_driver=True)
     if context.dashboard_url:

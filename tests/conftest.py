@@ -40,7 +40,9 @@ def local_ray():
 
     # the local Hub server speaks plain HTTP/LFS, not Xet (see tests/hub_server.py)
     env = {**WORKER_ENV, "HF_HUB_DISABLE_XET": "1"}
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env={"env_vars": env})
+    # "local": a new Ray of this session's own, even where another was started with `ray start`
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": env})
     yield ray
     ray.shutdown()
 

@@ -28,24 +28,45 @@ def reports(result_json: Path) -> list[dict]:
     return [json.loads(line) for line in result_json.read_text().splitlines() if line.strip()]
 
 
+def wait_for_port(port: int, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"the head node did not open port {port}")
+
+
 @pytest.fixture
 def cluster(tmp_path):
-    """Head and worker, one CPU each; the worker runs in its own process group so it can be killed whole."""
+    """Head and worker, one CPU each, each `ray start --block` in its own process group, so that each can be
+    killed whole without touching any other Ray on this machine (`ray stop` would stop them all, including
+    the test session's own, and Ray ends a driver whose raylet is gone)."""
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_health_check_period_ms": "1000",
            "RAY_health_check_failure_threshold": "3", "LORA_SWEEP_CACHE": str(tmp_path / "cache")}
-    common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-    subprocess.run([RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
-                   env=env, check=True, capture_output=True, timeout=120)
-    worker = subprocess.Popen([RAY, "start", "--address", f"127.0.0.1:{port}", "--block", *common], env=env,
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(8)
+    env.pop("RAY_ADDRESS", None)
+    common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
+    nodes = []
+
+    def start(*args):
+        nodes.append(subprocess.Popen([RAY, "start", *args, *common], env=env, start_new_session=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return nodes[-1]
+
     try:
+        start("--head", "--port", str(port), "--include-dashboard", "false")
+        wait_for_port(port)
+        time.sleep(3)
+        worker = start("--address", f"127.0.0.1:{port}")
+        time.sleep(8)
         yield f"127.0.0.1:{port}", env, worker
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for node in reversed(nodes):
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
 
 
 def sweep(address, env, tmp_path, name) -> subprocess.Popen:
