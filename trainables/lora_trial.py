@@ -100,9 +100,11 @@ def ensure_model_here(settings: TrialSettings) -> None:
     if source is not None:
         from huggingface_hub import snapshot_download
 
+        from publishing.remote_model import MODEL_FILES
+
         repo_id, commit, cache_dir = source
         snapshot_download(repo_id, revision=commit, cache_dir=str(cache_dir), endpoint=settings.hub_endpoint,
-                          allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.jinja"])
+                          allow_patterns=MODEL_FILES)
 
 
 def load_lora_model(settings: TrialSettings, r: int, alpha: int, device: torch.device):
