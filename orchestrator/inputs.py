@@ -188,9 +188,11 @@ def check_publishing(config: SweepConfig, model_dir: Path) -> PublishSetup:
 
 
 def check_tracking(config: SweepConfig) -> None:
+    if not config.wandb_project:
+        return  # without W&B, skip importing Ray's W&B integration (seconds before anything starts)
     from orchestrator.tracking import wandb_key_available
 
-    if config.wandb_project and not wandb_key_available(config.env_file):
+    if not wandb_key_available(config.env_file):
         raise ConfigError(f"W&B logging needs WANDB_API_KEY in the environment or {config.env_file}, or `wandb login`, "
                           "or WANDB_MODE=offline")
 

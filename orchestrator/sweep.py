@@ -16,7 +16,7 @@ from orchestrator.config import ConfigError, SweepConfig
 from orchestrator.search_space import SearchSpace, optuna_sampler, tune_param_space
 from publishing.setup import PublishSetup
 from trainables.data import SweepData
-from trainables.lora_trial import TrialSettings, base_eval_loss, lora_trainable, planned_reports
+from trainables.lora_trial import TrialSettings, lora_trainable, planned_reports
 
 METRIC, MODE = "eval_loss", "min"
 PARAMETERS = ["learning_rate", "r", "alpha"]
@@ -179,9 +179,6 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     num_trials = space.trials(config.num_samples)
     max_reports = planned_reports(settings, len(data.train))
 
-    # The untrained model's loss, measured once on a worker (the driver never holds a model).
-    base_loss = ray.get(ray.remote(base_eval_loss).options(**_remote_options(resources))
-                        .remote(settings, data.eval))
     their_losses = None
     if opponent is not None:
         their_losses = remote_pair_losses(opponent.model_dir, settings, data.eval, _remote_options(resources))
@@ -223,6 +220,8 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
         ray.kill(coordinator)  # its state is on disk; the name is free for the next sweep in this Ray session
 
     done = [r for r in results if r.error is None]
+    # every trial reports the untrained model's loss, measured by its worker (the driver never holds a model)
+    base_loss = next((r.metrics["base_eval_loss"] for r in results if "base_eval_loss" in (r.metrics or {})), math.nan)
     finished = sum(1 for r in done if r.metrics.get("training_iteration", 0) >= max_reports)
     outcome = SweepOutcome(
         experiment_path=results.experiment_path, num_trials=len(results), finished=finished,

@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from publishing.chain import BLOCK_SECONDS
+from publishing.merged_model import CheckpointGone
 from publishing.model_checks import ModelCheckError
 from publishing.model_id import ModelId
 from publishing.package import PackageError
@@ -135,6 +136,17 @@ class PublishCoordinator:
                 return decision
             try:
                 prepared = self.publisher.prepare(candidate)
+            except CheckpointGone:
+                # Tune keeps each trial's two best checkpoints, so this one went when its trial made two better
+                # ones, which were offered too: go on with the newest best, or give this one up if there is none.
+                with self._lock:
+                    moved_on = self.best is not candidate
+                if not moved_on:
+                    self._rejected.add(candidate.key)
+                    self._note(f"not publishing {candidate.key}: its checkpoint is gone")
+                    return Decision("skip", "checkpoint gone")
+                self._wake.set()
+                return Decision("retry", f"{candidate.key}'s checkpoint was replaced by a better one")
             except (ModelCheckError, PackageError) as e:
                 self._rejected.add(candidate.key)
                 self._note(f"not publishing {candidate.key}: {e}")

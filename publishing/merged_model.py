@@ -7,15 +7,28 @@ weights as safetensors, the config, and the base model's tokenizer files; no ada
 import shutil
 from pathlib import Path
 
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
-
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft's save_pretrained writes
 # Tokenizer files copied as the base model ships them (the chat template stays where it was).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja")
 
 
+class CheckpointGone(FileNotFoundError):
+    """The checkpoint's adapter is no longer there (Tune replaced it with better checkpoints of its trial)."""
+
+
+def import_merge_libraries() -> None:
+    """Import what merging needs ahead of time (seconds of CPU), so the end of the sweep does not wait for it."""
+    import peft  # noqa: F401
+    from transformers import AutoModelForCausalLM  # noqa: F401
+
+
 def merge_adapter(base_model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    # Imported here, not at the top: the coordinator actor imports this module when the sweep starts, and
+    # importing peft and transformers there (seconds of CPU) would slow the first trials' start for nothing.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype="auto", use_safetensors=True,
                                                 local_files_only=True)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
@@ -30,5 +43,18 @@ def merge_adapter(base_model_dir: str | Path, adapter_dir: str | Path, out_dir: 
 
 def merge_checkpoint(base_model_dir: str, checkpoint, out_dir: str) -> str:
     """Merge a Ray Tune checkpoint's adapter; `as_directory` fetches it when it lives in remote storage."""
-    with checkpoint.as_directory() as adapter_dir:
-        return str(merge_adapter(base_model_dir, adapter_dir, out_dir))
+    # The adapter is copied out first (it is small): Tune may delete the checkpoint while the base model loads.
+    adapter = Path(out_dir).parent / f".adapter-{Path(out_dir).name}"
+    shutil.rmtree(adapter, ignore_errors=True)
+    try:
+        with checkpoint.as_directory() as checkpoint_dir:
+            adapter.mkdir(parents=True)
+            for name in ADAPTER_FILES:
+                shutil.copy2(Path(checkpoint_dir) / name, adapter / name)
+    except FileNotFoundError as e:
+        shutil.rmtree(adapter, ignore_errors=True)
+        raise CheckpointGone(f"checkpoint {checkpoint.path} is gone ({e})") from None
+    try:
+        return str(merge_adapter(base_model_dir, adapter, out_dir))
+    finally:
+        shutil.rmtree(adapter, ignore_errors=True)

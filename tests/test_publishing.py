@@ -137,6 +137,36 @@ def test_three_better_models_in_the_window_give_one_commit_then_the_best(world, 
     assert coordinator.step().action == "skip"  # and never the same one twice
 
 
+def test_a_checkpoint_replaced_by_better_ones_gives_way_to_the_new_best(world, candidate, tmp_path):
+    # Tune keeps a trial's two best checkpoints: a slow merge can find its checkpoint deleted
+    coordinator = world.coordinator()
+    gone = Candidate(trial_id="a", step=5, eval_loss=4.0, hyperparameters={"learning_rate": 1e-3, "r": 8, "alpha": 16},
+                     checkpoint=Checkpoint.from_directory(tmp_path / "rotated" / "checkpoint_000000"))
+    prepare = coordinator.publisher.prepare
+
+    def prepare_while_better_ones_arrive(c):
+        if c is gone:
+            coordinator.offer(candidate(3.5, "a", step=15))
+        return prepare(c)
+
+    coordinator.publisher.prepare = prepare_while_better_ones_arrive
+    coordinator.offer(gone)
+    assert coordinator.step().action == "retry" and world.chain.history == []
+    assert coordinator.step().action == "publish"
+    assert len(committed(world)) == 1 and len(uploads(world)) == 1
+    assert json.loads((world.experiment / STATE_FILE).read_text())["published"][-1]["trial"] == "a@15"
+
+
+def test_a_gone_checkpoint_with_nothing_better_is_given_up(world, tmp_path):
+    coordinator = world.coordinator()
+    coordinator.offer(Candidate(trial_id="a", step=5, eval_loss=4.0, hyperparameters={},
+                                checkpoint=Checkpoint.from_directory(tmp_path / "missing")))
+    assert coordinator.step().action == "skip"
+    assert coordinator.step().action == "skip"  # not tried again
+    assert world.chain.history == [] and not world.experiment.joinpath(STATE_FILE).exists()
+    assert any("its checkpoint is gone" in line for line in coordinator.lines)
+
+
 def test_a_worse_or_barely_better_model_is_never_published(world, candidate):
     coordinator = world.coordinator()
     coordinator.offer(candidate(3.0))

@@ -59,7 +59,12 @@ def test_loss_falls_at_a_sensible_lr_and_not_at_1e_10(model_dir, sweep_data):
     assert len(learns) == planned_reports(settings, len(sweep_data.train))
     assert learns[-1]["eval_loss"] < 0.85 * untrained
     assert frozen[-1]["eval_loss"] == pytest.approx(untrained, rel=1e-3)
+    # every report carries the base model's loss, measured by the trial with its adapter switched off
+    assert all(r["base_eval_loss"] == pytest.approx(untrained, rel=1e-5) for r in learns + frozen)
     assert all(r["tokens_per_s"] > 0 and r["train_loss"] > 0 for r in learns)
+    # this process's peak memory: at least what torch and the model take, never shrinking
+    peaks = [r["peak_rss_mb"] for r in learns]
+    assert peaks[0] > 100 and peaks == sorted(peaks)
 
 
 def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(model_dir, sweep_data, tmp_path):

@@ -7,9 +7,12 @@ Ray Tune adapter around it.
 """
 
 import gc
+import hashlib
 import json
 import logging
 import math
+import resource
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -143,6 +146,8 @@ def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, 
     device = pick_device(settings.device)
     if device.type == "cpu":
         torch.set_num_threads(settings.cpus_per_trial)
+    elif device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the worker is reused: count this trial's peak only
     torch.manual_seed(settings.seed)
 
     model = load_lora_model(settings, r, alpha, device)
@@ -153,6 +158,7 @@ def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, 
         optimizer, num_warmup_steps=int(settings.warmup_ratio * total_steps), num_training_steps=total_steps,
         min_lr_rate=settings.min_lr_ratio)
     step = restore_checkpoint(resume_from, model, optimizer, scheduler) if resume_from else 0
+    untrained = untrained_eval_loss(model, settings, data.eval, device)
 
     total_micro_batches = math.ceil(len(data.train) / settings.batch_size) * settings.num_epochs
     micro_batch = step * settings.accumulation_steps
@@ -173,12 +179,43 @@ def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, 
         micro_batch = group.stop
         step += 1
         if step % settings.eval_steps == 0 or step == total_steps:
+            trained = window.metrics()  # read before evaluating: tokens_per_s is the training throughput
             metrics = {"eval_loss": eval_loss(model, data.eval, device, settings.eval_batch_size),
-                       **window.metrics(), "step": step, "learning_rate_now": scheduler.get_last_lr()[0]}
+                       **trained, "step": step, "learning_rate_now": scheduler.get_last_lr()[0],
+                       "base_eval_loss": untrained,
+                       **memory_metrics(device)}
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder), model, optimizer, scheduler, step, hyperparameters, settings)
                 report(metrics, Path(folder))
             window = _Window()
+
+
+# (model folder, eval set digest) -> the base model's eval loss; filled once per worker process
+_UNTRAINED_LOSSES: dict[tuple[str, str], float] = {}
+
+
+def untrained_eval_loss(model, settings: TrialSettings, eval_split: TokenizedSplit, device: torch.device) -> float:
+    """The base model's eval loss (the adapter switched off): the number every trial must beat.
+
+    Measured here, once per worker process (workers are reused across trials), rather than in a task
+    of its own: such a task would start a worker and load the model before any trial could start.
+    """
+    digest = hashlib.sha1(eval_split.tokens.tobytes() + eval_split.prompt_lens.tobytes()).hexdigest()
+    key = (settings.model_dir, digest)
+    if key not in _UNTRAINED_LOSSES:
+        with model.disable_adapter():
+            _UNTRAINED_LOSSES[key] = eval_loss(model, eval_split, device, settings.eval_batch_size)
+    return _UNTRAINED_LOSSES[key]
+
+
+def memory_metrics(device: torch.device) -> dict:
+    """Peak memory of this worker process so far (and of its GPU), for the dashboard and the benchmarks."""
+    # ru_maxrss is in KiB on Linux, in bytes on macOS
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    metrics = {"peak_rss_mb": round(peak_rss, 1)}
+    if device.type == "cuda":
+        metrics["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    return metrics
 
 
 class _Window:
