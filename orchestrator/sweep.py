@@ -8,6 +8,7 @@ suggestions, ASHA for early stopping, checkpoints kept by eval loss, and CLIRepo
 import dataclasses
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,12 +85,21 @@ def start_ray(config: SweepConfig) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = config.device.split(":", 1)[1]
     # Checkpoints are kept by score, so Tune snapshots its state often; that is cheap here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray Tune and Optuna are imported while Ray starts: ray.init mostly waits for its processes (seconds).
+    tune_imports = threading.Thread(target=_import_tune, daemon=True, name="import-tune")
+    tune_imports.start()
     # Without --address, "local" starts a Ray here, rather than joining one `ray start` left on this machine.
     context = ray.init(address=config.address or "local",
                        include_dashboard=config.dashboard if config.address is None else None,
                        runtime_env={"env_vars": WORKER_ENV}, logging_level="WARNING", log_to_driver=True)
+    tune_imports.join()
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}")
+
+
+def _import_tune() -> None:
+    import ray.tune.schedulers  # noqa: F401
+    import ray.tune.search.optuna  # noqa: F401
 
 
 @dataclass(frozen=True)

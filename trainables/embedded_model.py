@@ -14,8 +14,6 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from transformers import LlamaConfig, LlamaForCausalLM
-from transformers.utils import logging as hf_logging
 
 EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "configs" / "embedded"
 MODEL_CONFIG = EMBEDDED_DIR / "model_config.json"
@@ -46,6 +44,10 @@ def ensure_embedded_model(cache_root: Path | None = None) -> Path:
     with FileLock(str(target) + ".lock"):
         if (target / "model.safetensors").exists():  # another process built it meanwhile
             return target
+        # imported only when the model is built (once per machine), not by every process that finds its folder
+        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers.utils import logging as hf_logging
+
         staging = root / f".{target.name}.{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         torch.manual_seed(SEED)

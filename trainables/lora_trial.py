@@ -21,9 +21,8 @@ from typing import Callable
 
 import numpy as np
 import torch
-from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, get_cosine_with_min_lr_schedule_with_warmup
+from transformers import AutoModelForCausalLM
 
 from trainables.data import SweepData, TokenizedSplit, collate
 from trainables.evaluation import eval_loss, pair_losses
@@ -115,6 +114,10 @@ def load_lora_model(settings: TrialSettings, r: int, alpha: int, device: torch.d
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     base = AutoModelForCausalLM.from_pretrained(settings.model_dir, dtype=dtype, use_safetensors=True,
                                                 local_files_only=True)
+    # peft is imported where models are built: the driver imports this module (settings, the Tune entry point)
+    # but never builds a model, and importing peft costs it seconds before the sweep can start.
+    from peft import LoraConfig, get_peft_model
+
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=settings.lora_dropout, target_modules="all-linear",
                       bias="none", task_type="CAUSAL_LM")
     return get_peft_model(base, lora).to(device)
@@ -130,6 +133,8 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, hyperp
 
 def restore_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
     """Load adapter, optimizer and schedule from a checkpoint; return the optimizer step it was taken at."""
+    from peft import set_peft_model_state_dict
+
     set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
     states = torch.load(folder / OPTIMIZER_STATE, weights_only=True)
     optimizer.load_state_dict(states["optimizer"])
@@ -142,6 +147,8 @@ Report = Callable[[dict, Path], None]
 
 def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, report: Report,
                resume_from: Path | None = None) -> None:
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup  # imports peft and the Trainer's helpers
+
     lr, r, alpha = float(hyperparameters["learning_rate"]), int(hyperparameters["r"]), int(hyperparameters["alpha"])
     device = pick_device(settings.device)
     if device.type == "cpu":
@@ -231,7 +238,8 @@ class _Window:
     def metrics(self) -> dict:
         elapsed = time.perf_counter() - self.started
         train_loss = sum(self.losses) / len(self.losses) if self.losses else math.nan
-        return {"train_loss": train_loss, "tokens_per_s": self.tokens / elapsed if elapsed > 0 else 0.0}
+        return {"train_loss": train_loss, "tokens_per_s": self.tokens / elapsed if elapsed > 0 else 0.0,
+                "train_s": elapsed}
 
 
 def model_pair_losses(model_dir: str, settings: TrialSettings, eval_split: TokenizedSplit) -> list[float]:
