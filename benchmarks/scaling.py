@@ -11,6 +11,7 @@ grows: compute is ideal by construction, so wall time over ideal is Ray/Tune/Opt
 """
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -48,6 +49,7 @@ def simulated(workers: int, trials: int) -> dict:
 
     from orchestrator.search_space import load_search_space, optuna_sampler, tune_param_space
 
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # no experiment banner on stdout, which carries the JSON
     space = load_search_space("default")
     ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
