@@ -72,6 +72,14 @@ def simulated(workers: int, trials: int) -> dict:
             "ideal_s": ideal, "efficiency": round(ideal / wall, 3), "span_efficiency": round(ideal / span, 3)}
 
 
+def speedups(base: dict, row: dict) -> dict:
+    """Speed-up over `base`, and that speed-up as a share of ideal (linear in the number of workers)."""
+    ideal = row["workers"] / base["workers"]
+    wall, training = base["wall_s"] / row["wall_s"], base["training_span_s"] / row["training_span_s"]
+    return {"speedup": round(wall, 3), "efficiency": round(wall / ideal, 3),
+            "training_speedup": round(training, 3), "training_efficiency": round(training / ideal, 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, nargs="*", default=[1, 2])
@@ -81,12 +89,8 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-scaling-"))
     real = [measured(w, out) for w in args.workers]
-    one = real[0]
-    for row in real:
-        row["speedup"] = round(one["wall_s"] / row["wall_s"], 3)
-        row["efficiency"] = round(row["speedup"] / (row["workers"] / one["workers"]), 3)
-        row["training_speedup"] = round(one["training_span_s"] / row["training_span_s"], 3)
-        row["training_efficiency"] = round(row["training_speedup"] / (row["workers"] / one["workers"]), 3)
+    for row in real:  # against the first run, with the fewest workers
+        row.update(speedups(real[0], row))
     sim = [simulated(w, args.sim_trials) for w in args.simulated]
     print_json({"benchmark": "scaling", "machine": machine(), "measured": real, "simulated": sim,
                 "output": str(out)})

@@ -33,3 +33,12 @@ def test_steps_to_reach_a_target_loss():
 
 def test_total_steps_counts_what_stopped_trials_trained():
     assert total_steps(TRIALS) == 50
+
+
+def test_scaling_is_reported_against_linear_in_workers():
+    from benchmarks.scaling import speedups
+
+    one = {"workers": 1, "wall_s": 100.0, "training_span_s": 80.0}
+    two = {"workers": 2, "wall_s": 60.0, "training_span_s": 40.0}
+    assert speedups(one, two) == {"speedup": 1.667, "efficiency": 0.833, "training_speedup": 2.0,
+                                  "training_efficiency": 1.0}
