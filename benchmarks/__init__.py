@@ -1,0 +1,1 @@
+"""Benchmark scripts (see BENCHMARKS.md); a package so tests can import their pure parts."""
