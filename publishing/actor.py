@@ -1,41 +1,13 @@
 """The Ray side of publishing: the named PublishCoordinator actor and the Tune callback that feeds it."""
 
-import os
-import threading
-
 from ray import tune
 
-from publishing.coordinator import ACTOR_NAME, PublishCoordinator
-from publishing.merged_model import import_merge_libraries
+from publishing.coordinator import ACTOR_NAME
+from publishing.coordinator_host import CoordinatorHost
 from publishing.publisher import Candidate
 from publishing.setup import PublishSetup
 
 HYPERPARAMETERS = ("learning_rate", "r", "alpha")
-
-
-class CoordinatorHost:
-    """Builds the Publisher inside the actor, so its Hub client and chain connection live here only."""
-
-    def __init__(self, setup: PublishSetup, base_model_dir: str, experiment_dir: str, sweep_id: str):
-        publisher = setup.publisher(base_model_dir, experiment_dir, sweep_id)
-        self.coordinator = PublishCoordinator(publisher, experiment_dir, gate=setup.gate)
-        # Import the merge libraries now, so the first good model is published without waiting for them; at the
-        # lowest priority, so the trials' own start-up (the same imports) goes first on a busy machine.
-        threading.Thread(target=_import_when_idle, daemon=True, name="warm-imports").start()
-
-    def offer(self, candidate: Candidate) -> bool:
-        return self.coordinator.offer(candidate)
-
-    def finish(self, wait_for_window: bool) -> dict:
-        return self.coordinator.finish(wait_for_window)
-
-
-def _import_when_idle() -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # Linux: this thread only
-    except (AttributeError, OSError):
-        pass  # elsewhere it simply runs at normal priority
-    import_merge_libraries()
 
 
 NAMESPACE = "lora-sweep"
