@@ -11,6 +11,7 @@ import socket
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -101,8 +102,40 @@ def test_bad_local_files(tmp_path, name, content, expected):
     one_line_error(excinfo)
 
 
+def test_non_utf8_jsonl_names_the_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    # 400 lines (16 KB) first: a text-mode read decodes 8 KB chunks and could not say which line is bad.
+    path.write_bytes(b'{"question": "q", "response": "r"}\n' * 400 + b"\n" +
+                     '{"question": "q", "response": "naïve"}\n'.encode("latin-1"))
+    with pytest.raises(DataError) as excinfo:
+        read_local_dataset(path)
+    assert one_line_error(excinfo) == (f"{path} line 402 is not UTF-8 (byte 0xef at byte 34 of the line); "
+                                       f"re-save the file as UTF-8")
+
+
+def invalid_utf8_string_column() -> bytes:
+    """A Parquet 'string' column holding Latin-1 bytes, as a writer that does not check them leaves it."""
+    latin1 = pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(np.array([0, 1, 5], np.int32).tobytes()),
+                                                    pa.py_buffer(b"qcaf\xe9")])
+    return parquet_bytes({"question": latin1, "response": ["r", "s"]})
+
+
+def corrupt_pages() -> bytes:
+    """A sound footer pointing to a page whose compressed bytes are garbage."""
+    data = bytearray(parquet_bytes({"question": [f"question {i} " * 20 for i in range(200)], "response": ["r"] * 200}))
+    chunk = pq.ParquetFile(io.BytesIO(bytes(data))).metadata.row_group(0).column(0)
+    middle = (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size // 2
+    data[middle:middle + 32] = b"\xff" * 32
+    return bytes(data)
+
+
 @pytest.mark.parametrize("content, expected", [
     (b"PAR1 this is not parquet", r"is not a readable Parquet file"),
+    (b'{"question": "q", "response": "r"}\n', r"is not a readable Parquet file"),
+    (parquet_bytes({"question": [b"q"], "response": [b"r"]}), r"row 1 has bytes b'q' in column 'question', not text"),
+    (parquet_bytes({"question": [["q"]], "response": ["r"]}), r"row 1 has list \['q'\] in column 'question', not text"),
+    (invalid_utf8_string_column(), r"has text that is not UTF-8 in the rows from 1 on; rewrite the file"),
+    (corrupt_pages(), r"is corrupt in the rows from 1 on \(.+\); rewrite it"),
     (b"", r"is not a readable Parquet file"),
     (parquet_bytes({"question": pa.array([], pa.string()), "response": pa.array([], pa.string())}), r"is empty"),
     (parquet_bytes({"prompt": ["q"], "answer": ["r"]}),

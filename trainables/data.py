@@ -9,6 +9,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -19,23 +20,38 @@ class DataError(ValueError):
     """The dataset cannot be used; the message says what is wrong and how to fix it."""
 
 
+def jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a UTF-8 file.
+
+    Lines are read as bytes and decoded one by one: a text-mode file decodes 8 KB chunks, so
+    its UnicodeDecodeError says neither which line is bad nor anything a user can act on.
+    """
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                # -sig: a UTF-8 file saved with a byte-order mark (Windows editors) reads fine too
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path} line {number} is not UTF-8 (byte 0x{raw[error.start]:02x} at byte "
+                                f"{error.start + 1} of the line); re-save the file as UTF-8") from None
+            if line.strip():
+                yield number, line
+
+
 def read_pairs(path: str | Path) -> list[dict]:
     """Read a JSONL file of {"question": str, "response": str} objects, one a line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"dataset file {path} does not exist; pass --dataset_path a JSONL file of question/response pairs")
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise DataError(f"{path} line {number} is not JSON; the dataset must be JSONL, one object a line") from None
-            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("question", "response")):
-                raise DataError(f"{path} line {number} lacks a string 'question' and 'response'; each line needs both")
-            pairs.append({"question": row["question"], "response": row["response"]})
+    for number, line in jsonl_lines(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise DataError(f"{path} line {number} is not JSON; the dataset must be JSONL, one object a line") from None
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("question", "response")):
+            raise DataError(f"{path} line {number} lacks a string 'question' and 'response'; each line needs both")
+        pairs.append({"question": row["question"], "response": row["response"]})
     if not pairs:
         raise DataError(f"dataset file {path} is empty; it needs question/response pairs, one JSON object a line")
     return pairs
@@ -56,10 +72,28 @@ def _ids(encoded) -> list[int]:
     return list(encoded["input_ids"]) if hasattr(encoded, "keys") else list(encoded)
 
 
+# No token of a real tokenizer spans more characters than this. The longest tokens of common
+# vocabularies (byte-level BPE, SentencePiece) are runs of spaces or punctuation, rarely over 16-32
+# characters; 128 leaves a wide margin and costs nothing (2048 tokens: 256k characters, milliseconds).
+MAX_CHARS_PER_TOKEN = 128
+
+
+def _cut(text: str, max_length: int) -> str:
+    """The text's first max_length * MAX_CHARS_PER_TOKEN characters.
+
+    Validators keep at most max_length tokens of a turn. A text longer than this cut spans at
+    least max_length tokens even when cut, so the turn is truncated either way, and the tokens
+    kept end at least one token's length before the cut, where cutting changes nothing: the ids
+    are those of the full text. The cut only saves tokenizing the rest (a 50 MB response took
+    11 GB and minutes).
+    """
+    return text[:max_length * MAX_CHARS_PER_TOKEN]
+
+
 def tokenize_pair(tokenizer, question: str, response: str, max_length: int) -> tuple[list[int], int]:
     """The validators' tokenization: (ids of the whole turn, length of the masked prompt)."""
-    user = {"role": "user", "content": question}
-    turn = [user, {"role": "assistant", "content": response}]
+    user = {"role": "user", "content": _cut(question, max_length)}
+    turn = [user, {"role": "assistant", "content": _cut(response, max_length)}]
     prompt = tokenizer.apply_chat_template([user], add_generation_prompt=True, tokenize=True,
                                            truncation=True, max_length=max_length)
     ids = tokenizer.apply_chat_template(turn, tokenize=True, truncation=True, max_length=max_length)
@@ -84,14 +118,22 @@ class TokenizedSplit:
 
 
 def tokenize_split(tokenizer, pairs: list[dict], max_length: int) -> TokenizedSplit:
-    """Tokenize pairs; a pair whose response is truncated away entirely carries no loss and is dropped."""
+    """Tokenize pairs; a pair whose response is truncated away entirely carries no loss and is dropped.
+
+    Such a pair has no labelled token: evaluation would count it as a loss of 0 (not the
+    validators' number) and training would spend a forward pass on nothing.
+    """
     kept = []
     for row in tqdm(pairs, desc="tokenizing", unit="pair", disable=None, leave=False):  # a bar on terminals only
         ids, prompt_len = tokenize_pair(tokenizer, row["question"], row["response"], max_length)
         if len(ids) > prompt_len:
             kept.append((ids, prompt_len))
     if not kept:
-        raise DataError(f"no pair keeps a response token within max_length={max_length}; raise --max_length")
+        raise DataError(f"no pair keeps a response token within max_length={max_length} (the questions fill it); "
+                        f"raise --max_length")
+    if len(kept) < len(pairs):
+        print(f"note: dropped {len(pairs) - len(kept)} of {len(pairs)} pairs whose response does not fit in "
+              f"--max_length ({max_length})")
     lengths = np.array([len(ids) for ids, _ in kept], dtype=np.int64)
     return TokenizedSplit(
         tokens=np.fromiter((t for ids, _ in kept for t in ids), dtype=np.int32, count=int(lengths.sum())),

@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from trainables.data import DataError
+from trainables.data import DataError, jsonl_lines
 
 logger = logging.getLogger(__name__)
 
@@ -104,22 +104,19 @@ def _read_jsonl(path: Path, question_column: str, response_column: str) -> list[
     """The rules of `trainables.data.read_pairs` (blank lines skipped, one JSON object a line,
     both fields strings), with chosen column names and errors that name the columns found."""
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(_progress(f, desc=f"Reading {path.name}", unit=" lines"), start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise DataError(f"{where} is not JSON; the dataset must be JSONL, one object a line") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where} is not a JSON object; each line needs '{question_column}' and "
-                                f"'{response_column}'")
-            _check_columns(row, question_column, response_column, where,
-                           "pass the right column names or fix the file")
-            pairs.append(_pair(row[question_column], row[response_column], where, question_column,
-                               response_column))
+    for number, line in _progress(jsonl_lines(path), desc=f"Reading {path.name}", unit=" lines"):
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise DataError(f"{where} is not JSON; the dataset must be JSONL, one object a line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where} is not a JSON object; each line needs '{question_column}' and "
+                            f"'{response_column}'")
+        _check_columns(row, question_column, response_column, where,
+                       "pass the right column names or fix the file")
+        pairs.append(_pair(row[question_column], row[response_column], where, question_column,
+                           response_column))
     return pairs
 
 
@@ -138,13 +135,21 @@ def _read_parquet(path: Path, question_column: str, response_column: str) -> lis
     # Row-group batches keep memory flat and drive the progress bar on large files.
     bar = tqdm(total=parquet.metadata.num_rows, disable=None, leave=False, desc=f"Reading {path.name}",
                unit=" rows")
-    with bar:
-        for batch in parquet.iter_batches(columns=[question_column, response_column]):
-            columns = batch.to_pydict()
-            for question, response in zip(columns[question_column], columns[response_column]):
-                pairs.append(_pair(question, response, f"{path} row {len(pairs) + 1}", question_column,
-                                   response_column))
-            bar.update(batch.num_rows)
+    # The footer can be sound while the pages it points to are not: their errors surface only here.
+    try:
+        with bar:
+            for batch in parquet.iter_batches(columns=[question_column, response_column]):
+                columns = batch.to_pydict()
+                for question, response in zip(columns[question_column], columns[response_column]):
+                    pairs.append(_pair(question, response, f"{path} row {len(pairs) + 1}", question_column,
+                                       response_column))
+                bar.update(batch.num_rows)
+    except UnicodeDecodeError:  # a string column holding other bytes (a writer that did not check)
+        raise DataError(f"{path} has text that is not UTF-8 in the rows from {len(pairs) + 1} on; rewrite the "
+                        f"file with its text as UTF-8") from None
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path} is corrupt in the rows from {len(pairs) + 1} on ({_one_line(error)}); rewrite "
+                        f"it with pyarrow or pandas") from None
     return pairs
 
 
