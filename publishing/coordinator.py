@@ -6,6 +6,10 @@ Tune's loop never waits for it. Its state (what was published, when, with which 
 upload still waiting for its commit) lives in `publish_state.json` in the experiment folder,
 so a restarted sweep neither publishes twice nor forgets the 20-minute window.
 
+Tune deletes checkpoints (it keeps each trial's two best), and a user may too: the coordinator
+remembers each trial's best candidates, so when the best one's checkpoint is gone it merges the
+next best whose checkpoint remains instead of failing the sweep.
+
 The class is plain Python (tests drive it with a synthetic clock); `remote_coordinator` makes
 it the named Ray actor.
 """
@@ -21,15 +25,76 @@ from pathlib import Path
 from publishing.chain import BLOCK_SECONDS
 from publishing.merged_model import CheckpointGone
 from publishing.model_checks import ModelCheckError
-from publishing.model_id import ModelId
-from publishing.package import PackageError
-from publishing.publisher import Candidate, CommitFailed, Publisher, UploadFailed
+from publishing.model_id import ModelId, ModelIdError
+from publishing.package import PackageError, is_hub_id
+from publishing.publisher import Candidate, CommitFailed, Prepared, Publisher, UploadFailed
 from publishing.rules import Decision, decide, last_commit_time
 
 log = logging.getLogger("publishing")
 STATE_FILE = "publish_state.json"
 PUBLISH_FILE = "publish.json"
 ACTOR_NAME = "PublishCoordinator"
+DAMAGED_SUFFIX = ".damaged"
+KEPT_PER_TRIAL = 3  # candidates remembered per trial: Tune keeps each trial's 2 best checkpoints, one more as margin
+# what the coordinator (and the summary) read from the entries of publish_state.json
+PUBLISHED_KEYS = ("model_id", "eval_loss", "committed_at", "block")
+UPLOADED_KEYS = ("model_id", "eval_loss")
+
+
+def empty_state() -> dict:
+    return {"published": [], "uploaded": None}
+
+
+def _entry_problem(entry, keys: tuple) -> str | None:
+    if not isinstance(entry, dict):
+        return "is not an object"
+    missing = [key for key in keys if key not in entry]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    try:
+        if ModelId.from_compressed_str(entry["model_id"]).commit is None:
+            return "has a model_id without a commit"
+    except (ModelIdError, AttributeError):  # AttributeError: not a string
+        return "has no valid model_id"
+    for key in keys[1:]:
+        value = entry[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return f"has a {key} that is not a number"
+    return None
+
+
+def state_problem(state) -> str | None:
+    """What makes a loaded publish state unusable, or None when the coordinator can rely on it."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    if not isinstance(state.get("published"), list):
+        return '"published" is not a list'
+    if "uploaded" not in state:
+        return 'no "uploaded" entry'
+    for i, entry in enumerate(state["published"]):
+        if problem := _entry_problem(entry, PUBLISHED_KEYS):
+            return f"published entry {i} {problem}"
+    if state["uploaded"] is not None and (problem := _entry_problem(state["uploaded"], UPLOADED_KEYS)):
+        return f'"uploaded" {problem}'
+    return None
+
+
+def remember(kept: list[Candidate], candidate: Candidate, per_trial: int = KEPT_PER_TRIAL) -> list[Candidate]:
+    """The candidates to fall back on, best first: each trial's `per_trial` best (Tune deletes the others' checkpoints
+    anyway). A candidate offered again (a restored trial) replaces the earlier one of the same key."""
+    ranked = sorted([c for c in kept if c.key != candidate.key] + [candidate], key=lambda c: c.eval_loss)
+    per_trial_seen: dict[str, int] = {}
+    result = []
+    for c in ranked:
+        per_trial_seen[c.trial_id] = per_trial_seen.get(c.trial_id, 0) + 1
+        if per_trial_seen[c.trial_id] <= per_trial:
+            result.append(c)
+    return result
+
+
+def next_best(kept: list[Candidate], excluded: set[str]) -> Candidate | None:
+    """The best remembered candidate whose key is not excluded (`kept` is best first)."""
+    return next((c for c in kept if c.key not in excluded), None)
 
 
 class PublishCoordinator:
@@ -39,9 +104,12 @@ class PublishCoordinator:
         self.publisher, self.target, self.gate = publisher, publisher.target, gate
         self.experiment_dir = Path(experiment_dir)
         self.clock = clock
-        self.state = self._load_state()
-        self.best: Candidate | None = None
         self.lines: list[str] = []            # every outcome, one line each, for the log and the summary
+        self.state = self._load_state()
+        self.best: Candidate | None = None    # the best candidate whose checkpoint is not known to be gone
+        self._kept: list[Candidate] = []      # fallbacks, best first (see `remember`)
+        self._gone: set[str] = set()          # keys of candidates whose checkpoint was found deleted
+        self._gone_best: Candidate | None = None  # a best that went, until the one merged instead is named
         self._lock = threading.Lock()         # guards best and state
         self._work = threading.Lock()         # one publish at a time
         self._wake = threading.Event()
@@ -58,9 +126,26 @@ class PublishCoordinator:
         return self.experiment_dir / STATE_FILE
 
     def _load_state(self) -> dict:
-        if self.state_path.is_file():
-            return json.loads(self.state_path.read_text())
-        return {"published": [], "uploaded": None}
+        if not self.state_path.is_file():
+            return empty_state()
+        try:
+            state = json.loads(self.state_path.read_text())
+            problem = state_problem(state)
+        except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
+            problem = f"unreadable: {str(e).splitlines()[0][:100]}"
+        if problem is None:
+            return state
+        # A damaged state file must not cost the sweep its result. Starting empty is safe for the 20-minute rule,
+        # which is also read from the chain (_last_committed_at). The file is moved aside, never deleted.
+        damaged = self.state_path.with_name(STATE_FILE + DAMAGED_SUFFIX)
+        try:
+            self.state_path.replace(damaged)
+            aside = f"set aside as {damaged.name}"
+        except OSError as e:
+            aside = f"could not be set aside ({e.strerror})"
+        self._note(f"warning: {self.state_path} is damaged ({problem}); {aside}, and publishing starts from an "
+                   "empty state (the 20-minute window is still read from the chain)")
+        return empty_state()
 
     def _save_state(self) -> None:
         self.experiment_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +199,10 @@ class PublishCoordinator:
         with self._lock:
             if not math.isfinite(candidate.eval_loss):
                 return False
-            if self.best is not None and candidate.eval_loss >= self.best.eval_loss:
+            self._kept = remember(self._kept, candidate)
+            self._gone.discard(candidate.key)  # offered (again): its checkpoint is there now
+            best = self.best
+            if best is not None and best.key not in self._gone and candidate.eval_loss >= best.eval_loss:
                 return False
             self.best = candidate
         self._wake.set()
@@ -125,32 +213,28 @@ class PublishCoordinator:
         if self.target.repo_id is None:
             return None  # offline: nothing is published during the sweep
         with self._work:
-            with self._lock:
-                candidate = self.best
-            if candidate is None:
-                return None
-            if candidate.key in self._rejected:
-                return Decision("skip", f"{candidate.key} was refused before (limits or --require_win)")
-            decision = self.decision(candidate, self.clock())
-            if decision.action != "publish":
-                return decision
-            try:
-                prepared = self.publisher.prepare(candidate)
-            except CheckpointGone:
-                # Tune keeps each trial's two best checkpoints, so this one went when its trial made two better
-                # ones, which were offered too: go on with the newest best, or give this one up if there is none.
+            while True:  # each turn that finds a checkpoint gone gives that candidate up, so this ends
                 with self._lock:
-                    moved_on = self.best is not candidate
-                if not moved_on:
+                    candidate = self.best
+                if candidate is None:
+                    return None
+                if candidate.key in self._gone:
+                    return Decision("skip", f"the checkpoint of {candidate.key} and those of the other candidates "
+                                            "are gone")
+                if candidate.key in self._rejected:
+                    return Decision("skip", f"{candidate.key} was refused before (limits or --require_win)")
+                decision = self.decision(candidate, self.clock())  # again for a fallback: its loss is another
+                if decision.action != "publish":
+                    return decision
+                try:
+                    prepared = self._prepare(candidate)
+                    break
+                except CheckpointGone:
+                    self._give_up(candidate)
+                except (ModelCheckError, PackageError) as e:
                     self._rejected.add(candidate.key)
-                    self._note(f"not publishing {candidate.key}: its checkpoint is gone")
-                    return Decision("skip", "checkpoint gone")
-                self._wake.set()
-                return Decision("retry", f"{candidate.key}'s checkpoint was replaced by a better one")
-            except (ModelCheckError, PackageError) as e:
-                self._rejected.add(candidate.key)
-                self._note(f"not publishing {candidate.key}: {e}")
-                return Decision("skip", str(e))
+                    self._note(f"not publishing {candidate.key}: {e}")
+                    return Decision("skip", str(e))
             if self.gate is not None:
                 passed, reason = self.gate(prepared.model_dir)
                 self._note(f"{candidate.key} {reason}")
@@ -160,6 +244,43 @@ class PublishCoordinator:
             if not self._publish(candidate):
                 return Decision("retry", "publishing failed; it is tried again later")
             return decision
+
+    # -- checkpoints that are gone ------------------------------------------------------------
+    def _prepare(self, candidate: Candidate) -> Prepared:
+        """Merge and package; raises CheckpointGone. Names the fallback once one is merged in a gone best's place."""
+        prepared = self.publisher.prepare(candidate)
+        gone, self._gone_best = self._gone_best, None
+        if gone is not None and gone.key != candidate.key and candidate.eval_loss >= gone.eval_loss:
+            self._note(f"the checkpoint of {gone.key} (eval loss {gone.eval_loss:.4f}) is gone (deleted by Tune or "
+                       f"by hand); using {candidate.key} (eval loss {candidate.eval_loss:.4f}) instead, the best "
+                       "candidate whose checkpoint remains")
+        return prepared
+
+    def _give_up(self, candidate: Candidate) -> None:
+        """`candidate`'s checkpoint is gone: the best becomes the next best remembered candidate, unless a better
+        one was offered meanwhile (Tune deletes a checkpoint once its trial has two better ones)."""
+        with self._lock:
+            self._gone.add(candidate.key)
+            self._gone_best = self._gone_best or candidate
+            if self.best is candidate:
+                self.best = next_best(self._kept, self._gone | self._rejected) or candidate
+            nothing_left = self.best.key in self._gone
+        if nothing_left:
+            self._gone_best = None
+            self._note(f"{candidate.key}: its checkpoint is gone, and so are the other candidates' checkpoints; "
+                       "there is no model to merge or publish")
+
+    def _prepare_best(self) -> tuple[Candidate, Prepared] | tuple[None, None]:
+        """The best candidate whose checkpoint remains, prepared; (None, None) when every checkpoint is gone."""
+        while True:
+            with self._lock:
+                candidate = self.best
+            if candidate is None or candidate.key in self._gone:
+                return None, None
+            try:
+                return candidate, self._prepare(candidate)
+            except CheckpointGone:
+                self._give_up(candidate)
 
     def _loop(self) -> None:
         while not self._stopping:
@@ -218,10 +339,11 @@ class PublishCoordinator:
         self._wake.set()
         if self._thread:
             self._thread.join()
+        # best_*: the candidate actually merged, which is not the sweep's best when that one's checkpoint is gone
         report = {"lines": self.lines, "published": None, "publish_json": None, "not_before": None,
-                  "best_model_dir": None, "offline": self.target.repo_id is None}
-        candidate = self.best
-        if candidate is None:
+                  "best_model_dir": None, "offline": self.target.repo_id is None, "best_trial": None,
+                  "best_eval_loss": None, "best_step": None, "best_hyperparameters": None}
+        if self.best is None:
             return report
         if self.target.repo_id is not None:
             decision = self.step()
@@ -231,13 +353,17 @@ class PublishCoordinator:
                 decision = self.step()
             if decision is not None and decision.action == "wait":
                 report["not_before"] = decision.not_before
-                self._note(f"the best model (eval loss {candidate.eval_loss:.4f}) is not published yet: "
+                self._note(f"the best model (eval loss {self.best.eval_loss:.4f}) is not published yet: "
                            f"{decision.reason}")
             elif decision is not None and decision.action == "skip":
                 self._note(f"the best model is not published: {decision.reason}")
         report["published"] = self.published
-        report["publish_json"] = str(self.write_publish_json(candidate))
-        report["best_model_dir"] = self.publisher.prepare(candidate).model_dir
+        candidate, prepared = self._prepare_best()
+        if candidate is None:
+            return report  # _give_up said why, in one line
+        report.update(publish_json=str(self.write_publish_json(candidate)), best_model_dir=prepared.model_dir,
+                      best_trial=candidate.trial_id, best_eval_loss=candidate.eval_loss, best_step=candidate.step,
+                      best_hyperparameters=candidate.hyperparameters)
         return report
 
     def write_publish_json(self, candidate: Candidate) -> Path:
@@ -247,10 +373,11 @@ class PublishCoordinator:
         model_id = self.publisher.model_id(prepared, commit=None)
         if published and ModelId.from_compressed_str(published["model_id"]).hash == prepared.hash:
             model_id = ModelId.from_compressed_str(published["model_id"])
+        base_model = self.publisher.base_model  # read back by the manual upload for its model card
         record = {"model_dir": prepared.model_dir, "model_id": model_id.to_compressed_str(), "hash": prepared.hash,
                   "eval_loss": candidate.eval_loss, "hyperparameters": candidate.hyperparameters,
                   "trial": candidate.key, "competition_id": self.publisher.competition.id,
-                  "stats": asdict(prepared.stats)}
+                  "base_model": base_model if is_hub_id(base_model) else None, "stats": asdict(prepared.stats)}
         path = self.experiment_dir / PUBLISH_FILE
         self.experiment_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2))

@@ -7,6 +7,8 @@ weights as safetensors, the config, and the base model's tokenizer files; no ada
 import shutil
 from pathlib import Path
 
+from publishing.package import strip_remote_code
+
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft's save_pretrained writes
 # Tokenizer files copied as the base model ships them (the chat template stays where it was).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -29,15 +31,18 @@ def merge_adapter(base_model_dir: str | Path, adapter_dir: str | Path, out_dir: 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    # trust_remote_code=False: a starting model's repo code is never run here, nor passed on (below)
     base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype="auto", use_safetensors=True,
-                                                local_files_only=True)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+                                                local_files_only=True, trust_remote_code=False)
+    merged = PeftModel.from_pretrained(base, adapter_dir, trust_remote_code=False).merge_and_unload()
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
     merged.save_pretrained(out_dir, safe_serialization=True)
-    for name in TOKENIZER_FILES:
+    for name in TOKENIZER_FILES:  # named files only: a repo's *.py files are never copied
         if (Path(base_model_dir) / name).is_file():
             shutil.copy2(Path(base_model_dir) / name, out_dir / name)
+    # save_pretrained writes the base config's auto_map back, and the tokenizer config is copied as it is
+    strip_remote_code(out_dir)
     return out_dir
 
 

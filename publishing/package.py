@@ -10,11 +10,17 @@ release downloads it, so it is never part of the hash.
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 MODEL_CARD = "README.md"
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
+# Keys that make from_pretrained look for Python files in the repo: a published model must never carry them,
+# so no validator (or user) is asked to run code that came with a starting model.
+REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code")
+LOCAL_MODEL = "a local model"  # how the card names a base model that has no Hub id
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "name" or "namespace/name"
 # tokenizer class names only recent transformers releases know -> the name every release knows
 _LEGACY_TOKENIZER_CLASS = {"TokenizersBackend": "PreTrainedTokenizerFast"}
 _SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
@@ -33,6 +39,26 @@ def legacy_tokenizer_json(data: dict) -> dict:
         model.pop("ignore_merges", None)
         data = {**data, "model": model}
     return data
+
+
+def without_remote_code(config: dict) -> dict:
+    """The config without REMOTE_CODE_KEYS, at any depth (composite models nest sub-configs)."""
+    return {key: without_remote_code(value) if isinstance(value, dict) else value
+            for key, value in config.items() if key not in REMOTE_CODE_KEYS}
+
+
+def strip_remote_code(folder: str | Path) -> None:
+    """Make a model folder code-free in place: no remote-code keys in its configs, no Python files.
+    A config without such keys is left byte for byte as it is (its bytes are part of the model's hash)."""
+    folder = Path(folder)
+    for name in ("config.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            config = json.loads((folder / name).read_text())
+            clean = without_remote_code(config)
+            if clean != config:
+                (folder / name).write_text(json.dumps(clean, indent=2, ensure_ascii=False) + "\n")
+    for code in folder.glob("*.py"):
+        code.unlink()
 
 
 def portable_tokenizer_config(model_dir: Path) -> dict:
@@ -57,7 +83,7 @@ def package_model(model_dir: str | Path, out_dir: str | Path) -> Path:
         raise PackageError(f"{model_dir} needs tokenizer.json and tokenizer_config.json (a fast tokenizer) to upload")
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    for name in MODEL_FILES:
+    for name in MODEL_FILES:  # named files only: a repo's *.py files are never copied
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, out_dir / name)
     for weights in model_dir.glob("*.safetensors"):
@@ -68,6 +94,7 @@ def package_model(model_dir: str | Path, out_dir: str | Path) -> Path:
     if not config.get("chat_template"):
         raise PackageError(f"the tokenizer in {model_dir} has no chat template; validators need the model's default")
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    strip_remote_code(out_dir)
     return out_dir
 
 
@@ -76,12 +103,30 @@ def hashed_files(folder: str | Path) -> list[str]:
     return sorted(p.name for p in Path(folder).iterdir() if p.is_file())
 
 
+def is_hub_id(text: str) -> bool:
+    return bool(_HUB_ID.match(text)) and ".." not in text
+
+
+def base_model_name(model_dir: str | Path) -> str:
+    """How the card names a base model folder: its Hub id when the folder is a Hub cache snapshot
+    (.../models--ns--name/snapshots/<commit>), else LOCAL_MODEL. A local path tells readers of the card
+    nothing and shows them this machine's layout."""
+    # Imported here: trainables.lora_trial imports torch, which the coordinator needs only once it merges.
+    from trainables.lora_trial import hub_snapshot_source
+
+    source = hub_snapshot_source(str(Path(model_dir).expanduser().absolute()))
+    return source[0] if source and is_hub_id(source[0]) else LOCAL_MODEL
+
+
 def model_card(base_model: str, hyperparameters: dict, eval_loss: float, sweep_id: str, competition_id: str) -> str:
+    """The README.md uploaded beside the model. `base_model` is a Hub id (or LOCAL_MODEL); anything else, such as
+    a path, is written as LOCAL_MODEL, and the sweep is named by its last path part only."""
+    base = f"`{base_model}`" if is_hub_id(base_model) else LOCAL_MODEL
     lines = [
         "---", "library_name: transformers", "tags: [bittensor, finetuning-subnet, lora]", "---", "",
         f"# LoRA finetune for competition {competition_id}", "",
-        f"- base model: `{base_model}`",
-        f"- sweep: `{sweep_id}`",
+        f"- base model: {base}",
+        f"- sweep: `{Path(str(sweep_id)).name or sweep_id}`",
         f"- eval loss (validator-style, held-out pairs): {eval_loss:.4f}",
         *(f"- {name}: {value}" for name, value in hyperparameters.items()),
         "", "The LoRA adapter is merged into the base weights.", "",

@@ -20,7 +20,7 @@ from publishing.model_checks import ModelStats, check_model
 from publishing.model_hash import hash_with_hotkey
 from publishing.model_id import ModelId, parse_repo_id
 from publishing.model_hash import hash_directory
-from publishing.package import hashed_files, model_card, package_model
+from publishing.package import base_model_name, hashed_files, model_card, package_model
 
 log = logging.getLogger("publishing")
 BEST_MODEL_DIR = "best_model"
@@ -88,11 +88,21 @@ def retry(action: Callable, attempts: int, backoff_s: float, errors: tuple, what
 
 class Publisher:
     def __init__(self, target: PublishTarget, base_model_dir: str, work_dir: str | Path, sweep_id: str,
-                 hub: HubClient | None = None, chain: Chain | None = None, sleep=time.sleep):
+                 hub: HubClient | None = None, chain: Chain | None = None, sleep=time.sleep,
+                 base_model: str | None = None):
+        """`base_model`: how the model card names the base model (a Hub id, or package.LOCAL_MODEL); by default
+        the Hub id of base_model_dir when it is a Hub cache snapshot. The card never shows a local path."""
         self.target, self.base_model_dir, self.work_dir = target, base_model_dir, Path(work_dir)
         self.sweep_id, self.hub, self.chain, self.sleep = sweep_id, hub, chain, sleep
+        self._base_model = base_model
         self.competition = get_competition(target.competition_id)
         self._prepared: tuple[str, Prepared] | None = None
+
+    @property
+    def base_model(self) -> str:
+        if self._base_model is None:
+            self._base_model = base_model_name(self.base_model_dir)
+        return self._base_model
 
     def model_id(self, prepared: Prepared, commit: str | None) -> ModelId:
         namespace, name = parse_repo_id(self.target.repo_id) if self.target.repo_id else ("offline", "model")
@@ -109,7 +119,7 @@ class Publisher:
             merged = candidate.model_dir or merge_checkpoint(self.base_model_dir, candidate.checkpoint,
                                                              str(Path(scratch) / "merged"))
             package_model(merged, folder)
-        card = model_card(self.base_model_dir, candidate.hyperparameters, candidate.eval_loss, self.sweep_id,
+        card = model_card(self.base_model, candidate.hyperparameters, candidate.eval_loss, self.sweep_id,
                           self.competition.id)
         stats = check_model(folder, self.competition)
         plain = hash_directory(folder)

@@ -55,11 +55,14 @@ class PublishSetup:
     chain_factory: Callable[[], Chain] | None = None
     gate: Callable[[str], tuple[bool, str]] | None = None  # e.g. --require_win: (publish?, reason) for a model folder
 
-    def publisher(self, base_model_dir: str, work_dir: str | Path, sweep_id: str) -> Publisher:
+    def publisher(self, base_model_dir: str, work_dir: str | Path, sweep_id: str,
+                  base_model: str | None = None) -> Publisher:
+        """`base_model`: the model card's name for the base model (see Publisher); by default from base_model_dir."""
         if self.target.repo_id is None:
-            return Publisher(self.target, base_model_dir, work_dir, sweep_id)
+            return Publisher(self.target, base_model_dir, work_dir, sweep_id, base_model=base_model)
         hub = HubClient(self.token, endpoint=self.hub_endpoint)
-        return Publisher(self.target, base_model_dir, work_dir, sweep_id, hub=hub, chain=self.chain_factory())
+        return Publisher(self.target, base_model_dir, work_dir, sweep_id, hub=hub, chain=self.chain_factory(),
+                         base_model=base_model)
 
 
 def check_starting_model(model_dir: Path, competition: Competition) -> None:

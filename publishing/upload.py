@@ -11,11 +11,13 @@ or --state_dir), so a worse model is never published over a better one.
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
 
 from publishing.coordinator import PUBLISH_FILE, PublishCoordinator
+from publishing.package import LOCAL_MODEL, is_hub_id
 from publishing.publisher import Candidate
 from publishing.setup import PublishOptions, SetupError, prepare_publishing
 
@@ -47,14 +49,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_publish_record(model_dir: Path) -> dict | None:
+    """The publish.json a sweep wrote beside the model, or None when there is none; SetupError when it is damaged."""
+    path = model_dir.parent / PUBLISH_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        raise SetupError(f"{path} is not readable JSON ({str(e).splitlines()[0][:100]}); pass --eval_loss "
+                         "with the model's eval loss, or fix or remove the file") from None
+    if not isinstance(record, dict):
+        raise SetupError(f"{path} is not a JSON object; pass --eval_loss with the model's eval loss, "
+                         "or fix or remove the file")
+    return record
+
+
 def model_eval_loss(model_dir: Path, given: float | None) -> float:
     if given is not None:
+        if not math.isfinite(given):
+            raise SetupError(f"--eval_loss {given} is not a finite number; pass the model's validator-style eval loss")
         return given
-    record = model_dir.parent / PUBLISH_FILE
-    if record.is_file():
-        return float(json.loads(record.read_text())["eval_loss"])
-    raise SetupError(f"the eval loss of {model_dir} is unknown (no --eval_loss, no {PUBLISH_FILE} beside it); "
-                     "pass --eval_loss so a worse model is never published over a better one")
+    record = read_publish_record(model_dir)
+    if record is None:
+        raise SetupError(f"the eval loss of {model_dir} is unknown (no --eval_loss, no {PUBLISH_FILE} beside it); "
+                         "pass --eval_loss so a worse model is never published over a better one")
+    if not is_finite_number(record.get("eval_loss")):
+        raise SetupError(f"{model_dir.parent / PUBLISH_FILE} has no finite eval_loss (it has "
+                         f"{str(record.get('eval_loss'))[:40]!r}); pass --eval_loss with the model's eval loss")
+    return float(record["eval_loss"])
+
+
+def recorded_base_model(model_dir: Path) -> str:
+    """The base model's Hub id when the sweep's publish.json names one, else "a local model": the folder
+    uploaded here is not the base model, and its path must not appear on the model card."""
+    try:
+        base_model = (read_publish_record(model_dir) or {}).get("base_model")
+    except SetupError:
+        base_model = None  # the eval loss came from --eval_loss; a damaged record only costs the card its base name
+    return base_model if isinstance(base_model, str) and is_hub_id(base_model) else LOCAL_MODEL
 
 
 def check_model_folder(model_dir: Path) -> None:
@@ -79,7 +116,8 @@ def main(argv: list[str] | None = None, chain_factory=None, hub_endpoint: str | 
 
     state_dir = Path(args.state_dir) if args.state_dir else model_dir.parent
     with tempfile.TemporaryDirectory() as work_dir:
-        publisher = setup.publisher(str(model_dir), work_dir, sweep_id="manual upload")
+        publisher = setup.publisher(str(model_dir), work_dir, sweep_id="manual upload",
+                                    base_model=recorded_base_model(model_dir))
         extra = {"clock": clock} if clock else {}
         coordinator = PublishCoordinator(publisher, state_dir, background=False, **extra)
         coordinator.offer(Candidate(trial_id="manual", step=0, eval_loss=eval_loss, hyperparameters={},

@@ -3,7 +3,9 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +14,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from publishing.competitions import CompetitionError, get_competition, load_competitions
 from publishing.model_checks import ModelCheckError, check_model
+from publishing.merged_model import merge_adapter
 from publishing.package import hashed_files, legacy_tokenizer_json, model_card, package_model
+from publishing.publisher import Candidate, Publisher, PublishTarget
 
 
 @pytest.fixture
@@ -123,3 +127,75 @@ def test_the_original_validators_read_the_upload_folder_the_same_way(packaged):
     prompt, full = json.loads(done.stdout.strip().splitlines()[-1])
     ids, prompt_len = tokenize_pair(AutoTokenizer.from_pretrained(packaged), "What is two plus two?", "Four.", 2048)
     assert full == ids and len(prompt) == prompt_len
+
+
+# -- the model card names the base model by its Hub id, never by a path of this machine ----------------------------
+
+def card_for(base_model_dir, tmp_path, sweep_id="sweep-1") -> str:
+    publisher = Publisher(PublishTarget(repo_id=None), str(base_model_dir), tmp_path / "work", sweep_id)
+    merged = Candidate(trial_id="t", step=5, eval_loss=3.2, hyperparameters={"r": 8}, model_dir=str(base_model_dir))
+    return publisher.prepare(merged).model_card
+
+
+def assert_no_local_path(card: str, *paths) -> None:
+    for path in (*paths, Path.home()):
+        assert str(path) not in card, (path, card)
+
+
+def test_model_card_names_a_hub_snapshot_by_its_id(model_dir, tmp_path):
+    snapshot = tmp_path / "hf" / "hub" / "models--some-org--tiny-base" / "snapshots" / "0123abcd"
+    shutil.copytree(model_dir, snapshot)
+    card = card_for(snapshot, tmp_path)
+    assert "- base model: `some-org/tiny-base`" in card
+    assert_no_local_path(card, tmp_path)
+
+
+def test_model_card_names_a_local_base_model_without_its_path(model_dir, tmp_path):
+    card = card_for(model_dir, tmp_path, sweep_id=str(tmp_path / "ray_results" / "sweep-7"))
+    assert "- base model: a local model" in card and "- sweep: `sweep-7`" in card
+    assert_no_local_path(card, tmp_path, model_dir)
+
+
+def test_model_card_never_prints_a_path_it_is_given():
+    card = model_card("/home/miner/models/base", {"r": 8}, 3.2, "/home/miner/ray_results/sweep-1", "m1")
+    assert "- base model: a local model" in card and "- sweep: `sweep-1`" in card and "/home" not in card
+
+
+# -- code from a model repo is never published ---------------------------------------------------------------------
+
+REMOTE_CODE = ("auto_map", "trust_remote_code")
+
+
+@pytest.fixture
+def model_with_remote_code(model_dir, tmp_path):
+    """The tiny model as a repo that ships code: auto_map in both configs, and the Python files they point at."""
+    folder = tmp_path / "with-code"
+    shutil.copytree(model_dir, folder)
+    for name, auto_map in (("config.json", {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}),
+                           ("tokenizer_config.json", {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]})):
+        config = json.loads((folder / name).read_text())
+        (folder / name).write_text(json.dumps({**config, "auto_map": auto_map, "trust_remote_code": True}))
+    for code in ("modeling_evil.py", "tokenization_evil.py"):
+        (folder / code).write_text("raise RuntimeError('code from the model repo ran')\n")
+    return folder
+
+
+def assert_code_free(folder: Path) -> None:
+    assert not list(folder.glob("*.py"))
+    for name in ("config.json", "tokenizer_config.json"):
+        text = (folder / name).read_text()
+        assert not any(key in text for key in REMOTE_CODE), (name, text[:300])
+
+
+def test_no_remote_code_reaches_the_merged_or_uploaded_model(model_with_remote_code, model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    adapter = tmp_path / "adapter"
+    base = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+    get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    merged = merge_adapter(model_with_remote_code, adapter, tmp_path / "merged")
+    assert_code_free(merged)
+    assert_code_free(package_model(merged, tmp_path / "upload"))
+    assert_code_free(package_model(model_with_remote_code, tmp_path / "upload-as-is"))  # the manual upload's path
+    AutoModelForCausalLM.from_pretrained(tmp_path / "upload", use_safetensors=True, trust_remote_code=False)
+    AutoTokenizer.from_pretrained(tmp_path / "upload", trust_remote_code=False)

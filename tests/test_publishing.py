@@ -14,7 +14,7 @@ from huggingface_hub import HfApi
 from ray.tune import Checkpoint
 
 from publishing.chain import InMemoryChain
-from publishing.coordinator import STATE_FILE, PublishCoordinator
+from publishing.coordinator import STATE_FILE, PublishCoordinator, remember, state_problem
 from publishing.hub import HubClient
 from publishing.model_hash import hash_directory, hash_with_hotkey
 from publishing.model_id import ModelId
@@ -151,8 +151,7 @@ def test_a_checkpoint_replaced_by_better_ones_gives_way_to_the_new_best(world, c
 
     coordinator.publisher.prepare = prepare_while_better_ones_arrive
     coordinator.offer(gone)
-    assert coordinator.step().action == "retry" and world.chain.history == []
-    assert coordinator.step().action == "publish"
+    assert coordinator.step().action == "publish"  # the same step goes on with the new best
     assert len(committed(world)) == 1 and len(uploads(world)) == 1
     assert json.loads((world.experiment / STATE_FILE).read_text())["published"][-1]["trial"] == "a@15"
 
@@ -285,3 +284,112 @@ def test_offline_writes_publish_json_that_parses_the_validators_way(model_dir, c
     assert model_id.hash == record["hash"] == hash_directory(record["model_dir"])
     assert record["eval_loss"] == 4.0 and record["hyperparameters"]["r"] == 8
     assert report["best_model_dir"] == record["model_dir"]
+
+
+# -- a damaged publish_state.json costs a warning, never the sweep ------------------------------------------------
+
+GOOD_ENTRY = {"model_id": "miner:tiny-lora:abc123:hash=:m1", "eval_loss": 3.0, "committed_at": 1.0, "block": 7}
+
+
+@pytest.mark.parametrize("state, fragment", [
+    ([], "not a JSON object"),
+    ({"published": []}, 'no "uploaded"'),
+    ({"published": "none", "uploaded": None}, '"published" is not a list'),
+    ({"published": [{"model_id": "miner:tiny-lora:abc123:hash=:m1"}], "uploaded": None}, "lacks eval_loss"),
+    ({"published": [{**GOOD_ENTRY, "eval_loss": "low"}], "uploaded": None}, "eval_loss that is not a number"),
+    ({"published": [{**GOOD_ENTRY, "model_id": "nonsense"}], "uploaded": None}, "no valid model_id"),
+    ({"published": [], "uploaded": {"eval_loss": 2.0}}, '"uploaded" lacks model_id'),
+])
+def test_state_problems_are_named(state, fragment):
+    assert fragment in state_problem(state)
+
+
+def test_a_usable_state_has_no_problem():
+    assert state_problem({"published": [GOOD_ENTRY], "uploaded": None}) is None
+    assert state_problem({"published": [], "uploaded": {"model_id": GOOD_ENTRY["model_id"], "eval_loss": 2}}) is None
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00", b"[1, 2]",
+                                     b'{"published": [{"x": 1}], "uploaded": null}'])
+def test_a_damaged_state_file_is_set_aside_with_one_warning(model_dir, tmp_path, content, capsys):
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    (experiment / STATE_FILE).write_bytes(content)
+    publisher = Publisher(PublishTarget(repo_id=None), str(model_dir), experiment, "sweep")
+    coordinator = PublishCoordinator(publisher, experiment, background=False)
+    assert coordinator.state == {"published": [], "uploaded": None}
+    [line] = coordinator.lines
+    assert str(experiment / STATE_FILE) in line and "set aside" in line
+    assert line in capsys.readouterr().out
+    assert (experiment / f"{STATE_FILE}.damaged").read_bytes() == content  # the user's file is kept
+    assert not (experiment / STATE_FILE).exists()
+
+
+def test_a_damaged_state_still_keeps_the_chains_20_minute_window(world, candidate):
+    first = world.coordinator()
+    first.offer(candidate(4.0))
+    assert first.step().action == "publish"
+    world.clock.now += 5 * 60
+    (world.experiment / STATE_FILE).write_text('{"published": [{"model_id": 12}]')  # cut off mid-write by hand
+    restarted = world.coordinator()
+    assert any("set aside" in line for line in restarted.lines)
+    restarted.offer(candidate(3.0, "better"))
+    assert restarted.step().action == "wait"  # the window comes from the chain's block
+    assert len(world.chain.history) == 1
+    world.clock.now += 20 * 60
+    assert restarted.step().action == "publish"
+    assert json.loads((world.experiment / STATE_FILE).read_text())["published"][-1]["trial"] == "better@5"
+
+
+# -- checkpoints deleted near the end: the next best whose checkpoint remains is merged ------------------------------
+
+def gone_candidate(tmp_path, eval_loss: float, trial: str) -> Candidate:
+    return Candidate(trial_id=trial, step=5, eval_loss=eval_loss, hyperparameters={"learning_rate": 1e-4, "r": 16,
+                     "alpha": 32}, checkpoint=Checkpoint.from_directory(tmp_path / "deleted" / trial))
+
+
+def offline_coordinator(model_dir, tmp_path) -> PublishCoordinator:
+    publisher = Publisher(PublishTarget(repo_id=None, competition_id="m1"), str(model_dir), tmp_path / "exp", "sweep")
+    return PublishCoordinator(publisher, tmp_path / "exp", background=False)
+
+
+def test_remember_keeps_each_trials_best_few_best_first(candidate):
+    kept = []
+    for loss in (5.0, 4.0, 4.5, 3.0, 3.5):
+        kept = remember(kept, candidate(loss, "a", step=int(loss * 10)))
+    kept = remember(kept, candidate(4.8, "b"))
+    assert [(c.trial_id, c.eval_loss) for c in kept] == [("a", 3.0), ("a", 3.5), ("a", 4.0), ("b", 4.8)]
+
+
+def test_when_the_best_checkpoint_is_gone_the_next_best_is_merged(model_dir, candidate, tmp_path):
+    coordinator = offline_coordinator(model_dir, tmp_path)
+    coordinator.offer(candidate(4.3, "b"))
+    coordinator.offer(candidate(4.1, "c"))
+    coordinator.offer(gone_candidate(tmp_path, 4.0, "a"))
+    report = coordinator.finish()
+    assert (report["best_trial"], report["best_eval_loss"], report["best_step"]) == ("c", 4.1, 5)
+    assert report["best_hyperparameters"]["r"] == 8
+    assert Path(report["best_model_dir"], "model.safetensors").is_file()
+    assert json.loads(Path(report["publish_json"]).read_text())["trial"] == "c@5"
+    [line] = [line for line in report["lines"] if "gone" in line]
+    assert "a@5" in line and "using c@5" in line
+
+
+def test_when_every_checkpoint_is_gone_the_report_says_so(model_dir, tmp_path):
+    coordinator = offline_coordinator(model_dir, tmp_path)
+    coordinator.offer(gone_candidate(tmp_path, 4.2, "b"))
+    coordinator.offer(gone_candidate(tmp_path, 4.0, "a"))
+    report = coordinator.finish()
+    assert report["best_model_dir"] is None and report["publish_json"] is None and report["best_trial"] is None
+    assert any("no model to merge" in line for line in report["lines"])
+
+
+def test_publishing_falls_back_to_the_next_best_checkpoint(world, candidate, tmp_path):
+    coordinator = world.coordinator()
+    coordinator.offer(candidate(4.2, "b"))
+    coordinator.offer(gone_candidate(tmp_path, 4.0, "a"))
+    assert coordinator.step().action == "publish"
+    assert json.loads((world.experiment / STATE_FILE).read_text())["published"][-1]["trial"] == "b@5"
+    assert any("using b@5" in line for line in coordinator.lines)
+    report = coordinator.finish()
+    assert report["best_trial"] == "b" and report["published"]["trial"] == "b@5"

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -9,7 +10,7 @@ from orchestrator.run import main as sweep_main
 from publishing.chain import InMemoryChain
 from publishing.model_hash import hash_directory
 from publishing.model_id import ModelId
-from publishing.upload import main as upload_main
+from publishing.upload import main as upload_main, recorded_base_model
 from tests.hub_server import local_hub  # noqa: F401  (the fixture)
 
 TOKEN = "hf_test_token"
@@ -174,3 +175,42 @@ def test_hash_of_an_uploaded_folder_is_the_validators(env, best_model, local_hub
     for name, content in files.items():
         (folder / name).write_bytes(content)
     assert hash_directory(folder) == model_id.hash
+
+
+@pytest.mark.parametrize("record", ["{not json", "[3.5]", '{"hash": "x"}', '{"eval_loss": "3.5"}',
+                                    '{"eval_loss": NaN}', '{"eval_loss": null}', '{"eval_loss": true}'])
+def test_a_damaged_publish_json_is_one_line_and_nothing_is_uploaded(env, best_model, local_hub, capsys, record):
+    chain = InMemoryChain(HOTKEY)
+    (best_model.parent / "publish.json").write_text(record)
+    assert upload(best_model, local_hub, chain, Clock()) == 2
+    err = one_line_error(capsys)
+    assert "publish.json" in err and "pass --eval_loss" in err
+    assert local_hub.repos() == [] and chain.history == []
+
+
+def test_a_non_finite_eval_loss_flag_is_refused(env, best_model, local_hub, capsys):
+    chain = InMemoryChain(HOTKEY)
+    assert upload(best_model, local_hub, chain, Clock(), "--eval_loss", "nan") == 2
+    assert "not a finite number" in one_line_error(capsys)
+    assert local_hub.repos() == [] and chain.history == []
+
+
+def test_the_manual_uploads_model_card_shows_no_local_path(env, best_model, local_hub, tmp_path):
+    clock = Clock()
+    chain = InMemoryChain(HOTKEY, clock=clock)
+    (best_model.parent / "publish.json").write_text("{damaged")  # --eval_loss is given: only the card's base is lost
+    assert upload(best_model, local_hub, chain, clock, "--eval_loss", "3.5") == 0
+    card = local_hub.files(REPO, local_hub.commits(REPO)[-1])["README.md"].decode()
+    assert "- base model: a local model" in card and "- sweep: `manual upload`" in card
+    assert str(tmp_path) not in card and str(Path.home()) not in card
+
+
+def test_the_manual_upload_names_a_base_model_that_publish_json_records(env, best_model, local_hub, tmp_path):
+    clock = Clock()
+    chain = InMemoryChain(HOTKEY, clock=clock)
+    (best_model.parent / "publish.json").write_text(json.dumps({"eval_loss": 3.5, "base_model": "ns/base-7b"}))
+    assert upload(best_model, local_hub, chain, clock) == 0
+    card = local_hub.files(REPO, local_hub.commits(REPO)[-1])["README.md"].decode()
+    assert "- base model: `ns/base-7b`" in card and str(tmp_path) not in card
+    (best_model.parent / "publish.json").write_text(json.dumps({"eval_loss": 3.5, "base_model": str(tmp_path)}))
+    assert recorded_base_model(best_model) == "a local model"  # a path is never trusted as a name
