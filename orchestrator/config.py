@@ -6,7 +6,10 @@ drift apart. Validation happens here, once, before Ray starts; everything after 
 
 import argparse
 import dataclasses
+import math
 import os
+import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -134,19 +137,27 @@ def _scalar_type(f: dataclasses.Field) -> type:
     return hint
 
 
+# An experiment's folder name: one path component, so it can never point outside --storage_path.
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         raise ConfigError(f"{message}; run with --help to see every flag")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
+    """The flags; `defaults` (field -> value) are the values that apply when a flag is left out, for --help."""
+    defaults = {f.name: f.default for f in dataclasses.fields(SweepConfig)} | (defaults or {})
+    # allow_abbrev=False: `--num_sample 2` is an unknown flag, not a silent `--num_samples 2`
     parser = _OneLineParser(prog="python -m orchestrator.run", argument_default=argparse.SUPPRESS,
-                            description="A LoRA hyperparameter sweep on Ray Tune + Optuna.")
+                            description="A LoRA hyperparameter sweep on Ray Tune + Optuna. Defaults shown are "
+                                        "those of configs/default.yaml where it sets them.", allow_abbrev=False)
     parser.add_argument("--config", help=f"YAML of settings (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
     for key, name in KEYS.items():
         f = FIELDS[name]
         kind = _scalar_type(f)
-        default = f" (default: {f.default})"
+        default = f" (default: {defaults[name]})"
         if kind is bool:
             parser.add_argument(f"--{key}", dest=name, action=argparse.BooleanOptionalAction,
                                 help=f.metadata["help"] + default)
@@ -178,6 +189,13 @@ def read_yaml_settings(path: Path) -> dict:
 
 def validate(config: SweepConfig) -> SweepConfig:
     """Checks that need no files or machines; each failure names the flag to fix."""
+    for f in dataclasses.fields(SweepConfig):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{f.metadata['flag'] or f.name} must be a finite number, got {value}")
+    if config.experiment_name is not None and not EXPERIMENT_NAME.fullmatch(config.experiment_name):
+        raise ConfigError(f"--experiment_name {config.experiment_name!r} must be a plain folder name (letters, digits, "
+                          "'.', '_', '-'; no '/' or '..'): it is a folder inside --storage_path")
     positive = ["grace_period", "num_epochs", "batch_size", "accumulation_steps", "eval_steps", "eval_batch_size",
                 "max_length", "cpus_per_trial"]
     for name in positive:
@@ -237,7 +255,28 @@ def validate(config: SweepConfig) -> SweepConfig:
 
 def load_config(argv: list[str] | None = None) -> SweepConfig:
     """Flags and YAML -> a validated SweepConfig, or ConfigError with one line saying what to fix."""
-    flags = vars(build_parser().parse_args(argv))
-    config_path = Path(flags.pop("config", DEFAULT_CONFIG))
-    settings = {**read_yaml_settings(config_path), **flags}
+    argv = sys.argv[1:] if argv is None else argv
+    config_path = Path(_config_flag(argv) or DEFAULT_CONFIG)
+    help_asked = "--help" in argv or "-h" in argv
+    yaml_settings = _settings_for_help(config_path) if help_asked else read_yaml_settings(config_path)
+    flags = vars(build_parser(yaml_settings).parse_args(argv))
+    flags.pop("config", None)
+    settings = {**yaml_settings, **flags}
     return validate(SweepConfig(**settings))
+
+
+def _config_flag(argv: list[str]) -> str | None:
+    """The --config value, read ahead of parsing: its YAML gives the defaults --help shows."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _settings_for_help(path: Path) -> dict:
+    try:
+        return read_yaml_settings(path)
+    except ConfigError:
+        return {}  # --help still helps when the YAML is broken; running reports the YAML's error

@@ -33,12 +33,47 @@ def check_model_dir(path: str | Path) -> Path:
         raise ConfigError(f"--load_model_dir {path} holds no model (no config.json); pass a folder saved with save_pretrained")
     if not any(folder.glob("*.safetensors")):
         raise ConfigError(f"--load_model_dir {path} has no .safetensors weights; save the model with safe_serialization=True")
+    needs_code = remote_code_reason(folder)
+    if needs_code:
+        raise ConfigError(f"--load_model_dir {path} {needs_code}; this miner never runs code from a model folder: "
+                          "start from a model whose architecture and tokenizer transformers ships")
     return folder.resolve()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{path} is not valid JSON; the model folder is damaged") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not a JSON object; the model folder is damaged")
+    return data
+
+
+def remote_code_reason(folder: Path) -> str | None:
+    """Why loading this folder would need Python code shipped in it, or None when transformers' own code loads it.
+
+    Every load passes trust_remote_code=False as well; refusing here turns what would be a prompt, or an
+    error deep inside a trial, into one line before anything starts.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config = _read_json(folder / "config.json")
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        where = "its auto_map" if "auto_map" in config else "no architecture transformers knows"
+        return f"has model_type {model_type!r}, which needs the folder's own code ({where})"
+    tokenizer_config = folder / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        settings = _read_json(tokenizer_config)
+        if "auto_map" in settings and not settings.get("tokenizer_class"):
+            return "has a tokenizer that only the folder's own code builds (auto_map, no tokenizer_class)"
+    return None
 
 
 def load_tokenizer(model_dir: Path):
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load a tokenizer from {model_dir} ({type(e).__name__}); "
                           "the model folder needs its tokenizer files") from None

@@ -7,13 +7,17 @@
 import sys
 
 from orchestrator.config import ConfigError, load_config
+from orchestrator.experiment import choose_experiment
 from orchestrator.inputs import (check_device, check_publishing, check_tracking, prepare_data, resolve_model_dir, resolve_opponent,
                                  trial_settings)
 from orchestrator.search_space import load_search_space
 from publishing.competitions import competitions_table, load_competitions
 
+INTERRUPTED_EXIT = 130  # the shell's code for a program ended by Ctrl-C
+
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
         config = load_config(argv)
         if config.list_competitions:
@@ -21,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_tracking(config)
         check_device(config)
+        experiment = choose_experiment(config)
         space = load_search_space(config.search)
         model_dir = resolve_model_dir(config)
         data = prepare_data(config, model_dir)
@@ -33,15 +38,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {model_dir}\ndata: {len(data.train)} training pairs, {len(data.eval)} held-out eval pairs")
 
     # Ray is imported only now, so bad input never pays for starting it.
-    from orchestrator.summary import render_summary
+    from orchestrator.summary import render_interrupted, render_summary, resume_command
     from orchestrator.sweep import run_sweep, start_ray
 
-    start_ray(config)
     try:
-        outcome = run_sweep(config, space, settings, data, publishing, opponent)
+        start_ray(config)
+        outcome = run_sweep(config, space, settings, data, publishing, opponent, experiment=experiment,
+                            command=["python", "-m", "orchestrator.run", *argv])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: Tune stops without saving its last state
+        print(f"\ninterrupted: nothing was merged or published. To continue:\n  {resume_command(argv, experiment.name)}",
+              file=sys.stderr)
+        return INTERRUPTED_EXIT
+    if outcome.interrupted:
+        print(render_interrupted(outcome, argv))
+        return INTERRUPTED_EXIT
     print(render_summary(outcome, config))
     return 0
 

@@ -1,15 +1,49 @@
-"""The end-of-sweep summary: what a miner reads when the sweep is done."""
+"""The end-of-sweep summary: what happened, where everything is, and what to run next."""
 
+import os
+import shlex
 import time
 
 from orchestrator.config import SweepConfig
 from orchestrator.sweep import SweepOutcome
+from orchestrator.trial_records import TrialRecord, TrialStatus
 
 
 def manual_upload_command(config: SweepConfig, model_dir: str) -> str:
-    return (f"python -m publishing.upload --load_model_dir {model_dir} --hf_repo_id {config.hf_repo_id} "
-            f"--wallet.name {config.wallet_name} --wallet.hotkey {config.wallet_hotkey} "
+    return (f"python -m publishing.upload --load_model_dir {model_dir} "
+            f"--hf_repo_id {config.hf_repo_id or '<namespace/name>'} "
+            f"--wallet.name {config.wallet_name or '<coldkey>'} --wallet.hotkey {config.wallet_hotkey or '<hotkey>'} "
             f"--competition_id {config.competition_id}")
+
+
+def resume_command(argv: list[str], experiment_name: str) -> str:
+    """The exact command that continues this experiment: the same flags, plus --resume and its name."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--experiment_name":
+            skip = True
+        elif arg not in ("--resume", "--no-resume") and not arg.startswith("--experiment_name="):
+            kept.append(arg)
+    return shlex.join(["python", "-m", "orchestrator.run", *kept, "--resume", "--experiment_name", experiment_name])
+
+
+def _hyperparameters(hp: dict) -> str:
+    if not hp:
+        return ""
+    return f"learning_rate={hp['learning_rate']:.3g}  r={hp['r']}  alpha={hp['alpha']}"
+
+
+def trial_counts(outcome: SweepOutcome) -> str:
+    interrupted = f", {outcome.interrupted_trials} interrupted" if outcome.interrupted_trials else ""
+    return (f"{outcome.num_trials} ({outcome.finished} ran to the end, {outcome.stopped_early} stopped early by "
+            f"the scheduler, {outcome.errored} failed{interrupted})")
+
+
+def failure_lines(trials: list[TrialRecord]) -> list[str]:
+    return [f"failed trial:    {t.trial_id} ({_hyperparameters(t.hyperparameters)}) at step {t.steps}: {t.reason}"
+            for t in trials if t.status is TrialStatus.FAILED]
 
 
 def publish_lines(outcome: SweepOutcome, config: SweepConfig) -> list[str]:
@@ -30,24 +64,55 @@ def publish_lines(outcome: SweepOutcome, config: SweepConfig) -> list[str]:
     return lines
 
 
+def next_steps(outcome: SweepOutcome, config: SweepConfig) -> list[str]:
+    lines = ["next:"]
+    if outcome.best_model_dir:
+        lines.append(f"  load it:       AutoModelForCausalLM.from_pretrained({outcome.best_model_dir!r}, "
+                     "use_safetensors=True)")
+        if not outcome.publish["published"] and not outcome.publish["not_before"]:
+            lines.append(f"  publish it:    {manual_upload_command(config, outcome.best_model_dir)}")
+    if config.wandb_project and os.environ.get("WANDB_MODE") == "offline":
+        lines.append(f"  W&B upload:    wandb sync {outcome.experiment_path}/wandb/offline-run-*")
+    return lines if len(lines) > 1 else []
+
+
 def render_summary(outcome: SweepOutcome, config: SweepConfig) -> str:
-    hp = outcome.best_hyperparameters
     gain = 1 - outcome.best_eval_loss / outcome.base_eval_loss if outcome.base_eval_loss else 0.0
+    best = outcome.best_trial
     lines = [
         "",
         "=== Sweep summary ===",
-        f"trials:          {outcome.num_trials} ({outcome.finished} ran to the end, "
-        f"{outcome.stopped_early} stopped early by the scheduler, {outcome.errored} failed)",
-        f"best trial:      learning_rate={hp['learning_rate']:.3g}  r={hp['r']}  alpha={hp['alpha']}  (step {outcome.best_step})",
+        f"trials:          {trial_counts(outcome)}",
+        *failure_lines(outcome.trials),
+        f"best trial:      {best.trial_id + '  ' if best else ''}{_hyperparameters(outcome.best_hyperparameters)}  "
+        f"(step {outcome.best_step})",
+        *([f"best trial dir:  {best.folder}"] if best else []),
         f"eval loss:       {outcome.best_eval_loss:.4f} best vs {outcome.base_eval_loss:.4f} untrained "
         f"({gain:.1%} lower)",
-        f"merged model:    {outcome.best_model_dir}",
+        f"merged model:    {outcome.best_model_dir or 'none (no checkpoint was left to merge; see the lines below)'}",
         *publish_lines(outcome, config),
         *([f"head-to-head:    {outcome.comparison.line()}",
            f"                 (per-pair losses in {outcome.experiment_path}/comparison.json)"]
           if outcome.comparison else []),
         *(f"plot:            {path}" for path in outcome.plots),
+        f"trials.csv:      {outcome.trials_csv}",
         f"experiment:      {outcome.experiment_path}",
         f"wall time:       {outcome.wall_s:.0f} s",
+        *next_steps(outcome, config),
+    ]
+    return "\n".join(lines)
+
+
+def render_interrupted(outcome: SweepOutcome, argv: list[str]) -> str:
+    lines = [
+        "",
+        "=== Sweep interrupted ===",
+        f"trials:          {trial_counts(outcome)}",
+        *failure_lines(outcome.trials),
+        "nothing was merged or published at the end (a half-trained best is not a result)",
+        f"trials.csv:      {outcome.trials_csv}",
+        f"experiment:      {outcome.experiment_path}",
+        "to continue from the last checkpoints:",
+        f"  {resume_command(argv, outcome.experiment_name)}",
     ]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ suggestions, ASHA for early stopping, checkpoints kept by eval loss, and CLIRepo
 """
 
 import dataclasses
+import logging
 import math
 import os
 import threading
@@ -14,18 +15,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.config import ConfigError, SweepConfig
+from orchestrator.experiment import FINISHED, INTERRUPTED, RUNNING, Experiment, choose_experiment, write_marker
 from orchestrator.search_space import SearchSpace, optuna_sampler, tune_param_space
+from orchestrator.trial_records import TrialRecord, TrialStatus, count, records_from_results, write_trials_csv
 from publishing.setup import PublishSetup
 from trainables.data import SweepData
 from trainables.lora_trial import TrialSettings, lora_trainable, planned_reports
 
 METRIC, MODE = "eval_loss", "min"
+TRIAL_THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
 PARAMETERS = ["learning_rate", "r", "alpha"]
 # Quiet libraries keep the live table readable. (Trials load only local folders, with local_files_only;
 # the Hub stays reachable for the coordinator, which publishes.)
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
               "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-              "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning"}
+              "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning",
+              # A reused worker waits this long for its previous trial's thread to end (2 s by default). A stopped
+              # trial's thread is still freeing its model then; on a busy machine that took longer than 2 s, and
+              # Tune failed the next trial ("Trainable runner reuse requires reset_config()") without a retry.
+              TRIAL_THREAD_TIMEOUT_ENV: "600"}
 
 
 def trial_resources(device: str, cpus_per_trial: int, cluster_gpus: float) -> dict:
@@ -95,6 +103,12 @@ def start_ray(config: SweepConfig) -> None:
     tune_imports.join()
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}")
+        # Ray 2.60 turns token authentication on for a new local Ray (ray.init sets RAY_AUTH_MODE=token here);
+        # the dashboard then opens on a login page that wants the token, which nothing else tells the user about.
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            source = ("$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN")
+                      else os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
+            print(f"  it asks for a token: paste what `ray get-auth-token` prints (the token in {source})")
 
 
 def _import_tune() -> None:
@@ -105,41 +119,54 @@ def _import_tune() -> None:
 @dataclass(frozen=True)
 class SweepOutcome:
     experiment_path: str
-    num_trials: int
-    finished: int             # ran every planned step
-    stopped_early: int        # stopped by ASHA
-    errored: int
+    experiment_name: str
+    trials: list              # TrialRecord of every trial, in trial order
+    interrupted: bool         # Ctrl-C (or a stop signal) ended the sweep before every trial ended
+    best_trial: TrialRecord | None   # the trial whose checkpoint was merged (None when interrupted)
     best_hyperparameters: dict
     best_eval_loss: float
     best_step: int
     base_eval_loss: float
-    best_model_dir: str
+    best_model_dir: str | None
     wall_s: float
     plots: list               # PNG files in the experiment folder
     comparison: object        # publishing.head_to_head.Comparison with --comparison_uid, else None
     publish: dict             # the coordinator's report: outcome lines, what was published, publish.json
+    trials_csv: str = ""
+
+    @property
+    def num_trials(self) -> int:
+        return len(self.trials)
+
+    @property
+    def finished(self) -> int:
+        return count(self.trials, TrialStatus.FINISHED)
+
+    @property
+    def stopped_early(self) -> int:
+        return count(self.trials, TrialStatus.STOPPED)
+
+    @property
+    def errored(self) -> int:
+        return count(self.trials, TrialStatus.FAILED)
+
+    @property
+    def interrupted_trials(self) -> int:
+        return count(self.trials, TrialStatus.INTERRUPTED)
 
 
 def _remote_options(resources: dict) -> dict:
     return {"num_cpus": resources.get("cpu", 1), "num_gpus": resources.get("gpu", 0)}
 
 
-def experiment_name(config: SweepConfig, storage: Path) -> str:
-    """The experiment's folder name; resuming without a name picks the newest experiment in storage."""
-    if config.experiment_name:
-        return config.experiment_name
-    if config.resume:
-        from ray import tune
+class _NoTunerRestoreHint(logging.Filter):
+    """Tune's own hint after an interruption names `Tuner.restore(...)`; ours names the `--resume` command."""
 
-        previous = sorted((p for p in storage.glob("lora-sweep-*") if tune.Tuner.can_restore(str(p))),
-                          key=lambda p: p.stat().st_mtime)
-        if not previous:
-            raise ConfigError(f"--resume found no experiment in {storage}; pass --experiment_name and --storage_path")
-        return previous[-1].name
-    return time.strftime("lora-sweep-%Y%m%d-%H%M%S")
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "interrupted, but the most recent state was saved" not in record.getMessage()
 
 
-def new_tuner(config: SweepConfig, space: SearchSpace, trainable, name: str, storage: Path, callbacks: list,
+def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Experiment, callbacks: list,
               scheduler, num_trials: int, max_concurrent: int):
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
@@ -155,7 +182,7 @@ def new_tuner(config: SweepConfig, space: SearchSpace, trainable, name: str, sto
             search_alg=OptunaSearch(sampler=optuna_sampler(space, config.seed)), scheduler=scheduler,
             reuse_actors=True),  # a worker imports torch and transformers once, not once per trial
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage), callbacks=callbacks,
+            name=experiment.name, storage_path=experiment.storage, callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
@@ -164,7 +191,8 @@ def new_tuner(config: SweepConfig, space: SearchSpace, trainable, name: str, sto
 
 
 def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, data: SweepData,
-              publishing: PublishSetup, opponent=None, trial_function=lora_trainable) -> SweepOutcome:
+              publishing: PublishSetup, opponent=None, trial_function=lora_trainable,
+              experiment: Experiment | None = None, command: list[str] | None = None) -> SweepOutcome:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -175,7 +203,9 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     from publishing.actor import PublishCallback, start_coordinator
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # CLIReporter's live table of trials
+    logging.getLogger("ray.tune.tune").addFilter(_NoTunerRestoreHint())
     started = time.perf_counter()
+    experiment = experiment or choose_experiment(config)
     cluster = ray.cluster_resources()
     resources = trial_resources(config.device, config.cpus_per_trial, cluster.get("GPU", 0))
     if config.device.startswith("cuda") and "gpu" not in resources:
@@ -201,51 +231,69 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
                                reduction_factor=config.reduction_factor)
                  if config.scheduler == "asha" else FIFOScheduler())
     trainable = tune.with_resources(tune.with_parameters(trial_function, settings=settings, data=data), resources)
-    storage = Path(config.storage_path).expanduser()
-    name = experiment_name(config, storage)
-    experiment_dir = storage / name
-    coordinator = start_coordinator(publishing, settings.model_dir, str(experiment_dir), name)
-    callbacks = [PublishCallback(name)]
+    experiment_dir = Path(experiment.path)
+    write_marker(experiment, RUNNING, command)
+    coordinator = start_coordinator(publishing, settings.model_dir, str(experiment_dir), experiment.name)
+    callbacks = [PublishCallback(experiment.name)]
     if config.wandb_project:
         experiment_dir.mkdir(parents=True, exist_ok=True)
-        callbacks.append(wandb_callback(config.wandb_entity, config.wandb_project, name, config.env_file,
+        callbacks.append(wandb_callback(config.wandb_entity, config.wandb_project, experiment.name, config.env_file,
                                         str(experiment_dir)))
-    if config.resume:
+    if experiment.resume:
         # Tune restores the trials, their checkpoints and the searcher's state; finished trials stay finished.
         print(f"resuming {experiment_dir}")
         tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
-        tuner = new_tuner(config, space, trainable, name, storage, callbacks, scheduler, num_trials, max_concurrent)
+        tuner = new_tuner(config, space, trainable, experiment, callbacks, scheduler, num_trials, max_concurrent)
     try:
         results = tuner.fit()
-        errored = sum(1 for r in results if r.error is not None)
-        if errored == len(results):
-            raise RuntimeError(f"all {errored} trials failed; the first error: {results[0].error}")
-        best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
-        best_metrics = min((metrics for _, metrics in best.best_checkpoints), key=lambda m: m[METRIC])
+        records = records_from_results(results, max_reports)
+        trials_csv = str(write_trials_csv(records, experiment_dir))
+        interrupted = len(records) < num_trials or count(records, TrialStatus.INTERRUPTED) > 0
+        if interrupted:
+            # Nothing half-trained is merged or published: the coordinator goes without its end-of-sweep publish.
+            write_marker(experiment, INTERRUPTED)
+            return SweepOutcome(
+                experiment_path=str(experiment_dir), experiment_name=experiment.name, trials=records,
+                interrupted=True, best_trial=None, best_hyperparameters={}, best_eval_loss=math.nan, best_step=0,
+                base_eval_loss=_base_eval_loss(results), best_model_dir=None,
+                wall_s=time.perf_counter() - started, plots=[], comparison=None,
+                publish={"lines": [], "published": None, "publish_json": None, "not_before": None,
+                         "best_model_dir": None, "offline": publishing.target.repo_id is None},
+                trials_csv=trials_csv)
+        if count(records, TrialStatus.FAILED) == len(records):
+            raise RuntimeError(f"all {len(records)} trials failed; the first error: {records[0].reason}")
         # The coordinator saw every checkpoint: it publishes (or, offline, packages) the best and merges it.
         report = ray.get(coordinator.finish.remote(config.wait_for_publish))
     finally:
         ray.kill(coordinator)  # its state is on disk; the name is free for the next sweep in this Ray session
+    write_marker(experiment, FINISHED)
 
-    done = [r for r in results if r.error is None]
-    # every trial reports the untrained model's loss, measured by its worker (the driver never holds a model)
-    base_loss = next((r.metrics["base_eval_loss"] for r in results if "base_eval_loss" in (r.metrics or {})), math.nan)
-    finished = sum(1 for r in done if r.metrics.get("training_iteration", 0) >= max_reports)
+    best = _merged_trial(report, records)
     outcome = SweepOutcome(
-        experiment_path=results.experiment_path, num_trials=len(results), finished=finished,
-        stopped_early=len(done) - finished, errored=errored,
-        best_hyperparameters={k: best.config[k] for k in PARAMETERS}, best_eval_loss=best_metrics[METRIC],
-        best_step=best_metrics["step"], base_eval_loss=base_loss, best_model_dir=report["best_model_dir"],
+        experiment_path=str(experiment_dir), experiment_name=experiment.name, trials=records, interrupted=False,
+        best_trial=best, best_hyperparameters=report.get("best_hyperparameters") or {},
+        best_eval_loss=report.get("best_eval_loss", math.nan), best_step=report.get("best_step", 0),
+        base_eval_loss=_base_eval_loss(results), best_model_dir=report["best_model_dir"],
         wall_s=time.perf_counter() - started, plots=[str(p) for p in write_plots(results.experiment_path)],
-        publish=report, comparison=None if opponent is None else head_to_head(
-            opponent, their_losses, report["best_model_dir"], settings, data.eval, _remote_options(resources),
-            results.experiment_path))
+        publish=report, trials_csv=trials_csv, comparison=None if opponent is None or not report["best_model_dir"]
+        else head_to_head(opponent, their_losses, report["best_model_dir"], settings, data.eval,
+                          _remote_options(resources), results.experiment_path))
     if config.wandb_project:
-        log_sweep_summary(config.wandb_entity, config.wandb_project, name, config.env_file, str(experiment_dir),
-                          summary_record(outcome))
+        log_sweep_summary(config.wandb_entity, config.wandb_project, experiment.name, config.env_file,
+                          str(experiment_dir), summary_record(outcome))
     return outcome
+
+
+def _base_eval_loss(results) -> float:
+    # every trial reports the untrained model's loss, measured by its worker (the driver never holds a model)
+    return next((r.metrics["base_eval_loss"] for r in results if "base_eval_loss" in (r.metrics or {})), math.nan)
+
+
+def _merged_trial(report: dict, records: list[TrialRecord]) -> TrialRecord | None:
+    """The trial whose checkpoint the coordinator merged into best_model/."""
+    return next((r for r in records if r.trial_id == report.get("best_trial")), None)
 
 
 def summary_record(outcome: SweepOutcome) -> dict:
@@ -253,6 +301,7 @@ def summary_record(outcome: SweepOutcome) -> dict:
     published = outcome.publish.get("published")
     return {"best_hyperparameters": outcome.best_hyperparameters, "best_eval_loss": outcome.best_eval_loss,
             "base_eval_loss": outcome.base_eval_loss, "best_step": outcome.best_step,
+            "best_trial": outcome.best_trial.trial_id if outcome.best_trial else None,
             "num_trials": outcome.num_trials, "stopped_early": outcome.stopped_early, "errored": outcome.errored,
             "best_model_dir": outcome.best_model_dir, "published_model_id": published["model_id"] if published else None,
             "wall_s": outcome.wall_s, **({"comparison": outcome.comparison.record()} if outcome.comparison else {})}

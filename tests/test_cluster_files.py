@@ -15,7 +15,10 @@ def test_cluster_file_validates(name):
     prepared = prepare_config(copy.deepcopy(config))
     validate_config(prepared)
     assert any("pip install -e ~/lora-sweep-miner" in c for c in prepared["setup_commands"])
-    assert prepared["file_mounts"] == {"~/lora-sweep-miner": "."}
+    assert prepared["file_mounts"] == {"~/lora-sweep-miner": ".", "~/.ray/auth_token": "~/.ray/auth_token"}
+    # every node starts with token authentication, using the token mounted from the laptop
+    starts = prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token ray start" in c for c in starts if "ray start" in c)
 
 
 def test_a_broken_cluster_file_is_caught():

@@ -64,3 +64,38 @@ def test_cpus_per_trial_is_not_checked_against_this_machine_on_a_cluster():
 
 def test_shipped_yaml_has_only_known_keys():
     assert read_yaml_settings(DEFAULT_CONFIG)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--weight_decay", "nan"], "--weight_decay must be a finite number"),
+    (["--warmup_ratio", "inf"], "--warmup_ratio must be a finite number"),
+    (["--avg_loss_upload_threshold=-inf"], "--avg_loss_upload_threshold must be a finite number"),
+    (["--num_sample", "2"], "unrecognized arguments: --num_sample"),  # a prefix is not a flag
+    (["--experiment_name", "../outside"], "must be a plain folder name"),
+    (["--experiment_name", "a/b"], "must be a plain folder name"),
+    (["--experiment_name", ".hidden"], "must be a plain folder name"),
+])
+def test_non_finite_numbers_prefixes_and_path_like_names_are_refused(argv, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config(argv)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_non_finite_number_in_yaml_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lora_dropout: .nan\n")
+    with pytest.raises(ConfigError, match="--lora_dropout must be a finite number"):
+        load_config(["--config", str(path)])
+
+
+def test_help_shows_the_defaults_that_apply(capsys, tmp_path):
+    """--help shows configs/default.yaml's values (num_epochs 5 there, 1 in the dataclass), or a --config's."""
+    with pytest.raises(SystemExit):
+        load_config(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "passes over the training pairs per trial (default: 5)" in text
+    path = tmp_path / "c.yaml"
+    path.write_text("num_epochs: 9\n")
+    with pytest.raises(SystemExit):
+        load_config(["--config", str(path), "--help"])
+    assert "passes over the training pairs per trial (default: 9)" in " ".join(capsys.readouterr().out.split())

@@ -78,7 +78,8 @@ def sweep(address, env, tmp_path, name) -> subprocess.Popen:
 
 
 def best_learning_rate(output: str) -> str:
-    return next(line for line in output.splitlines() if line.startswith("best trial:")).split()[2]
+    line = next(line for line in output.splitlines() if line.startswith("best trial:"))
+    return next(word for word in line.split() if word.startswith("learning_rate="))
 
 
 def test_a_killed_worker_nodes_trial_resumes_on_the_survivor(cluster, tmp_path):

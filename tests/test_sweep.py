@@ -1,5 +1,6 @@
 """End to end on a real local Ray (2 CPUs): Optuna suggests, ASHA stops, trials train, the best is merged."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -30,6 +31,9 @@ def test_one_trial_per_gpu_where_there_are_gpus():
 
 
 def test_sweep_end_to_end(local_ray, tmp_path, capsys):
+    # a damaged state file left by an earlier run costs a warning, not the sweep
+    (tmp_path / "e2e").mkdir()
+    (tmp_path / "e2e" / "publish_state.json").write_text("garbage")
     code = main(["--num_samples", "4", "--num_epochs", "2", "--storage_path", str(tmp_path),
                  "--experiment_name", "e2e", "--no-dashboard"])
     out = capsys.readouterr().out
@@ -47,6 +51,18 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
     # two trials really ran at the same time on the 2 CPUs
     spans = sorted((t["reports"][0]["trial_started_at"], t["reports"][-1]["reported_at"]) for t in trials)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+
+    assert "publish_state.json" in summary and "set aside" in summary
+    # the best trial by id and folder, every trial in trials.csv, and what to run next
+    best_trial = next(t for t in trials if min(r["eval_loss"] for r in t["reports"]) == best_loss)
+    trial_id = best_trial["reports"][0]["trial_id"]
+    assert f"best trial:      {trial_id}" in summary
+    best_dir = next(p for p in (tmp_path / "e2e").iterdir() if trial_id in p.name and p.is_dir())
+    assert f"best trial dir:  {best_dir}" in summary
+    rows = list(csv.DictReader((tmp_path / "e2e" / "trials.csv").open()))
+    assert sorted(r["trial_id"] for r in rows) == sorted(t["reports"][0]["trial_id"] for t in trials)
+    assert {r["status"] for r in rows} <= {"finished", "stopped by the scheduler"}
+    assert "python -m publishing.upload --load_model_dir" in summary and "from_pretrained(" in summary
 
     merged = tmp_path / "e2e" / "best_model"
     assert f"merged model:    {merged}" in summary
@@ -163,6 +179,53 @@ def test_a_trial_that_keeps_failing_is_reported_and_the_sweep_goes_on(local_ray,
                         trial_function=fail_at_one_learning_rate)
     assert outcome.errored == 1 and outcome.finished == 1
     assert outcome.best_hyperparameters["learning_rate"] == 1e-3
-    assert "1 failed" in render_summary(outcome, config)
+    summary = render_summary(outcome, config)
+    assert "1 failed" in summary
+    assert "RuntimeError: injected: this trial always fails" in summary  # the reason, in one line
+    rows = list(csv.DictReader((tmp_path / "failing" / "trials.csv").open()))
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["learning_rate"] == "0.0001"
+    assert failed[0]["reason"] == "RuntimeError: injected: this trial always fails"
     error_files = list(tmp_path.glob("failing/*/error.txt"))
     assert len(error_files) == 1 and "injected" in error_files[0].read_text()
+
+
+def slow_to_clean_up(config, settings, data):
+    """lora_trainable, except that a trial takes 4 s to clean up after it ends or is stopped: on a busy machine,
+    freeing a real model takes that long, and Ray Tune's reuse of the worker waited only 2 s for it."""
+    import time
+
+    from trainables.lora_trial import lora_trainable
+
+    try:
+        lora_trainable(config, settings, data)
+    finally:
+        time.sleep(4)
+
+
+def test_trials_stopped_by_the_scheduler_hand_their_worker_on_without_losing_the_next_trial(
+        local_ray, model_dir, sweep_data, tmp_path):
+    import sys
+
+    from ray import cloudpickle
+
+    from orchestrator.config import load_config
+    from orchestrator.inputs import trial_settings
+    from orchestrator.search_space import parse_search_space
+    from orchestrator.sweep import run_sweep
+    from orchestrator.trial_records import TrialStatus
+    from publishing.publisher import PublishTarget
+    from publishing.setup import PublishSetup
+
+    config = load_config(["--num_epochs", "1", "--eval_steps", "10", "--scheduler", "asha", "--grace_period", "1",
+                          "--storage_path", str(tmp_path), "--experiment_name", "reuse", "--no-dashboard"])
+    # one good learning rate and three hopeless ones: ASHA stops the hopeless ones at their first report
+    space = parse_search_space({"sampler": "grid", "space": {"learning_rate": [1e-3, 1e-9, 1e-10, 1e-11],
+                                                             "r": [8], "alpha": [16]}}, "test")
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    outcome = run_sweep(config, space, trial_settings(config, model_dir), sweep_data, PublishSetup(PublishTarget()),
+                        trial_function=slow_to_clean_up)
+    statuses = [t.status for t in outcome.trials]
+    assert TrialStatus.STOPPED in statuses  # the case under test happened: a stopped trial's worker was reused
+    assert outcome.errored == 0, [t.reason for t in outcome.trials]
+    assert outcome.num_trials == 4 and outcome.finished + outcome.stopped_early == 4

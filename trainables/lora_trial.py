@@ -113,7 +113,7 @@ def load_lora_model(settings: TrialSettings, r: int, alpha: int, device: torch.d
     ensure_model_here(settings)
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     base = AutoModelForCausalLM.from_pretrained(settings.model_dir, dtype=dtype, use_safetensors=True,
-                                                local_files_only=True)
+                                                local_files_only=True, trust_remote_code=False)
     # peft is imported where models are built: the driver imports this module (settings, the Tune entry point)
     # but never builds a model, and importing peft costs it seconds before the sweep can start.
     from peft import LoraConfig, get_peft_model
@@ -250,7 +250,7 @@ def model_pair_losses(model_dir: str, settings: TrialSettings, eval_split: Token
         torch.set_num_threads(settings.cpus_per_trial)
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True,
-                                                 local_files_only=True).to(device)
+                                                 local_files_only=True, trust_remote_code=False).to(device)
     try:
         return pair_losses(model, eval_split, device, settings.eval_batch_size)
     finally:
@@ -268,11 +268,17 @@ def lora_trainable(config: dict, settings: TrialSettings, data: SweepData) -> No
     """Ray Tune's entry point: resumes from Tune's checkpoint when the trial is restarted."""
     from ray import tune
 
+    from trainables.trial_telemetry import emit
+
     # one line per checkpoint from every trial would drown the live table
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     started = time.time()
+    # the actor is reused across trials and the dashboard names it by class, so each evaluation names its trial
+    trial_id = tune.get_context().get_trial_id()
+    hyperparameters = {k: config[k] for k in ("learning_rate", "r", "alpha")}
 
     def report(metrics: dict, folder: Path) -> None:
+        emit(trial_id, hyperparameters, metrics)  # the actor's log line and the Prometheus gauges
         # wall-clock bounds of this trial's work, so overlap between trials can be checked
         tune.report({**metrics, "trial_started_at": started, "reported_at": time.time()},
                     checkpoint=tune.Checkpoint.from_directory(folder))

@@ -1,0 +1,102 @@
+"""What became of each trial, as the summary and `trials.csv` tell it.
+
+A trial ends one of four ways, and each is told honestly: it ran every planned evaluation
+(finished), the scheduler stopped it for lagging (stopped), it raised (failed, with the reason's
+last line), or the sweep was interrupted while it ran or before it started (interrupted).
+"""
+
+import csv
+import enum
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+HYPERPARAMETERS = ("learning_rate", "r", "alpha")
+TRIALS_CSV = "trials.csv"
+
+
+class TrialStatus(enum.Enum):
+    FINISHED = "finished"
+    STOPPED = "stopped by the scheduler"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    trial_id: str
+    hyperparameters: dict
+    status: TrialStatus
+    reason: str            # why it failed, in one line; empty otherwise
+    steps: int             # optimizer steps trained (the last report's)
+    best_eval_loss: float
+    last_eval_loss: float
+    seconds: float
+    folder: str
+
+
+def one_line_reason(error_text: str) -> str:
+    """The line of a traceback that says what went wrong (`SomeError: message`), at most 300 characters."""
+    lines = [line.strip() for line in error_text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "unknown error"
+    # Ray wraps the trial's exception; the last `Name: message` line is the trial's own
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if ":" in line and head.replace(".", "").replace("_", "").isalnum() and head[:1].isupper():
+            return line[:300]
+    return lines[-1][:300]
+
+
+def trial_status(has_error: bool, done: bool, reports: int, planned_reports: int) -> TrialStatus:
+    """How a trial ended. Tune marks a trial's last result `done` when it finished or the scheduler stopped it;
+    a trial that neither failed nor is done was cut short by an interruption of the sweep."""
+    if has_error:
+        return TrialStatus.FAILED
+    if not done:
+        return TrialStatus.INTERRUPTED
+    return TrialStatus.FINISHED if reports >= planned_reports else TrialStatus.STOPPED
+
+
+def records_from_results(results, planned_reports: int) -> list[TrialRecord]:
+    """Tune's ResultGrid -> one record per trial, in trial order."""
+    records = []
+    for result in results:
+        metrics = result.metrics or {}
+        history = result.metrics_dataframe
+        losses = [] if history is None or "eval_loss" not in history else list(history["eval_loss"].dropna())
+        config = result.config or {}
+        records.append(TrialRecord(
+            trial_id=str(metrics.get("trial_id") or Path(result.path).name),
+            hyperparameters={k: config[k] for k in HYPERPARAMETERS if k in config},
+            status=trial_status(result.error is not None, bool(metrics.get("done")),
+                                int(metrics.get("training_iteration", 0)), planned_reports),
+            reason=one_line_reason(str(result.error)) if result.error is not None else "",
+            steps=int(metrics.get("step", 0)),
+            best_eval_loss=min(losses) if losses else math.nan,
+            last_eval_loss=losses[-1] if losses else math.nan,
+            seconds=float(metrics.get("time_total_s", 0.0)),
+            folder=str(result.path)))
+    return records
+
+
+def count(records: list[TrialRecord], status: TrialStatus) -> int:
+    return sum(1 for r in records if r.status is status)
+
+
+def write_trials_csv(records: list[TrialRecord], experiment_dir: str | Path) -> Path:
+    path = Path(experiment_dir) / TRIALS_CSV
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trial_id", *HYPERPARAMETERS, "status", "reason", "steps", "best_eval_loss",
+                         "last_eval_loss", "seconds", "folder"])
+        for r in records:
+            writer.writerow([r.trial_id, *(r.hyperparameters.get(k, "") for k in HYPERPARAMETERS), r.status.value,
+                             r.reason, r.steps, _number(r.best_eval_loss), _number(r.last_eval_loss),
+                             f"{r.seconds:.1f}", r.folder])
+    return path
+
+
+def _number(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.6g}"

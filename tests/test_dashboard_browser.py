@@ -1,0 +1,313 @@
+"""The Ray dashboard during a sweep, as a browser renders it (headless Chromium, driven over the DevTools protocol).
+
+A one-node cluster of this test's own (`ray start --head`, token authentication on, its own ports and temp dir)
+runs the sweep the README's cluster way, as a Ray job: `ray job submit -- python -m orchestrator.run --address auto`.
+While the trials train, Chromium logs in through the dashboard's token dialog and the test reads the rendered
+pages: the Jobs page and the job's driver log (the live trial table), the Actors page, a trial actor's log (the
+per-evaluation lines) and the same file in the Logs viewer. The node's Prometheus export is read too, for the
+metric names the Grafana dashboard plots. Screenshots go to the test's tmp folder (printed; $LORA_SWEEP_SCREENSHOTS
+picks another). Runs wherever Chromium is installed (CI installs it; see .ci/run).
+"""
+
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from trainables.trial_telemetry import GAUGES, prometheus_names
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")
+
+RAY = str(Path(sys.executable).parent / "ray")
+# Without these, headless Chromium tries to reach Google's services and stalls on a closed network.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,1000"]
+EVAL_LINE = re.compile(r"\[trial (\w+)\] lr=\d\.\d\de-\d\d r=\d+ alpha=\d+ step=\d+ eval_loss=\d+\.\d+ "
+                       r"train_loss=\S+ tokens/s=\d+")
+SUBMISSION_ID = "lora-sweep-dashboard-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, probe, timeout: float, interval: float = 1.0):
+    """probe()'s first truthy value; probe may raise while the thing is not up yet."""
+    deadline, last_error = time.time() + timeout, None
+    while time.time() < deadline:
+        try:
+            value = probe()
+            if value:
+                return value
+        except Exception as e:  # noqa: BLE001 - not up yet
+            last_error = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error})")
+
+
+class Head:
+    """A head node of this test's own, so `ray stop` (which stops every Ray here) is never needed: killing its
+    `ray start --block` process group ends it; its workers exit with their raylet."""
+
+    def __init__(self, tmp_path: Path):
+        self.token = uuid.uuid4().hex
+        self.temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths are limited
+        self.dashboard_port, self.metrics_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.dashboard_port}"
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
+                    "LORA_SWEEP_CACHE": str(tmp_path / "cache"),
+                    "RAY_metrics_report_interval_ms": "1000"}  # gauges reach the export within a second or two
+        self.env.pop("RAY_ADDRESS", None)
+        # every port of its own: other Rays on this machine hold the defaults (the agent's 52365, the client's 10001)
+        ports = ["--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--ray-client-server-port",
+                 "--runtime-env-agent-port"]
+        argv = [RAY, "start", "--head", "--block", "--num-cpus", "2", "--disable-usage-stats",
+                "--temp-dir", self.temp_dir, "--dashboard-host", "127.0.0.1",
+                "--dashboard-port", str(self.dashboard_port), "--metrics-export-port", str(self.metrics_port)]
+        for flag in ports:
+            argv += [flag, str(free_port())]
+        self.log = open(tmp_path / "ray-head.log", "w")
+        # the job's driver runs where `ray start` ran: a folder of the test's, not the repo (and its .env)
+        self.process = subprocess.Popen(argv, env=self.env, cwd=tmp_path, start_new_session=True, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+
+    def get(self, path: str, raw: bool = False):
+        request = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read().decode()
+        return body if raw else json.loads(body)
+
+    def stop(self) -> None:
+        try:  # the job's driver runs in a process group of its own; its supervisor's watcher also ends it
+            request = urllib.request.Request(f"{self.url}/api/jobs/{SUBMISSION_ID}/stop", method="POST",
+                                             headers={"Authorization": f"Bearer {self.token}"})
+            urllib.request.urlopen(request, timeout=5).close()
+        except Exception:  # noqa: BLE001 - no job, or the head is gone already
+            pass
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def head(tmp_path):
+    node = Head(tmp_path)
+    try:
+        wait_for("the dashboard", lambda: node.get("/api/authentication_mode")["authentication_mode"] == "token", 90)
+        yield node
+    finally:
+        node.stop()
+
+
+def submit_sweep(head: Head, storage: Path) -> None:
+    """The README's cluster command, with a sweep small enough for a test."""
+    entrypoint = [sys.executable, "-m", "orchestrator.run", "--address", "auto", "--experiment_name", "dashboard",
+                  "--storage_path", str(storage), "--num_samples", "4", "--scheduler", "fifo"]
+    argv = [RAY, "job", "submit", "--address", head.url, "--submission-id", SUBMISSION_ID, "--no-wait", "--",
+            *entrypoint]
+
+    def submitted():
+        # right after `ray start` the job agent may not be up yet ("No available agent to submit job")
+        done = subprocess.run(argv, env=head.env, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0 and "already exists" not in done.stderr + done.stdout:
+            raise RuntimeError((done.stdout + done.stderr)[-500:])
+        return True
+
+    wait_for("the job submission", submitted, 120, interval=2)
+
+
+def driver_log(head: Head) -> str:
+    return head.get(f"/api/jobs/{SUBMISSION_ID}/logs")["logs"]
+
+
+def trial_actors(head: Head) -> list[dict]:
+    actors = head.get("/api/v0/actors?detail=1&limit=1000")["data"]["result"]["result"]
+    return [a for a in actors if a["class_name"] == "ImplicitFunc"]
+
+
+def actor_stderr(head: Head, actor_id: str) -> str:
+    return head.get(f"/api/v0/logs/file?actor_id={actor_id}&suffix=err&lines=1000", raw=True)
+
+
+def exported_trial_metrics(metrics_port: int) -> dict[str, set]:
+    """name -> trial ids, from the node's Prometheus export."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found: dict[str, set] = {}
+    for name, labels in re.findall(r"^(ray_lora_trial_\w+)\{([^}]*)\}", text, re.M):
+        found.setdefault(name, set()).update(re.findall(r'trial_id="([^"]+)"', labels))
+    return found
+
+
+class Page:
+    """One Chromium tab over the DevTools protocol: navigate, read the rendered text, run JS, take screenshots."""
+
+    def __init__(self, ws, shots: Path):
+        self.ws, self.shots, self.calls = ws, shots, 0
+
+    async def call(self, method: str, **params) -> dict:
+        self.calls += 1
+        await self.ws.send_json({"id": self.calls, "method": method, "params": params})
+        async for message in self.ws:
+            reply = json.loads(message.data)
+            if reply.get("id") == self.calls:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+        raise RuntimeError("Chromium closed the DevTools connection")
+
+    async def js(self, expression: str):
+        reply = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        return reply["result"].get("value")
+
+    async def text(self) -> str:
+        return await self.js("document.body ? document.body.innerText : ''") or ""
+
+    async def open(self, url: str, *wanted: str, timeout: float = 30) -> str:
+        """Navigate, and wait until the rendered page shows every wanted text (the SPA fetches after loading)."""
+        await self.call("Page.navigate", url=url)
+        deadline = time.time() + timeout
+        while True:
+            await asyncio.sleep(1)
+            text = await self.text()
+            if all(w in text for w in wanted):
+                return text
+            if time.time() > deadline:
+                (self.shots / "timeout.txt").write_text(text)
+                raise AssertionError(f"{url} never showed {wanted}; its text is in {self.shots / 'timeout.txt'}")
+
+    async def screenshot(self, name: str) -> None:
+        reply = await self.call("Page.captureScreenshot", format="png")
+        (self.shots / name).write_bytes(base64.b64decode(reply["data"]))
+
+
+async def with_chromium(shots: Path, scenario) -> None:
+    profile = tempfile.mkdtemp(prefix="chromium-")  # a fresh profile: no saved state, no first-run prompts
+    browser = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
+                                "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        import aiohttp  # the dashboard's own HTTP library, installed with ray[default]
+
+        port_file = Path(profile) / "DevToolsActivePort"
+        port = wait_for("Chromium's DevTools port", lambda: port_file.read_text().split()[0], 30, interval=0.2)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/json/list") as response:
+                tab = next(t for t in await response.json() if t["type"] == "page")
+            async with http.ws_connect(tab["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                page = Page(ws, shots)
+                await page.call("Page.enable")
+                await page.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1,
+                                mobile=False)
+                await scenario(page)
+    finally:
+        os.killpg(browser.pid, signal.SIGKILL)
+        browser.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+# the log viewer renders only the lines in view: scroll its box (and the page) to a line
+SCROLL_LOG_TO = """(() => {{
+  const box = document.querySelector('div.hljs-light');
+  box.scrollIntoView({{block: 'end'}});
+  box.scrollTop = box.scrollHeight * {fraction};
+  return true; }})()"""
+LOG_BOX_TEXT = "document.querySelector('div.hljs-light').innerText"
+
+
+@pytest.mark.timeout(400)
+def test_the_dashboard_shows_trial_ids_hyperparameters_and_eval_losses(head, tmp_path):
+    shots = Path(os.environ.get("LORA_SWEEP_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    submit_sweep(head, tmp_path / "results")
+
+    # the driver prints the dashboard URL and where the token comes from
+    log = wait_for("the dashboard line", lambda: (lambda t: "Ray dashboard:" in t and t)(driver_log(head)), 90)
+    assert f"Ray dashboard: http://127.0.0.1:{head.dashboard_port}" in log
+    assert "ray get-auth-token" in log
+    # a trial actor writes one line per evaluation, to its stderr
+    actor, line = wait_for("a trial's first evaluation line", lambda: next(
+        ((a, m) for a in trial_actors(head) for m in [EVAL_LINE.search(actor_stderr(head, a["actor_id"]))] if m),
+        None), 150)
+    trial_id = line.group(1)
+    print(f"first evaluation {time.time() - started:.0f} s after submission: {line.group(0)}")
+
+    # while it trains, its gauges are in the node's Prometheus export under the names the Grafana dashboard uses
+    expected = prometheus_names() - {"ray_" + GAUGES["peak_gpu_mem_gb"]}  # CPU trials report no GPU memory
+    exported = wait_for("the trial gauges in the Prometheus export", lambda: (
+        lambda found: set(found) >= expected and found)(exported_trial_metrics(head.metrics_port)), 60)
+    assert set(exported) <= prometheus_names()
+    assert any(trial_id in ids for ids in exported.values())
+
+    # the driver log holds the live trial table, with eval_loss once the trials have reported
+    table = wait_for("a trial table with eval losses", lambda: (
+        lambda t: re.search(r"\| Trial name .*\| +eval_loss \|", t) and t)(driver_log(head)), 120)
+    table_lines = table.splitlines()
+    last_table = max(i for i, text in enumerate(table_lines) if "| Trial name" in text)
+
+    async def scenario(page: Page) -> None:
+        # the token dialog comes first; a user pastes what `ray get-auth-token` prints
+        await page.open(head.url + "/#/overview", "Authentication Token Required", "ray get-auth-token")
+        await page.screenshot("01-token-dialog.png")
+        await page.js("document.querySelector('[role=dialog] input').focus()")
+        await page.call("Input.insertText", text=head.token)
+        await page.js("[...document.querySelectorAll('[role=dialog] button')].find(b => /submit/i.test(b.innerText))"
+                      ".click()")
+        await asyncio.sleep(2)  # the dialog sets the cookie and reloads the page
+
+        text = await page.open(head.url + "/#/jobs", SUBMISSION_ID, "orchestrator.run")
+        assert "--address auto" in text
+        await page.screenshot("02-jobs.png")
+
+        await page.open(head.url + f"/#/jobs/{SUBMISSION_ID}", "Trial name")
+        await page.js(SCROLL_LOG_TO.format(fraction=max(last_table - 1, 0) / len(table_lines)))
+        await asyncio.sleep(1)
+        shown = await page.js(LOG_BOX_TEXT)
+        assert "Trial name" in shown and "eval_loss" in shown and "learning_rate" in shown, shown
+        assert re.search(r"lora_trainable_\w+ +\| +(RUNNING|TERMINATED|PENDING)", shown), shown
+        await page.screenshot("03-job-driver-log-trial-table.png")
+
+        text = await page.open(head.url + "/#/actors", "ImplicitFunc", "lora_trainable")
+        await page.screenshot("04-actors.png")
+
+        text = await page.open(head.url + f"/#/actors/{actor['actor_id']}", "[trial ")
+        await page.js(SCROLL_LOG_TO.format(fraction=0))
+        await asyncio.sleep(1)
+        assert EVAL_LINE.search(text) and f"[trial {trial_id}]" in text, text[-2000:]
+        await page.screenshot("05-actor-log.png")
+
+        logs = head.get(f"/api/v0/logs?node_id={actor['node_id']}")["data"]["result"]
+        err_file = next(f for f in logs["worker_err"] if f.endswith(f"-{actor['pid']}.err"))
+        text = await page.open(head.url + f"/#/logs/viewer?nodeId={actor['node_id']}&fileName={err_file}", "[trial ")
+        assert EVAL_LINE.search(text), text[-2000:]
+        await page.screenshot("06-logs-viewer.png")
+
+    asyncio.run(with_chromium(shots, scenario))
+    print(f"screenshots: {shots}")
+
+    # the sweep, run as a Ray job, ends as it does at a terminal
+    status = wait_for("the job to end", lambda: (lambda s: s in ("SUCCEEDED", "FAILED", "STOPPED") and s)(
+        head.get(f"/api/jobs/{SUBMISSION_ID}")["status"]), 240, interval=2)
+    assert status == "SUCCEEDED", driver_log(head)[-3000:]
+    assert "=== Sweep summary ===" in driver_log(head)
+    print(f"test body: {time.time() - started:.0f} s")

@@ -1,0 +1,54 @@
+"""Ctrl-C is an interruption, not a success: non-zero exit, nothing merged or published, the exact --resume
+command printed; running that command finishes the sweep."""
+
+import csv
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def first_result_written(experiment: Path) -> bool:
+    return any(p.stat().st_size > 0 for p in experiment.glob("*/result.json"))
+
+
+def test_ctrl_c_interrupts_publishes_nothing_and_tells_how_to_resume(tmp_path):
+    argv = ["--num_samples", "4", "--num_epochs", "3", "--storage_path", str(tmp_path), "--no-dashboard",
+            "--experiment_name", "stopped"]
+    experiment = tmp_path / "stopped"
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.run", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not first_result_written(experiment) and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+        assert first_result_written(experiment), "no trial reported in time"
+        driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        out, _ = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, out[-3000:]
+    assert "=== Sweep interrupted ===" in out and "=== Sweep summary ===" not in out
+    assert "Tuner.restore" not in out  # Ray's hint is replaced by ours
+    assert not (experiment / "best_model").exists() and not (experiment / "publish.json").exists()
+    statuses = [row["status"] for row in csv.DictReader((experiment / "trials.csv").open())]
+    assert "interrupted" in statuses, statuses
+    assert json.loads((experiment / "lora_sweep.json").read_text())["status"] == "interrupted"
+
+    command = out[out.index("to continue from the last checkpoints:"):].splitlines()[1].strip()
+    assert command == shlex.join(["python", "-m", "orchestrator.run", *argv[:-2], "--resume",
+                                  "--experiment_name", "stopped"])
+    resumed = subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=REPO, capture_output=True, text=True,
+                             timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "=== Sweep summary ===" in resumed.stdout
+    statuses = [row["status"] for row in csv.DictReader((experiment / "trials.csv").open())]
+    assert len(statuses) == 4 and "interrupted" not in statuses
+    assert (experiment / "best_model").is_dir() and (experiment / "publish.json").is_file()
