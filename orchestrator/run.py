@@ -42,9 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.sweep import run_sweep, start_ray
 
     try:
-        start_ray(config)
+        started_ray = start_ray(config)
         outcome = run_sweep(config, space, settings, data, publishing, opponent, experiment=experiment,
                             command=["python", "-m", "orchestrator.run", *argv])
+        if started_ray:
+            import ray
+
+            ray.shutdown()  # flushes the workers' last log lines now, so the summary is the last thing printed
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

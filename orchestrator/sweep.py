@@ -83,11 +83,12 @@ def check_shared_storage(storage_path: str) -> None:
                           "on a multi-node cluster use s3://, gs:// or a folder every node mounts")
 
 
-def start_ray(config: SweepConfig) -> None:
+def start_ray(config: SweepConfig) -> bool:
+    """Start or join Ray; False when the caller's Ray is already up (tests, notebooks) and stays theirs."""
     import ray
 
     if ray.is_initialized():  # embedded use (tests, notebooks): the caller's Ray is the cluster
-        return
+        return False
     if config.device.startswith("cuda:") and config.address is None:
         # Ray hands out the GPUs CUDA_VISIBLE_DEVICES shows; restricting it pins the sweep to one GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = config.device.split(":", 1)[1]
@@ -109,6 +110,7 @@ def start_ray(config: SweepConfig) -> None:
             source = ("$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN")
                       else os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
             print(f"  it asks for a token: paste what `ray get-auth-token` prints (the token in {source})")
+    return True
 
 
 def _import_tune() -> None:
