@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from publishing.subnet.constants import VALIDATOR_EPSILON
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS_DIR = REPO_ROOT / "configs"
 DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
@@ -99,7 +101,7 @@ class SweepConfig:
     avg_loss_upload_threshold: float | None = _help("publish only a model whose eval loss is at most this",
                                                     default=None)
     publish_min_improvement: float = _help("publish only a model this much better than the hotkey's committed one "
-                                           "(the validators' epsilon)", default=0.01)
+                                           "(the validators' epsilon)", default=VALIDATOR_EPSILON)
     use_hotkey_in_hash: bool = _help("commit the hotkey-salted hash of later subnet versions", default=False)
     wait_for_publish: bool = _help("at the end, wait for the 20-minute window to publish the best model",
                                    default=False)
@@ -119,10 +121,6 @@ class SweepConfig:
                               default=False)
     wandb_entity: str | None = _help("W&B entity; with --wandb_project, every trial is logged as a run", default=None)
     wandb_project: str | None = _help("W&B project; with --wandb_entity", default=None)
-
-    @property
-    def publishes(self) -> bool:
-        return self.hf_repo_id is not None and not self.offline
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(SweepConfig)}

@@ -11,11 +11,11 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from orchestrator.config import ConfigError, SweepConfig
-from publishing.chain import ChainError
-from publishing.competitions import CompetitionError, get_competition
-from publishing.hub import HubClient
-from publishing.remote_model import RemoteModelError, best_uid, committed_model_id, default_model_cache, fetch_model
-from publishing.secrets import load_hf_token
+from publishing.subnet.chain import ChainError
+from publishing.subnet.competitions import CompetitionError, get_competition
+from publishing.subnet.hub import HubClient
+from publishing.subnet.remote_model import RemoteModelError, best_uid, committed_model_id, default_model_cache, fetch_model
+from publishing.subnet.secrets import load_hf_token
 from publishing.setup import (PublishOptions, PublishSetup, SetupError, open_bittensor_chain,
                               prepare_publishing)
 from trainables.data_sources import fetch_cortex_pairs, load_hub_dataset, read_local_dataset
@@ -88,14 +88,14 @@ def read_only_chain(config: SweepConfig):
     if config.wallet_name and config.wallet_hotkey:
         return open_bittensor_chain(config.subtensor_network, config.netuid, config.wallet_name,
                                     config.wallet_hotkey, config.wallet_path)
-    from publishing.bittensor_chain import BittensorChain
+    from publishing.subnet.bittensor_chain import BittensorChain
 
     return BittensorChain(config.subtensor_network, config.netuid, None)
 
 
 def resolve_opponent(config: SweepConfig, chain_factory=None, hub_endpoint: str | None = None):
     """--comparison_uid's committed model, downloaded now so a bad uid fails before any training."""
-    from orchestrator.head_to_head import Opponent
+    from publishing.head_to_head import Opponent
 
     if config.comparison_uid is None:
         return None
@@ -153,14 +153,14 @@ def read_training_pairs(config: SweepConfig, hub_endpoint: str | None = None) ->
     return read_pairs(DATASET)
 
 
-TOKENIZER_FILES = ["tokenizer*", "special_tokens_map.json", "added_tokens.json", "*.jinja"]
+COMPETITION_TOKENIZER_PATTERNS = ["tokenizer*", "special_tokens_map.json", "added_tokens.json", "*.jinja"]
 
 
 def competition_tokenizer_dir(config: SweepConfig, hub_endpoint: str | None = None) -> Path:
     """The competition's tokenizer files, downloaded once into this node's cache."""
     competition = get_competition(config.competition_id)
     hub = HubClient(load_hf_token(config.env_file), endpoint=hub_endpoint)
-    return hub.download(competition.tokenizer, None, default_model_cache(), allow_patterns=TOKENIZER_FILES)
+    return hub.download(competition.tokenizer, None, default_model_cache(), allow_patterns=COMPETITION_TOKENIZER_PATTERNS)
 
 
 def choose_tokenizer(config: SweepConfig, model_dir: Path, hub_endpoint: str | None = None):

@@ -11,7 +11,7 @@ from orchestrator.experiment import choose_experiment
 from orchestrator.inputs import (check_device, check_publishing, check_tracking, prepare_data, resolve_model_dir, resolve_opponent,
                                  trial_settings)
 from orchestrator.search_space import load_search_space
-from publishing.competitions import competitions_table, load_competitions
+from publishing.subnet.competitions import competitions_table, load_competitions
 
 INTERRUPTED_EXIT = 130  # the shell's code for a program ended by Ctrl-C
 

@@ -132,7 +132,7 @@ class SweepOutcome:
     best_model_dir: str | None
     wall_s: float
     plots: list               # PNG files in the experiment folder
-    comparison: object        # publishing.head_to_head.Comparison with --comparison_uid, else None
+    comparison: object        # publishing.subnet.iswin.Comparison with --comparison_uid, else None
     publish: dict             # the coordinator's report: outcome lines, what was published, publish.json
     trials_csv: str = ""
 
@@ -199,10 +199,11 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from orchestrator.head_to_head import WinGate, head_to_head, remote_pair_losses
+    from publishing.head_to_head import WinGate, head_to_head, remote_pair_losses
     from orchestrator.plots import write_plots
     from orchestrator.tracking import log_sweep_summary, wandb_callback
-    from publishing.actor import PublishCallback, start_coordinator
+    from publishing.coordinator_actor import start_coordinator
+    from publishing.tune_callback import PublishCallback
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # CLIReporter's live table of trials
     logging.getLogger("ray.tune.tune").addFilter(_NoTunerRestoreHint())

@@ -9,7 +9,7 @@ import os
 
 from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 
-from publishing.secrets import read_env_file
+from publishing.subnet.secrets import read_env_file
 
 WANDB_KEY = "WANDB_API_KEY"
 

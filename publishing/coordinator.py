@@ -10,8 +10,8 @@ Tune deletes checkpoints (it keeps each trial's two best), and a user may too: t
 remembers each trial's best candidates, so when the best one's checkpoint is gone it merges the
 next best whose checkpoint remains instead of failing the sweep.
 
-The class is plain Python (tests drive it with a synthetic clock); `remote_coordinator` makes
-it the named Ray actor.
+The class is plain Python (tests drive it with a synthetic clock); `publishing.coordinator_actor`
+runs it as the named Ray actor.
 """
 
 import json
@@ -22,10 +22,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from publishing.chain import BLOCK_SECONDS
+from publishing.subnet.constants import BLOCK_SECONDS
 from publishing.merged_model import CheckpointGone
-from publishing.model_checks import ModelCheckError
-from publishing.model_id import ModelId, ModelIdError
+from publishing.subnet.model_checks import ModelCheckError
+from publishing.subnet.model_id import ModelId, ModelIdError
 from publishing.package import PackageError, is_hub_id
 from publishing.publisher import Candidate, CommitFailed, Prepared, Publisher, UploadFailed
 from publishing.rules import Decision, decide, last_commit_time
@@ -33,7 +33,6 @@ from publishing.rules import Decision, decide, last_commit_time
 log = logging.getLogger("publishing")
 STATE_FILE = "publish_state.json"
 PUBLISH_FILE = "publish.json"
-ACTOR_NAME = "PublishCoordinator"
 DAMAGED_SUFFIX = ".damaged"
 KEPT_PER_TRIAL = 3  # candidates remembered per trial: Tune keeps each trial's 2 best checkpoints, one more as margin
 # what the coordinator (and the summary) read from the entries of publish_state.json

@@ -1,42 +1,56 @@
-"""Head-to-head, the validators' way: per-pair losses on the same pairs, the earlier commitment gets 1%."""
+"""--comparison_uid and --require_win: our best model against another miner's committed model.
 
-from dataclasses import asdict, dataclass
+The opponent is resolved and downloaded at the edge (a bad uid fails before training); its
+per-pair losses are measured once on a worker; ours are measured for the best model at the
+end, and, with --require_win, for every model before it may be published.
+"""
 
-VALIDATOR_EPSILON = 0.01
+import json
+from dataclasses import dataclass
+from pathlib import Path
 
+from publishing.subnet.iswin import Comparison, compare
+from trainables.data import TokenizedSplit
+from trainables.lora_trial import TrialSettings, model_pair_losses
 
-def iswin(loss_i: float, loss_j: float, block_i: float, block_j: float, epsilon: float = VALIDATOR_EPSILON) -> bool:
-    """Does model i beat model j on one pair? (SUBNET.md, verbatim.)"""
-    if block_i < block_j:
-        loss_i *= 1 - epsilon
-    if block_j < block_i:
-        loss_j *= 1 - epsilon
-    return loss_i < loss_j
+NOT_COMMITTED = float("inf")  # our model would be committed after theirs: theirs gets the 1% advantage
 
 
 @dataclass(frozen=True)
-class Comparison:
+class Opponent:
     uid: int
-    their_model: str
-    pairs: int
-    wins: int
-    win_rate: float
-    our_loss: float
-    their_loss: float
-
-    def line(self) -> str:
-        return (f"vs uid {self.uid} ({self.their_model}): win rate {self.win_rate:.1%} over {self.pairs} pairs "
-                f"({self.wins} wins), average loss {self.our_loss:.4f} ours vs {self.their_loss:.4f} theirs")
-
-    def record(self) -> dict:
-        return asdict(self)
+    model_id: str
+    block: int
+    model_dir: str
 
 
-def compare(ours: list[float], theirs: list[float], our_block: float, their_block: float, uid: int,
-            their_model: str) -> Comparison:
-    """Our model not yet committed counts as committed later: theirs gets the 1% advantage."""
-    if len(ours) != len(theirs) or not ours:
-        raise ValueError("head-to-head needs the same, non-empty set of pairs for both models")
-    wins = sum(iswin(a, b, our_block, their_block) for a, b in zip(ours, theirs))
-    return Comparison(uid=uid, their_model=their_model, pairs=len(ours), wins=wins, win_rate=wins / len(ours),
-                      our_loss=sum(ours) / len(ours), their_loss=sum(theirs) / len(theirs))
+def remote_pair_losses(model_dir: str, settings: TrialSettings, split: TokenizedSplit, options: dict) -> list[float]:
+    import ray
+
+    return ray.get(ray.remote(model_pair_losses).options(**options).remote(model_dir, settings, split))
+
+
+@dataclass(frozen=True)
+class WinGate:
+    """Lets the coordinator publish a model only if it beats the opponent on more than half of the pairs."""
+    opponent: Opponent
+    their_losses: list
+    settings: TrialSettings
+    eval_split: TokenizedSplit
+    options: dict
+
+    def __call__(self, model_dir: str) -> tuple[bool, str]:
+        ours = remote_pair_losses(model_dir, self.settings, self.eval_split, self.options)
+        result = compare(ours, self.their_losses, NOT_COMMITTED, self.opponent.block, self.opponent.uid,
+                         self.opponent.model_id)
+        return result.win_rate > 0.5, result.line()
+
+
+def head_to_head(opponent: Opponent, their_losses: list[float], best_model_dir: str, settings: TrialSettings,
+                 eval_split: TokenizedSplit, options: dict, experiment_dir: str) -> Comparison:
+    ours = remote_pair_losses(best_model_dir, settings, eval_split, options)
+    result = compare(ours, their_losses, NOT_COMMITTED, opponent.block, opponent.uid, opponent.model_id)
+    record = {**result.record(), "our_block": None, "their_block": opponent.block,
+              "our_pair_losses": ours, "their_pair_losses": their_losses}
+    (Path(experiment_dir) / "comparison.json").write_text(json.dumps(record, indent=2))
+    return result

@@ -11,7 +11,7 @@ from publishing.package import strip_remote_code
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft's save_pretrained writes
 # Tokenizer files copied as the base model ships them (the chat template stays where it was).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+BASE_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja")
 
 
@@ -29,16 +29,16 @@ def merge_adapter(base_model_dir: str | Path, adapter_dir: str | Path, out_dir: 
     # Imported here, not at the top: the coordinator actor imports this module when the sweep starts, and
     # importing peft and transformers there (seconds of CPU) would slow the first trials' start for nothing.
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    # trust_remote_code=False: a starting model's repo code is never run here, nor passed on (below)
-    base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype="auto", use_safetensors=True,
-                                                local_files_only=True, trust_remote_code=False)
+    from trainables.model_loading import load_causal_lm
+
+    # the base model's own dtype; load_causal_lm never runs a folder's code, and none is passed on (below)
+    base = load_causal_lm(base_model_dir, dtype="auto")
     merged = PeftModel.from_pretrained(base, adapter_dir, trust_remote_code=False).merge_and_unload()
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
     merged.save_pretrained(out_dir, safe_serialization=True)
-    for name in TOKENIZER_FILES:  # named files only: a repo's *.py files are never copied
+    for name in BASE_TOKENIZER_FILES:  # named files only: a repo's *.py files are never copied
         if (Path(base_model_dir) / name).is_file():
             shutil.copy2(Path(base_model_dir) / name, out_dir / name)
     # save_pretrained writes the base config's auto_map back, and the tokenizer config is copied as it is

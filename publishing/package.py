@@ -14,8 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
-MODEL_CARD = "README.md"
-MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
+PACKAGED_CONFIG_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
 # Keys that make from_pretrained look for Python files in the repo: a published model must never carry them,
 # so no validator (or user) is asked to run code that came with a starting model.
 REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code")
@@ -83,7 +82,7 @@ def package_model(model_dir: str | Path, out_dir: str | Path) -> Path:
         raise PackageError(f"{model_dir} needs tokenizer.json and tokenizer_config.json (a fast tokenizer) to upload")
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    for name in MODEL_FILES:  # named files only: a repo's *.py files are never copied
+    for name in PACKAGED_CONFIG_FILES:  # named files only: a repo's *.py files are never copied
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, out_dir / name)
     for weights in model_dir.glob("*.safetensors"):
@@ -111,8 +110,8 @@ def base_model_name(model_dir: str | Path) -> str:
     """How the card names a base model folder: its Hub id when the folder is a Hub cache snapshot
     (.../models--ns--name/snapshots/<commit>), else LOCAL_MODEL. A local path tells readers of the card
     nothing and shows them this machine's layout."""
-    # Imported here: trainables.lora_trial imports torch, which the coordinator needs only once it merges.
-    from trainables.lora_trial import hub_snapshot_source
+    # Imported here: trainables.model_loading imports torch, which the coordinator needs only once it merges.
+    from trainables.model_loading import hub_snapshot_source
 
     source = hub_snapshot_source(str(Path(model_dir).expanduser().absolute()))
     return source[0] if source and is_hub_id(source[0]) else LOCAL_MODEL

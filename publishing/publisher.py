@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from publishing.chain import Chain, ChainError, Commitment
-from publishing.competitions import get_competition
-from publishing.hub import HubClient, HubError
 from publishing.merged_model import merge_checkpoint
-from publishing.model_checks import ModelStats, check_model
-from publishing.model_hash import hash_with_hotkey
-from publishing.model_id import ModelId, parse_repo_id
-from publishing.model_hash import hash_directory
 from publishing.package import base_model_name, hashed_files, model_card, package_model
+from publishing.subnet.chain import Chain, ChainError, Commitment
+from publishing.subnet.competitions import get_competition
+from publishing.subnet.constants import PUBLISH_INTERVAL_S, VALIDATOR_EPSILON
+from publishing.subnet.hub import HubClient, HubError
+from publishing.subnet.model_checks import ModelStats, check_model
+from publishing.subnet.model_hash import hash_directory, hash_with_hotkey
+from publishing.subnet.model_id import ModelId, parse_repo_id
 
 log = logging.getLogger("publishing")
 BEST_MODEL_DIR = "best_model"
@@ -56,8 +56,8 @@ class PublishTarget:
     competition_id: str = "m1"
     use_hotkey_in_hash: bool = False
     threshold: float = math.inf
-    min_improvement: float = 0.01
-    interval_s: float = 20 * 60
+    min_improvement: float = VALIDATOR_EPSILON
+    interval_s: float = PUBLISH_INTERVAL_S
     upload_attempts: int = 3
     commit_attempts: int = 5
     backoff_s: float = 5.0         # between attempts inside one upload or commit, doubling

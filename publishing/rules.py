@@ -10,8 +10,8 @@ whichever is later.
 import math
 from dataclasses import dataclass
 
-PUBLISH_INTERVAL_S = 20 * 60
-VALIDATOR_EPSILON = 0.01
+from publishing.subnet.constants import PUBLISH_INTERVAL_S
+
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from publishing.chain import Chain, ChainError
-from publishing.competitions import Competition, CompetitionError, get_competition
-from publishing.hub import HubClient
-from publishing.model_checks import ModelCheckError, check_model
-from publishing.model_id import ModelIdError, parse_repo_id
 from publishing.publisher import Publisher, PublishTarget
-from publishing.secrets import Secret, load_hf_token
+from publishing.subnet.chain import Chain, ChainError
+from publishing.subnet.competitions import Competition, CompetitionError, get_competition
+from publishing.subnet.constants import VALIDATOR_EPSILON
+from publishing.subnet.hub import HubClient
+from publishing.subnet.model_checks import ModelCheckError, check_model
+from publishing.subnet.model_id import ModelIdError, parse_repo_id
+from publishing.subnet.secrets import Secret, load_hf_token
 
 
 def open_bittensor_chain(network: str, netuid: int, wallet_name: str, wallet_hotkey: str, wallet_path: str) -> Chain:
-    from publishing.bittensor_chain import BittensorChain, load_wallet
+    from publishing.subnet.bittensor_chain import BittensorChain, load_wallet
 
     return BittensorChain(network, netuid, load_wallet(wallet_name, wallet_hotkey, wallet_path))
 
@@ -37,7 +38,7 @@ class PublishOptions:
     hf_repo_id: str | None = None
     competition_id: str = "m1"
     avg_loss_upload_threshold: float | None = None
-    publish_min_improvement: float = 0.01
+    publish_min_improvement: float = VALIDATOR_EPSILON
     use_hotkey_in_hash: bool = False
     subtensor_network: str = "finney"
     netuid: int = 6

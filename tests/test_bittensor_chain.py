@@ -20,7 +20,7 @@ from bittensor.result import ChainError as SdkChainError
 from bittensor.result import ExtrinsicResult, RpcConnectionError, RpcPolicyError
 from bittensor.sp_core import Keypair
 
-from publishing.bittensor_chain import (
+from publishing.subnet.bittensor_chain import (
     BittensorChain,
     build_set_commitment_call,
     commitment_info,
@@ -29,7 +29,7 @@ from publishing.bittensor_chain import (
     load_wallet,
     resolve_network,
 )
-from publishing.chain import ChainError, Commitment
+from publishing.subnet.chain import ChainError, Commitment
 
 # A ModelId as the publisher writes it for repo me/name: namespace:name:commit:hash:competition_id.
 COMMIT_SHA = "0123456789abcdef0123456789abcdef01234567"

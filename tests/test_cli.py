@@ -132,7 +132,8 @@ def test_a_model_folders_code_never_runs_whatever_the_user_types(tmp_path, model
 def test_every_load_refuses_a_folders_code_even_past_the_edge_check(tmp_path, model_dir):
     """The trial's own loads pass trust_remote_code=False: a known architecture with an auto_map loads natively."""
     from orchestrator.inputs import load_tokenizer
-    from trainables.lora_trial import TrialSettings, load_lora_model, pick_device
+    from trainables.lora_trial import TrialSettings, load_lora_model
+    from trainables.model_loading import pick_device
 
     folder = model_with_remote_code(model_dir, tmp_path / "m", config_changes={
         "auto_map": {"AutoModelForCausalLM": "evil.Evil"}}, tokenizer_changes={

@@ -9,14 +9,15 @@ from orchestrator.inputs import resolve_opponent, trial_settings
 from orchestrator.search_space import parse_search_space
 from orchestrator.summary import render_summary
 from orchestrator.sweep import run_sweep
-from publishing.chain import InMemoryChain, Neuron
+from publishing.subnet.chain import Neuron
+from tests.in_memory_chain import InMemoryChain
 from publishing.coordinator import PublishCoordinator
-from publishing.head_to_head import compare, iswin
-from publishing.hub import HubClient
-from publishing.model_id import ModelId
+from publishing.subnet.iswin import compare, iswin
+from publishing.subnet.hub import HubClient
+from publishing.subnet.model_id import ModelId
 from publishing.package import package_model
 from publishing.publisher import Candidate, Publisher, PublishTarget
-from publishing.secrets import Secret
+from publishing.subnet.secrets import Secret
 from publishing.setup import PublishSetup
 from tests.hub_server import local_hub  # noqa: F401  (the fixture)
 

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from publishing.model_hash import hash_directory, hash_file, hash_with_hotkey
-from publishing.model_id import ModelId, ModelIdError, parse_repo_id
+from publishing.subnet.model_hash import hash_directory, hash_file, hash_with_hotkey
+from publishing.subnet.model_id import ModelId, ModelIdError, parse_repo_id
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 HASH = base64.b64encode(hashlib.sha256(b"x").digest()).decode()

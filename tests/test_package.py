@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from publishing.competitions import CompetitionError, get_competition, load_competitions
-from publishing.model_checks import ModelCheckError, check_model
+from publishing.subnet.competitions import CompetitionError, get_competition, load_competitions
+from publishing.subnet.model_checks import ModelCheckError, check_model
 from publishing.merged_model import merge_adapter
 from publishing.package import hashed_files, legacy_tokenizer_json, model_card, package_model
 from publishing.publisher import Candidate, Publisher, PublishTarget

@@ -9,11 +9,11 @@ from orchestrator.inputs import trial_settings
 from orchestrator.search_space import load_search_space
 from orchestrator.summary import render_summary
 from orchestrator.sweep import run_sweep
-from publishing.chain import InMemoryChain
+from tests.in_memory_chain import InMemoryChain
 from publishing.coordinator import STATE_FILE
-from publishing.model_id import ModelId
+from publishing.subnet.model_id import ModelId
 from publishing.publisher import PublishTarget
-from publishing.secrets import Secret
+from publishing.subnet.secrets import Secret
 from publishing.setup import PublishSetup
 from tests.hub_server import local_hub  # noqa: F401  (the fixture)
 

@@ -13,14 +13,13 @@ import pytest
 from huggingface_hub import HfApi
 from ray.tune import Checkpoint
 
-from publishing.chain import InMemoryChain
+from tests.in_memory_chain import InMemoryChain
 from publishing.coordinator import STATE_FILE, PublishCoordinator, remember, state_problem
-from publishing.hub import HubClient
-from publishing.model_hash import hash_directory, hash_with_hotkey
-from publishing.model_id import ModelId
-from publishing.package import MODEL_CARD
+from publishing.subnet.hub import MODEL_CARD, HubClient
+from publishing.subnet.model_hash import hash_directory, hash_with_hotkey
+from publishing.subnet.model_id import ModelId
 from publishing.publisher import Candidate, Publisher, PublishTarget
-from publishing.secrets import Secret
+from publishing.subnet.secrets import Secret
 from tests.hub_server import local_hub  # noqa: F401  (the fixture)
 from trainables.lora_trial import TrialSettings, train_lora
 

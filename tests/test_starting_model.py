@@ -6,12 +6,13 @@ from transformers import AutoModelForCausalLM
 from orchestrator.config import ConfigError, load_config
 from orchestrator.inputs import resolve_model_dir
 from orchestrator.run import main
-from publishing.chain import InMemoryChain, Neuron
-from publishing.hub import HubClient
-from publishing.model_id import ModelId
+from publishing.subnet.chain import Neuron
+from tests.in_memory_chain import InMemoryChain
+from publishing.subnet.hub import HubClient
+from publishing.subnet.model_id import ModelId
 from publishing.package import package_model
-from publishing.remote_model import RemoteModelError, check_remote_files
-from publishing.secrets import Secret
+from publishing.subnet.remote_model import RemoteModelError, check_remote_files
+from publishing.subnet.secrets import Secret
 from tests.hub_server import local_hub  # noqa: F401  (the fixture)
 
 TOKEN = "hf_test_token"
@@ -107,7 +108,7 @@ def test_a_sweep_starts_from_a_hub_repo(local_ray, local_hub, published, tmp_pat
 def test_a_node_without_the_downloaded_model_fetches_the_same_snapshot(local_hub, published, tmp_path):
     import shutil
 
-    from trainables.lora_trial import TrialSettings, ensure_model_here, hub_snapshot_source
+    from trainables.model_loading import ensure_model_here, hub_snapshot_source
 
     config = load_config(["--load_repo", REPO, "--download_repo_latest_commit", published])
     folder = resolve_model_dir(config, hub_endpoint=local_hub.url)
@@ -115,5 +116,5 @@ def test_a_node_without_the_downloaded_model_fetches_the_same_snapshot(local_hub
     assert hub_snapshot_source("/some/plain/model") is None
 
     shutil.rmtree(folder.parents[2])  # another node: the cache is empty there
-    ensure_model_here(TrialSettings(model_dir=str(folder), hub_endpoint=local_hub.url))
+    ensure_model_here(str(folder), embedded=False, hub_endpoint=local_hub.url)
     assert (folder / "model.safetensors").is_file() and not (folder / "README.md").exists()

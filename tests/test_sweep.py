@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from orchestrator.run import main
 from orchestrator.sweep import concurrent_slots, trial_resources
-from publishing.model_hash import hash_directory
-from publishing.model_id import ModelId
+from publishing.subnet.model_hash import hash_directory
+from publishing.subnet.model_id import ModelId
 
 
 def trial_results(experiment: Path) -> list[dict]:

@@ -7,10 +7,10 @@ import pytest
 
 from orchestrator.config import ConfigError, load_config
 from orchestrator.inputs import choose_tokenizer
-from publishing.competitions import get_competition
-from publishing.hub import HubClient
+from publishing.subnet.competitions import get_competition
+from publishing.subnet.hub import HubClient
 from publishing.package import package_model
-from publishing.secrets import Secret
+from publishing.subnet.secrets import Secret
 from tests.hub_server import local_hub  # noqa: F401  (the fixture)
 
 CHAT = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]

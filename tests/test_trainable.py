@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainables.lora_trial import (TRAINER_STATE, TrialSettings, base_eval_loss, micro_batch_indices,
+from trainables.lora_trial import (TRAINER_STATE, TrialSettings, micro_batch_indices, model_pair_losses,
                                    optimizer_steps, planned_reports, train_lora)
 
 
@@ -52,7 +52,8 @@ def test_micro_batches_are_a_seeded_shuffle_per_epoch():
 
 def test_loss_falls_at_a_sensible_lr_and_not_at_1e_10(model_dir, sweep_data):
     settings = settings_for(model_dir, num_epochs=2)
-    untrained = base_eval_loss(settings, sweep_data.eval)
+    losses = model_pair_losses(settings.model_dir, settings, sweep_data.eval)
+    untrained = sum(losses) / len(losses)
     learns = run({"learning_rate": 1e-3, "r": 16, "alpha": 32}, settings, sweep_data)
     frozen = run({"learning_rate": 1e-10, "r": 16, "alpha": 32}, settings, sweep_data)
     assert learns[-1]["step"] == optimizer_steps(settings, len(sweep_data.train))
@@ -84,9 +85,9 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(mod
 def test_a_node_without_the_embedded_model_builds_the_same_one(model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from trainables.lora_trial import ensure_model_here
+    from trainables.model_loading import ensure_model_here
 
     elsewhere = tmp_path / "other-node-cache" / model_dir.name  # the same cache path on another machine
-    ensure_model_here(TrialSettings(model_dir=str(elsewhere), embedded_model=True))
+    ensure_model_here(str(elsewhere), embedded=True, hub_endpoint=None)
     ours, theirs = load_file(model_dir / "model.safetensors"), load_file(elsewhere / "model.safetensors")
     assert ours.keys() == theirs.keys() and all((ours[k] == theirs[k]).all() for k in ours)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.run import main as sweep_main
-from publishing.chain import InMemoryChain
-from publishing.model_hash import hash_directory
-from publishing.model_id import ModelId
+from tests.in_memory_chain import InMemoryChain
+from publishing.subnet.model_hash import hash_directory
+from publishing.subnet.model_id import ModelId
 from publishing.upload import main as upload_main, recorded_base_model
 from tests.hub_server import local_hub  # noqa: F401  (the fixture)
 

@@ -15,15 +15,13 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from trainables import model_loading
+
 EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "configs" / "embedded"
 MODEL_CONFIG = EMBEDDED_DIR / "model_config.json"
 TOKENIZER_DIR = EMBEDDED_DIR / "tokenizer"
 DATASET = EMBEDDED_DIR / "data.jsonl"
 SEED = 0
-
-
-def default_cache_root() -> Path:
-    return Path(os.environ.get("LORA_SWEEP_CACHE", Path.home() / ".cache" / "lora-sweep-miner"))
 
 
 def _assets_digest() -> str:
@@ -36,7 +34,7 @@ def _assets_digest() -> str:
 
 def ensure_embedded_model(cache_root: Path | None = None) -> Path:
     """Return the folder of the embedded model, building it once if it is missing."""
-    root = Path(cache_root) if cache_root else default_cache_root()
+    root = Path(cache_root) if cache_root else model_loading.cache_root()
     target = root / f"tiny-llama-{_assets_digest()}"
     if (target / "model.safetensors").exists():
         return target

@@ -6,7 +6,6 @@ callback and an optional checkpoint folder to resume from. `lora_trainable` is t
 Ray Tune adapter around it.
 """
 
-import gc
 import hashlib
 import json
 import logging
@@ -22,10 +21,11 @@ from typing import Callable
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
 
 from trainables.data import SweepData, TokenizedSplit, collate
 from trainables.evaluation import eval_loss, pair_losses
+from trainables.model_loading import (ensure_model_here, load_causal_lm, pick_device, release_accelerator_memory,
+                                      training_dtype, use_cpus)
 
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
@@ -72,48 +72,19 @@ def micro_batch_indices(num_train: int, batch_size: int, seed: int, micro_batch:
     return order[within * batch_size:(within + 1) * batch_size]
 
 
-def pick_device(requested: str) -> torch.device:
-    if requested != "auto":
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def hub_snapshot_source(model_dir: str) -> tuple[str, str, Path] | None:
-    """(repo_id, commit, cache_dir) of a folder in the Hub cache layout .../models--ns--name/snapshots/<commit>."""
-    path = Path(model_dir)
-    if len(path.parts) < 4 or path.parent.name != "snapshots" or not path.parents[1].name.startswith("models--"):
-        return None
-    repo_id = path.parents[1].name[len("models--"):].replace("--", "/", 1)
-    return repo_id, path.name, path.parents[2]
 
 
-def ensure_model_here(settings: TrialSettings) -> None:
-    """A node that lacks the starting model gets its own copy, once: the embedded model is built (deterministic,
-    the same weights everywhere), a Hub model is downloaded into the same cache path (the files are checked
-    already; only weights, configs and tokenizer files)."""
-    if Path(settings.model_dir).is_dir():
-        return
-    if settings.embedded_model:
-        from trainables.embedded_model import ensure_embedded_model
 
-        ensure_embedded_model(Path(settings.model_dir).parent)
-        return
-    source = hub_snapshot_source(settings.model_dir)
-    if source is not None:
-        from huggingface_hub import snapshot_download
 
-        from publishing.remote_model import MODEL_FILES
-
-        repo_id, commit, cache_dir = source
-        snapshot_download(repo_id, revision=commit, cache_dir=str(cache_dir), endpoint=settings.hub_endpoint,
-                          allow_patterns=MODEL_FILES)
+def ensure_starting_model(settings: TrialSettings) -> None:
+    ensure_model_here(settings.model_dir, settings.embedded_model, settings.hub_endpoint)
 
 
 def load_lora_model(settings: TrialSettings, r: int, alpha: int, device: torch.device):
-    ensure_model_here(settings)
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(settings.model_dir, dtype=dtype, use_safetensors=True,
-                                                local_files_only=True, trust_remote_code=False)
+    ensure_starting_model(settings)
+    base = load_causal_lm(settings.model_dir, training_dtype(device))
     # peft is imported where models are built: the driver imports this module (settings, the Tune entry point)
     # but never builds a model, and importing peft costs it seconds before the sweep can start.
     from peft import LoraConfig, get_peft_model
@@ -151,9 +122,8 @@ def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, 
 
     lr, r, alpha = float(hyperparameters["learning_rate"]), int(hyperparameters["r"]), int(hyperparameters["alpha"])
     device = pick_device(settings.device)
-    if device.type == "cpu":
-        torch.set_num_threads(settings.cpus_per_trial)
-    elif device.type == "cuda":
+    use_cpus(device, settings.cpus_per_trial)
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # the worker is reused: count this trial's peak only
     torch.manual_seed(settings.seed)
 
@@ -244,13 +214,10 @@ class _Window:
 
 def model_pair_losses(model_dir: str, settings: TrialSettings, eval_split: TokenizedSplit) -> list[float]:
     """Per-pair losses of a plain model folder on the held-out set (run as a Ray task with a trial's resources)."""
-    ensure_model_here(settings)
+    ensure_starting_model(settings)
     device = pick_device(settings.device)
-    if device.type == "cpu":
-        torch.set_num_threads(settings.cpus_per_trial)
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True,
-                                                 local_files_only=True, trust_remote_code=False).to(device)
+    use_cpus(device, settings.cpus_per_trial)
+    model = load_causal_lm(model_dir, training_dtype(device)).to(device)
     try:
         return pair_losses(model, eval_split, device, settings.eval_batch_size)
     finally:
@@ -258,10 +225,6 @@ def model_pair_losses(model_dir: str, settings: TrialSettings, eval_split: Token
         release_accelerator_memory()
 
 
-def base_eval_loss(settings: TrialSettings, eval_split: TokenizedSplit) -> float:
-    """The untrained model's loss on the held-out set: the number every trial must beat."""
-    losses = model_pair_losses(settings.model_dir, settings, eval_split)
-    return sum(losses) / len(losses)
 
 
 def lora_trainable(config: dict, settings: TrialSettings, data: SweepData) -> None:
@@ -293,9 +256,3 @@ def lora_trainable(config: dict, settings: TrialSettings, data: SweepData) -> No
     finally:
         release_accelerator_memory()
 
-
-def release_accelerator_memory() -> None:
-    """Workers are reused across trials: hand cached GPU memory back so the next trial starts clean."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -10,9 +10,9 @@ repo id once a 40-character commit sha and a 44-character hash are in.
 import re
 from dataclasses import dataclass
 
-MAX_COMMITMENT_BYTES = 128
+from publishing.subnet.constants import MAX_COMMITMENT_BYTES
+
 MAX_REPO_ID_LENGTH = 38
-MAX_COMPETITION_ID_LENGTH = 2
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-COMPETITIONS_FILE = Path(__file__).resolve().parents[1] / "configs" / "competitions.yaml"
+COMPETITIONS_FILE = Path(__file__).resolve().parents[2] / "configs" / "competitions.yaml"
 
 
 class CompetitionError(ValueError):

@@ -7,14 +7,12 @@ trust_remote_code). Downloads go to one cache per node, so they happen once, not
 """
 
 import fnmatch
-import os
 from pathlib import Path
 
-from publishing.chain import Chain
-from publishing.hub import HubClient
-from publishing.model_id import ModelId, ModelIdError
-
-MODEL_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
+from publishing.subnet.chain import Chain
+from publishing.subnet.hub import HubClient
+from publishing.subnet.model_id import ModelId, ModelIdError
+from trainables.model_loading import STARTING_MODEL_PATTERNS, cache_root
 
 
 class RemoteModelError(ValueError):
@@ -22,7 +20,7 @@ class RemoteModelError(ValueError):
 
 
 def default_model_cache() -> Path:
-    return Path(os.environ.get("LORA_SWEEP_CACHE", Path.home() / ".cache" / "lora-sweep-miner")) / "models"
+    return cache_root() / "models"
 
 
 def check_remote_files(sizes: dict[str, int], max_bytes: int, where: str) -> None:
@@ -41,7 +39,7 @@ def fetch_model(hub: HubClient, repo_id: str, commit: str, max_bytes: int, cache
     except Exception as e:  # huggingface_hub raises several types for a missing repo or revision
         raise RemoteModelError(f"cannot read {where} from {hub.endpoint}: {str(e).splitlines()[0][:200]}") from None
     check_remote_files(sizes, max_bytes, where)
-    wanted = [name for name in sizes if any(fnmatch.fnmatch(name, p) for p in MODEL_FILES)]
+    wanted = [name for name in sizes if any(fnmatch.fnmatch(name, p) for p in STARTING_MODEL_PATTERNS)]
     return hub.download(repo_id, commit, cache_dir or default_model_cache(), allow_patterns=wanted)
 
 

@@ -1,50 +1,10 @@
-"""The chain, as the publisher sees it: one commitment per hotkey, with the block it landed in.
-
-`Chain` is the small interface every backend implements: the bittensor SDK adapter for
-finney/test/local networks (`publishing.bittensor_chain`), and an in-process chain for tests
-and offline runs (`InMemoryChain`).
-"""
+"""A test double of the chain: blocks advance with a clock, commitments are rate limited per hotkey, as on
+the real chain (`publishing.subnet.chain.Chain` is the interface it implements)."""
 
 import threading
-from dataclasses import dataclass
-from typing import Protocol
 
-BLOCK_SECONDS = 12
-# The original chain's commit rate limit: one commitment per 100 blocks, the "20 minutes".
-COMMIT_INTERVAL_BLOCKS = 100
-
-
-class ChainError(RuntimeError):
-    """A chain call failed; the message says why in words a miner can act on."""
-
-
-@dataclass(frozen=True)
-class Neuron:
-    uid: int
-    hotkey: str
-    incentive: float
-
-
-@dataclass(frozen=True)
-class Commitment:
-    block: int   # the block the commitment was written in
-    data: str    # the committed string (a ModelId)
-
-
-class Chain(Protocol):
-    hotkey_ss58: str | None  # the hotkey this chain client commits with (None: a read-only client)
-
-    def current_block(self) -> int: ...
-
-    def neurons(self) -> list[Neuron]:
-        """The subnet's registered neurons, by uid (the metagraph's uid, hotkey and incentive)."""
-
-    def is_registered(self, hotkey_ss58: str) -> bool: ...
-
-    def read_commitment(self, hotkey_ss58: str) -> Commitment | None: ...
-
-    def set_commitment(self, data: str) -> None:
-        """Commit `data` for this client's hotkey; raise ChainError when the chain refuses."""
+from publishing.subnet.chain import ChainError, Commitment, Neuron
+from publishing.subnet.constants import BLOCK_SECONDS, COMMIT_INTERVAL_BLOCKS, MAX_COMMITMENT_BYTES
 
 
 class InMemoryChain:
@@ -90,8 +50,8 @@ class InMemoryChain:
             if self.hotkey_ss58 not in self.registered:
                 raise ChainError(f"hotkey {self.hotkey_ss58} is not registered on the subnet (AccountNotAllowedCommit); "
                                  "register it with btcli subnet register")
-            if len(data.encode()) > 128:
-                raise ChainError(f"commitment of {len(data.encode())} bytes is over the chain's 128")
+            if len(data.encode()) > MAX_COMMITMENT_BYTES:
+                raise ChainError(f"commitment of {len(data.encode())} bytes is over the chain's {MAX_COMMITMENT_BYTES}")
             block = self.current_block()
             last = self.commitments.get(self.hotkey_ss58)
             if last is not None and block - last.block < self.interval_blocks:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from publishing.competitions import Competition
+from publishing.subnet.competitions import Competition
 
 _PROJECTION = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.weight$")
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, snapshot_download
 
-from publishing.model_hash import hash_directory
-from publishing.secrets import Secret
+from publishing.subnet.model_hash import hash_directory
+from publishing.subnet.secrets import Secret
+
+MODEL_CARD = "README.md"  # the model card: uploaded beside the model, never downloaded by from_pretrained
 
 
 class HubError(RuntimeError):
@@ -43,7 +45,7 @@ class HubClient:
         self._api.create_repo(repo_id, repo_type="model", private=False, exist_ok=True)
         operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
                       for p in sorted(Path(folder).iterdir()) if p.is_file()]
-        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=model_card.encode("utf-8")))
+        operations.append(CommitOperationAdd(path_in_repo=MODEL_CARD, path_or_fileobj=model_card.encode("utf-8")))
         info = self._api.create_commit(repo_id=repo_id, operations=operations, commit_message=message,
                                        repo_type="model")
         return info.oid

@@ -34,13 +34,13 @@ from bittensor.result import ChainError as SdkChainError
 from bittensor.result import RpcConnectionError, RpcPolicyError
 from bittensor.wallet import DEFAULT_WALLET_PATH
 
-from publishing.chain import Neuron, ChainError, Commitment
+from publishing.subnet.chain import ChainError, Commitment, Neuron
+from publishing.subnet.constants import MAX_COMMITMENT_BYTES
 
 log = logging.getLogger(__name__)
 
 NETWORK_NAMES = ("finney", "test", "local")
 # Raw0..Raw128: the Commitments pallet's Data enum holds at most 128 bytes in one Raw field.
-MAX_COMMITMENT_BYTES = 128
 NETWORK_FLAG = "--subtensor.network"
 
 # Bounds on every network call, so a dead or silent endpoint becomes a ChainError, not a hang. The SDK's

@@ -1,31 +1,11 @@
-"""The Ray side of publishing: the named PublishCoordinator actor and the Tune callback that feeds it."""
+"""The Tune callback that feeds every checkpoint to the PublishCoordinator actor."""
 
 from ray import tune
 
-from publishing.coordinator import ACTOR_NAME
-from publishing.coordinator_host import CoordinatorHost
+from publishing.coordinator_actor import NAMESPACE, actor_name
 from publishing.publisher import Candidate
-from publishing.setup import PublishSetup
 
 HYPERPARAMETERS = ("learning_rate", "r", "alpha")
-
-
-NAMESPACE = "lora-sweep"
-
-
-def actor_name(sweep_id: str) -> str:
-    return f"{ACTOR_NAME}:{sweep_id}"  # one coordinator per experiment, so sweeps can share a cluster
-
-
-def start_coordinator(setup: PublishSetup, base_model_dir: str, experiment_dir: str, sweep_id: str):
-    """The actor runs on the driver's node (num_cpus=0: it mostly waits), so the folders it writes are here."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-    actor = ray.remote(CoordinatorHost).options(name=actor_name(sweep_id), namespace=NAMESPACE, num_cpus=0,
-                                                scheduling_strategy=here, max_concurrency=2)
-    return actor.remote(setup, base_model_dir, experiment_dir, sweep_id)
 
 
 class PublishCallback(tune.Callback):
