@@ -45,19 +45,18 @@ def sleeping_trial(config: dict) -> None:
 def simulated(workers: int, trials: int) -> dict:
     import ray
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
-    from orchestrator.search_space import load_search_space, optuna_sampler, tune_param_space
+    from orchestrator.search_space import load_search_space, optuna_search
 
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # no experiment banner on stdout, which carries the JSON
     space = load_search_space("default")
     ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         tuner = tune.Tuner(
-            tune.with_resources(sleeping_trial, {"cpu": 1}), param_space=tune_param_space(space),
+            tune.with_resources(sleeping_trial, {"cpu": 1}),
             tune_config=tune.TuneConfig(metric="eval_loss", mode="min", num_samples=trials,
                                         max_concurrent_trials=workers, reuse_actors=True,
-                                        search_alg=OptunaSearch(sampler=optuna_sampler(space, 0))),
+                                        search_alg=optuna_search(space, 0, "eval_loss", "min")),
             run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(prefix="bench-scaling-"), verbose=0))
         started = time.perf_counter()
         results = tuner.fit()

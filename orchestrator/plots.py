@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainables.hyperparameters import NAMES, Hyperparameters
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-PARAMETERS = ("learning_rate", "r", "alpha")
 CURVES_PNG = "eval_loss_curves.png"
 HYPERPARAMETERS_PNG = "eval_loss_vs_hyperparameters.png"
 MAX_LEGEND_ENTRIES = 16  # more trials than this: only the best one gets a legend entry
@@ -24,11 +25,12 @@ MAX_LEGEND_ENTRIES = 16  # more trials than this: only the best one gets a legen
 
 @dataclass
 class TrialCurve:
-    """One trial: its folder name, Ray's trial id, its hyperparameters and its (step, eval_loss) reports."""
+    """One trial: its folder name, Ray's trial id, its hyperparameters (None when params.json lacks them) and its
+    (step, eval_loss) reports."""
 
     name: str
     trial_id: str
-    hyperparameters: dict
+    hyperparameters: Hyperparameters | None
     points: list[tuple[int, float]] = field(default_factory=list)
 
     @property
@@ -41,12 +43,7 @@ class TrialCurve:
 
     @property
     def label(self) -> str:
-        hp = self.hyperparameters
-        parts = []
-        if "learning_rate" in hp:
-            parts.append(f"lr={float(hp['learning_rate']):.2e}")
-        parts += [f"{key}={hp[key]}" for key in ("r", "alpha") if key in hp]
-        return " ".join(parts) or self.trial_id
+        return self.hyperparameters.compact() if self.hyperparameters else self.trial_id
 
 
 def _read_points(result_file: Path) -> tuple[list[tuple[int, float]], str | None]:
@@ -99,8 +96,16 @@ def read_trials(experiment_dir: str | Path) -> list[TrialCurve]:
         points, trial_id = _read_points(result_file)
         if points:
             trials.append(TrialCurve(name=folder.name, trial_id=str(trial_id or folder.name),
-                                     hyperparameters=params, points=points))
+                                     hyperparameters=_hyperparameters(params), points=points))
     return trials
+
+
+def _hyperparameters(params: dict) -> Hyperparameters | None:
+    """A trial's params.json as hyperparameters; None for a folder of some other trainable."""
+    try:
+        return Hyperparameters.from_mapping(params)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def best_trial(trials: list[TrialCurve]) -> TrialCurve | None:
@@ -148,13 +153,13 @@ def hyperparameters_figure(trials: list[TrialCurve]) -> Figure:
     """Each trial's best eval loss against learning rate (log x), r (log2 x) and alpha (log2 x); the best starred."""
     best = best_trial(trials)
     figure = _new_figure(15, 5)
-    panels = figure.subplots(1, 3, sharey=True)
-    for axes, name in zip(panels, PARAMETERS):
-        chosen = [t for t in trials if isinstance(t.hyperparameters.get(name), (int, float))]
-        xs = [float(t.hyperparameters[name]) for t in chosen]
+    panels = figure.subplots(1, len(NAMES), sharey=True)
+    chosen = [t for t in trials if t.hyperparameters is not None]
+    for axes, name in zip(panels, NAMES):
+        xs = [float(getattr(t.hyperparameters, name)) for t in chosen]
         axes.scatter(xs, [t.best_eval_loss for t in chosen], s=40, alpha=0.7)
         if any(t is best for t in chosen):
-            axes.scatter([float(best.hyperparameters[name])], [best.best_eval_loss], marker="*", s=300,
+            axes.scatter([float(getattr(best.hyperparameters, name))], [best.best_eval_loss], marker="*", s=300,
                          color="gold", edgecolors="black", zorder=3, label=f"best: {best.label}")
         if xs and min(xs) > 0:
             if name == "learning_rate":

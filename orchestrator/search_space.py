@@ -1,4 +1,4 @@
-"""Search spaces as YAML: parsed, checked, and turned into Ray Tune domains and an Optuna sampler.
+"""Search spaces as YAML: parsed, checked, and turned once into Optuna distributions and Tune's OptunaSearch.
 
     sampler: tpe | grid
     num_samples: 8                 # tpe only; a grid runs each combination once
@@ -13,36 +13,32 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import yaml
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from orchestrator.config import CONFIGS_DIR, ConfigError
+from trainables.hyperparameters import NAMES, TYPES
 
-PARAMETERS = ("learning_rate", "r", "alpha")
-RANGES = ("loguniform", "uniform")
-
-
-@dataclass(frozen=True)
-class Range:
-    kind: str  # loguniform | uniform
-    low: float
-    high: float
+RANGES = {"loguniform": True, "uniform": False}  # a range's name -> whether it is sampled on a log scale
 
 
 @dataclass(frozen=True)
 class SearchSpace:
     sampler: str
-    params: dict          # name -> list of values, or Range
+    distributions: dict[str, BaseDistribution]  # every hyperparameter's, in the order of NAMES
     num_samples: int | None = None
     n_startup_trials: int = 3
     source: str = ""
 
     @property
     def grid(self) -> dict[str, list]:
-        return {name: list(values) for name, values in self.params.items()}
+        """A grid's values by name (every distribution of a grid is categorical)."""
+        return {name: list(d.choices) for name, d in self.distributions.items()}
 
     @property
     def grid_size(self) -> int:
-        return math.prod(len(values) for values in self.params.values())
+        return math.prod(len(values) for values in self.grid.values())
 
     def trials(self, num_samples_flag: int | None) -> int:
         """How many trials to run: the flag, else the file, else (for a grid) every combination once."""
@@ -65,9 +61,9 @@ def resolve_search_path(search: str) -> Path:
 
 
 def _check_value(name: str, value, where: str) -> None:
-    if name == "learning_rate":
+    if TYPES[name] is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-            raise ConfigError(f"learning_rate values must be positive numbers (write 1.0e-5, not 1e-5), "
+            raise ConfigError(f"{name} values must be positive numbers (write 1.0e-5, not 1e-5), "
                               f"got {value!r} in {where}")
     elif isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name} values must be positive integers, got {value!r} in {where}")
@@ -84,22 +80,22 @@ def parse_search_space(raw: dict, where: str) -> SearchSpace:
         raise ConfigError(f"sampler in {where} must be tpe or grid, got {sampler!r}")
     space = raw.get("space")
     if not isinstance(space, dict):
-        raise ConfigError(f"{where} needs a 'space' mapping of {', '.join(PARAMETERS)}")
-    missing = [p for p in PARAMETERS if p not in space]
-    extra = sorted(set(space) - set(PARAMETERS))
+        raise ConfigError(f"{where} needs a 'space' mapping of {', '.join(NAMES)}")
+    missing = [p for p in NAMES if p not in space]
+    extra = sorted(set(space) - set(NAMES))
     if missing or extra:
-        raise ConfigError(f"the space in {where} must define exactly {', '.join(PARAMETERS)}; "
+        raise ConfigError(f"the space in {where} must define exactly {', '.join(NAMES)}; "
                           + (f"missing {missing[0]}" if missing else f"unknown {extra[0]}"))
-    params = {}
-    for name in PARAMETERS:
+    distributions = {}
+    for name in NAMES:
         spec = space[name]
         if isinstance(spec, list):
             if not spec:
                 raise ConfigError(f"{name} in {where} is an empty list; give at least one value")
             for value in spec:
                 _check_value(name, value, where)
-            params[name] = spec
-        elif isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in RANGES and name == "learning_rate":
+            distributions[name] = CategoricalDistribution(spec)
+        elif isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in RANGES and TYPES[name] is float:
             kind, bounds = next(iter(spec.items()))
             if not (isinstance(bounds, list) and len(bounds) == 2):
                 raise ConfigError(f"{name}: {kind} in {where} needs [low, high]")
@@ -107,11 +103,11 @@ def parse_search_space(raw: dict, where: str) -> SearchSpace:
                 _check_value(name, value, where)
             if not bounds[0] < bounds[1]:
                 raise ConfigError(f"{name}: {kind} in {where} needs low < high, got {bounds}")
-            params[name] = Range(kind, float(bounds[0]), float(bounds[1]))
+            distributions[name] = FloatDistribution(float(bounds[0]), float(bounds[1]), log=RANGES[kind])
         else:
-            allowed = "a list of values or {loguniform: [low, high]}" if name == "learning_rate" else "a list of values"
+            allowed = "a list of values or {loguniform: [low, high]}" if TYPES[name] is float else "a list of values"
             raise ConfigError(f"{name} in {where} must be {allowed}, got {spec!r}")
-    if sampler == "grid" and any(isinstance(v, Range) for v in params.values()):
+    if sampler == "grid" and any(isinstance(d, FloatDistribution) for d in distributions.values()):
         raise ConfigError(f"a grid search in {where} needs a list of values for every parameter, not a range")
     num_samples = raw.get("num_samples")
     if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
@@ -119,8 +115,8 @@ def parse_search_space(raw: dict, where: str) -> SearchSpace:
     n_startup = raw.get("n_startup_trials", 3)
     if not isinstance(n_startup, int) or n_startup < 1:
         raise ConfigError(f"n_startup_trials in {where} must be at least 1, got {n_startup!r}")
-    return SearchSpace(sampler=sampler, params=params, num_samples=num_samples, n_startup_trials=n_startup,
-                       source=where)
+    return SearchSpace(sampler=sampler, distributions=distributions, num_samples=num_samples,
+                       n_startup_trials=n_startup, source=where)
 
 
 def load_search_space(search: str) -> SearchSpace:
@@ -132,24 +128,20 @@ def load_search_space(search: str) -> SearchSpace:
     return parse_search_space(raw, str(path))
 
 
-def tune_param_space(space: SearchSpace) -> dict:
-    """Ray Tune domains, which OptunaSearch turns into Optuna distributions."""
-    from ray import tune
-
-    domains = {}
-    for name, spec in space.params.items():
-        if isinstance(spec, Range):
-            domains[name] = (tune.loguniform if spec.kind == "loguniform" else tune.uniform)(spec.low, spec.high)
-        else:
-            domains[name] = tune.choice(spec)
-    return domains
-
-
-def optuna_sampler(space: SearchSpace, seed: int):
-    import optuna
-
+def optuna_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     if space.sampler == "grid":
         return optuna.samplers.GridSampler(space.grid, seed=seed)
     # constant_liar keeps concurrent trials from being handed the same suggestion
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=space.n_startup_trials, multivariate=True,
                                       constant_liar=True)
+
+
+def optuna_search(space: SearchSpace, seed: int, metric: str, mode: str):
+    """Tune's searcher for the space: Optuna suggests every trial's hyperparameters from the distributions.
+
+    Given its space (and so metric and mode) here, OptunaSearch ignores the Tuner's param_space, which must
+    then leave these names out; the searcher is saved with the experiment, so --resume needs nothing else.
+    """
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(space=space.distributions, sampler=optuna_sampler(space, seed), metric=metric, mode=mode)

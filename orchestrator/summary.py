@@ -7,6 +7,7 @@ import time
 from orchestrator.config import SweepConfig
 from orchestrator.sweep import SweepOutcome
 from orchestrator.trial_records import TrialRecord, TrialStatus
+from trainables.hyperparameters import Hyperparameters
 
 
 def manual_upload_command(config: SweepConfig, model_dir: str) -> str:
@@ -29,10 +30,11 @@ def resume_command(argv: list[str], experiment_name: str) -> str:
     return shlex.join(["python", "-m", "orchestrator.run", *kept, "--resume", "--experiment_name", experiment_name])
 
 
-def _hyperparameters(hp: dict) -> str:
+def _hyperparameters(hp: Hyperparameters | dict | None) -> str:
+    """A trial record's hyperparameters, or the coordinator's plain dict of the best ones; empty when unknown."""
     if not hp:
         return ""
-    return f"learning_rate={hp['learning_rate']:.3g}  r={hp['r']}  alpha={hp['alpha']}"
+    return (hp if isinstance(hp, Hyperparameters) else Hyperparameters.from_mapping(hp)).describe()
 
 
 def trial_counts(outcome: SweepOutcome) -> str:
@@ -48,17 +50,18 @@ def failure_lines(trials: list[TrialRecord]) -> list[str]:
 
 def publish_lines(outcome: SweepOutcome, config: SweepConfig) -> list[str]:
     report = outcome.publish
-    lines = [f"  {line}" for line in report["lines"]]
-    if report["offline"]:
+    lines = [f"  {line}" for line in report.lines]
+    publish_json = report.best.publish_json if report.best else None
+    if report.offline:
         reason = "--offline" if config.offline else "no --hf_repo_id"
-        lines.append(f"publish.json:    {report['publish_json']} (offline: {reason}; nothing uploaded or committed)")
+        lines.append(f"publish.json:    {publish_json} (offline: {reason}; nothing uploaded or committed)")
     else:
-        lines.append(f"publish.json:    {report['publish_json']}")
-    if report["published"]:
-        lines.append(f"published:       {report['published']['model_id']} "
-                     f"(eval loss {report['published']['eval_loss']:.4f}, block {report['published']['block']})")
-    if report["not_before"]:
-        when = time.strftime("%H:%M:%S", time.localtime(report["not_before"]))
+        lines.append(f"publish.json:    {publish_json}")
+    if report.published:
+        lines.append(f"published:       {report.published.model_id} "
+                     f"(eval loss {report.published.eval_loss:.4f}, block {report.published.block})")
+    if report.not_before:
+        when = time.strftime("%H:%M:%S", time.localtime(report.not_before))
         lines.append(f"not yet published: the 20-minute window opens at {when}; then run")
         lines.append(f"  {manual_upload_command(config, outcome.best_model_dir)}")
     return lines
@@ -69,7 +72,7 @@ def next_steps(outcome: SweepOutcome, config: SweepConfig) -> list[str]:
     if outcome.best_model_dir:
         lines.append(f"  load it:       AutoModelForCausalLM.from_pretrained({outcome.best_model_dir!r}, "
                      "use_safetensors=True)")
-        if not outcome.publish["published"] and not outcome.publish["not_before"]:
+        if not outcome.publish.published and not outcome.publish.not_before:
             lines.append(f"  publish it:    {manual_upload_command(config, outcome.best_model_dir)}")
     if config.wandb_project and os.environ.get("WANDB_MODE") == "offline":
         lines.append(f"  W&B upload:    wandb sync {outcome.experiment_path}/wandb/offline-run-*")

@@ -16,15 +16,17 @@ from pathlib import Path
 
 from orchestrator.config import ConfigError, SweepConfig
 from orchestrator.experiment import FINISHED, INTERRUPTED, RUNNING, Experiment, choose_experiment, write_marker
-from orchestrator.search_space import SearchSpace, optuna_sampler, tune_param_space
+from orchestrator.search_space import SearchSpace, optuna_search
 from orchestrator.trial_records import TrialRecord, TrialStatus, count, records_from_results, write_trials_csv
+from publishing.coordinator import CoordinatorReport
 from publishing.setup import PublishSetup
+from publishing.subnet.iswin import Comparison
 from trainables.data import SweepData
+from trainables.hyperparameters import NAMES
 from trainables.lora_trial import TrialSettings, lora_trainable, planned_reports
 
 METRIC, MODE = "eval_loss", "min"
 TRIAL_THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
-PARAMETERS = ["learning_rate", "r", "alpha"]
 # Quiet libraries keep the live table readable. (Trials load only local folders, with local_files_only;
 # the Hub stays reachable for the coordinator, which publishes.)
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
@@ -122,19 +124,31 @@ def _import_tune() -> None:
 class SweepOutcome:
     experiment_path: str
     experiment_name: str
-    trials: list              # TrialRecord of every trial, in trial order
-    interrupted: bool         # Ctrl-C (or a stop signal) ended the sweep before every trial ended
-    best_trial: TrialRecord | None   # the trial whose checkpoint was merged (None when interrupted)
-    best_hyperparameters: dict
-    best_eval_loss: float
-    best_step: int
+    trials: list[TrialRecord]   # every trial, in trial order
+    interrupted: bool           # Ctrl-C (or a stop signal) ended the sweep before every trial ended
+    best_trial: TrialRecord | None  # the trial whose checkpoint was merged (None when interrupted)
     base_eval_loss: float
-    best_model_dir: str | None
     wall_s: float
-    plots: list               # PNG files in the experiment folder
-    comparison: object        # publishing.subnet.iswin.Comparison with --comparison_uid, else None
-    publish: dict             # the coordinator's report: outcome lines, what was published, publish.json
+    plots: list[str]            # PNG files in the experiment folder
+    comparison: Comparison | None   # the head-to-head against --comparison_uid
+    publish: CoordinatorReport  # the coordinator's report: what it published and merged, one line per outcome
     trials_csv: str = ""
+
+    @property
+    def best_model_dir(self) -> str | None:
+        return self.publish.best.model_dir if self.publish.best else None
+
+    @property
+    def best_eval_loss(self) -> float:
+        return self.publish.best.eval_loss if self.publish.best else math.nan
+
+    @property
+    def best_step(self) -> int:
+        return self.publish.best.step if self.publish.best else 0
+
+    @property
+    def best_hyperparameters(self) -> dict:
+        return self.publish.best.hyperparameters if self.publish.best else {}
 
     @property
     def num_trials(self) -> int:
@@ -157,10 +171,6 @@ class SweepOutcome:
         return count(self.trials, TrialStatus.INTERRUPTED)
 
 
-def _remote_options(resources: dict) -> dict:
-    return {"num_cpus": resources.get("cpu", 1), "num_gpus": resources.get("gpu", 0)}
-
-
 class _NoTunerRestoreHint(logging.Filter):
     """Tune's own hint after an interruption names `Tuner.restore(...)`; ours names the `--resume` command."""
 
@@ -171,17 +181,15 @@ class _NoTunerRestoreHint(logging.Filter):
 def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Experiment, callbacks: list,
               scheduler, num_trials: int, max_concurrent: int):
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     reporter = tune.CLIReporter(
-        parameter_columns=PARAMETERS, metric_columns=["step", METRIC, "train_loss", "tokens_per_s"],
+        parameter_columns=list(NAMES), metric_columns=["step", METRIC, "train_loss", "tokens_per_s"],
         max_report_frequency=10, sort_by_metric=True, max_progress_rows=30, print_intermediate_tables=True)
     return tune.Tuner(
-        trainable,
-        param_space=tune_param_space(space),
+        trainable,  # no param_space: the searcher holds the space, and each trial's config is its suggestion
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=num_trials, max_concurrent_trials=max_concurrent,
-            search_alg=OptunaSearch(sampler=optuna_sampler(space, config.seed)), scheduler=scheduler,
+            search_alg=optuna_search(space, config.seed, METRIC, MODE), scheduler=scheduler,
             reuse_actors=True),  # a worker imports torch and transformers once, not once per trial
         run_config=tune.RunConfig(
             name=experiment.name, storage_path=experiment.storage, callbacks=callbacks,
@@ -192,79 +200,113 @@ def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Ex
     )
 
 
-def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, data: SweepData,
-              publishing: PublishSetup, opponent=None, trial_function=lora_trainable,
-              experiment: Experiment | None = None, command: list[str] | None = None) -> SweepOutcome:
+@dataclass(frozen=True)
+class ClusterPlan:
+    """What each trial asks of the cluster and how many run at once, decided from what Ray sees."""
+    resources: dict           # per trial: {"cpu": n} or {"cpu": n, "gpu": 1}
+    max_concurrent: int
+
+    @property
+    def task_options(self) -> dict:
+        """The same resources for a Ray task (the head-to-head's evaluations)."""
+        return {"num_cpus": self.resources.get("cpu", 1), "num_gpus": self.resources.get("gpu", 0)}
+
+
+def plan_cluster(config: SweepConfig) -> ClusterPlan:
+    """Checks that need the running cluster (its GPUs, CPUs and nodes), done before anything trains."""
     import ray
+
+    cluster = ray.cluster_resources()
+    resources = trial_resources(config.device, config.cpus_per_trial, cluster.get("GPU", 0))
+    if config.device.startswith("cuda") and "gpu" not in resources:
+        raise ConfigError(f"--device {config.device} but Ray sees no GPU; use --device cpu or auto")
+    if "gpu" not in resources and config.cpus_per_trial > cluster.get("CPU", 0):
+        raise ConfigError(f"--cpus_per_trial {config.cpus_per_trial} is more than the cluster's "
+                          f"{int(cluster.get('CPU', 0))} CPUs")
+    check_shared_storage(config.storage_path)
+    return ClusterPlan(resources, config.max_concurrent_trials or concurrent_slots(resources, cluster))
+
+
+@dataclass(frozen=True)
+class HeadToHead:
+    """--comparison_uid: the opponent and its per-pair losses, measured once before the sweep."""
+    opponent: object          # publishing.head_to_head.Opponent
+    their_losses: list
+
+
+def measure_opponent(config: SweepConfig, opponent, settings: TrialSettings, data: SweepData,
+                     plan: ClusterPlan, publishing: PublishSetup) -> tuple[HeadToHead | None, PublishSetup]:
+    """The opponent's losses on our eval set; with --require_win, the coordinator's gate against them."""
+    from publishing.head_to_head import WinGate, remote_pair_losses
+
+    if opponent is None:
+        return None, publishing
+    their_losses = remote_pair_losses(opponent.model_dir, settings, data.eval, plan.task_options)
+    if config.require_win:
+        gate = WinGate(opponent, their_losses, settings, data.eval, plan.task_options)
+        publishing = dataclasses.replace(publishing, gate=gate)
+    return HeadToHead(opponent, their_losses), publishing
+
+
+def build_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Experiment, plan: ClusterPlan,
+                max_reports: int):
+    """A new Tuner, or, with --resume, Tune's own restore of the experiment (trials, checkpoints, searcher)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from publishing.head_to_head import WinGate, head_to_head, remote_pair_losses
-    from orchestrator.plots import write_plots
-    from orchestrator.tracking import log_sweep_summary, wandb_callback
-    from publishing.coordinator_actor import start_coordinator
+    from orchestrator.tracking import wandb_callback
     from publishing.tune_callback import PublishCallback
+
+    if experiment.resume:
+        # finished trials stay finished; the callbacks saved with the experiment reach the new coordinator by name
+        print(f"resuming {experiment.path}")
+        return tune.Tuner.restore(experiment.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    callbacks = [PublishCallback(experiment.name)]
+    if config.wandb_project:
+        Path(experiment.path).mkdir(parents=True, exist_ok=True)
+        callbacks.append(wandb_callback(config.wandb_entity, config.wandb_project, experiment.name, config.env_file,
+                                        experiment.path))
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_reports,
+                               grace_period=min(config.grace_period, max_reports),
+                               reduction_factor=config.reduction_factor)
+                 if config.scheduler == "asha" else FIFOScheduler())
+    return new_tuner(config, space, trainable, experiment, callbacks, scheduler, space.trials(config.num_samples),
+                     plan.max_concurrent)
+
+
+def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, data: SweepData,
+              publishing: PublishSetup, opponent=None, trial_function=lora_trainable,
+              experiment: Experiment | None = None, command: list[str] | None = None,
+              plan: ClusterPlan | None = None) -> SweepOutcome:
+    """Run the sweep on the Ray this process is connected to; publishing happens in the coordinator actor."""
+    import ray
+    from ray import tune
+
+    from publishing.coordinator_actor import start_coordinator
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # CLIReporter's live table of trials
     logging.getLogger("ray.tune.tune").addFilter(_NoTunerRestoreHint())
     started = time.perf_counter()
     experiment = experiment or choose_experiment(config)
-    cluster = ray.cluster_resources()
-    resources = trial_resources(config.device, config.cpus_per_trial, cluster.get("GPU", 0))
-    if config.device.startswith("cuda") and "gpu" not in resources:
-        raise ConfigError(f"--device {config.device} but Ray sees no GPU; use --device cpu or auto")
-    slots = concurrent_slots(resources, cluster)
-    if "gpu" not in resources and config.cpus_per_trial > cluster.get("CPU", 0):
-        raise ConfigError(f"--cpus_per_trial {config.cpus_per_trial} is more than the cluster's "
-                          f"{int(cluster.get('CPU', 0))} CPUs")
-    check_shared_storage(config.storage_path)
-    max_concurrent = config.max_concurrent_trials or slots
-    num_trials = space.trials(config.num_samples)
+    plan = plan or plan_cluster(config)
     max_reports = planned_reports(settings, len(data.train))
-
-    their_losses = None
-    if opponent is not None:
-        their_losses = remote_pair_losses(opponent.model_dir, settings, data.eval, _remote_options(resources))
-        if config.require_win:
-            gate = WinGate(opponent, their_losses, settings, data.eval, _remote_options(resources))
-            publishing = dataclasses.replace(publishing, gate=gate)
-
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_reports,
-                               grace_period=min(config.grace_period, max_reports),
-                               reduction_factor=config.reduction_factor)
-                 if config.scheduler == "asha" else FIFOScheduler())
-    trainable = tune.with_resources(tune.with_parameters(trial_function, settings=settings, data=data), resources)
-    experiment_dir = Path(experiment.path)
+    comparison, publishing = measure_opponent(config, opponent, settings, data, plan, publishing)
+    trainable = tune.with_resources(tune.with_parameters(trial_function, settings=settings, data=data),
+                                    plan.resources)
     write_marker(experiment, RUNNING, command)
-    coordinator = start_coordinator(publishing, settings.model_dir, str(experiment_dir), experiment.name)
-    callbacks = [PublishCallback(experiment.name)]
-    if config.wandb_project:
-        experiment_dir.mkdir(parents=True, exist_ok=True)
-        callbacks.append(wandb_callback(config.wandb_entity, config.wandb_project, experiment.name, config.env_file,
-                                        str(experiment_dir)))
-    if experiment.resume:
-        # Tune restores the trials, their checkpoints and the searcher's state; finished trials stay finished.
-        print(f"resuming {experiment_dir}")
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
-    else:
-        tuner = new_tuner(config, space, trainable, experiment, callbacks, scheduler, num_trials, max_concurrent)
+    coordinator = start_coordinator(publishing, settings.model_dir, experiment.path, experiment.name)
     try:
-        results = tuner.fit()
+        results = build_tuner(config, space, trainable, experiment, plan, max_reports).fit()
         records = records_from_results(results, max_reports)
-        trials_csv = str(write_trials_csv(records, experiment_dir))
-        interrupted = len(records) < num_trials or count(records, TrialStatus.INTERRUPTED) > 0
-        if interrupted:
+        trials_csv = str(write_trials_csv(records, experiment.path))
+        if len(records) < space.trials(config.num_samples) or count(records, TrialStatus.INTERRUPTED):
             # Nothing half-trained is merged or published: the coordinator goes without its end-of-sweep publish.
             write_marker(experiment, INTERRUPTED)
-            return SweepOutcome(
-                experiment_path=str(experiment_dir), experiment_name=experiment.name, trials=records,
-                interrupted=True, best_trial=None, best_hyperparameters={}, best_eval_loss=math.nan, best_step=0,
-                base_eval_loss=_base_eval_loss(results), best_model_dir=None,
-                wall_s=time.perf_counter() - started, plots=[], comparison=None,
-                publish={"lines": [], "published": None, "publish_json": None, "not_before": None,
-                         "best_model_dir": None, "offline": publishing.target.repo_id is None},
-                trials_csv=trials_csv)
+            return SweepOutcome(experiment.path, experiment.name, records, interrupted=True, best_trial=None,
+                                base_eval_loss=_base_eval_loss(results), wall_s=time.perf_counter() - started,
+                                plots=[], comparison=None,
+                                publish=CoordinatorReport(lines=[], offline=publishing.target.repo_id is None),
+                                trials_csv=trials_csv)
         if count(records, TrialStatus.FAILED) == len(records):
             raise RuntimeError(f"all {len(records)} trials failed; the first error: {records[0].reason}")
         # The coordinator saw every checkpoint: it publishes (or, offline, packages) the best and merges it.
@@ -272,21 +314,33 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     finally:
         ray.kill(coordinator)  # its state is on disk; the name is free for the next sweep in this Ray session
     write_marker(experiment, FINISHED)
-
-    best = _merged_trial(report, records)
-    outcome = SweepOutcome(
-        experiment_path=str(experiment_dir), experiment_name=experiment.name, trials=records, interrupted=False,
-        best_trial=best, best_hyperparameters=report.get("best_hyperparameters") or {},
-        best_eval_loss=report.get("best_eval_loss", math.nan), best_step=report.get("best_step", 0),
-        base_eval_loss=_base_eval_loss(results), best_model_dir=report["best_model_dir"],
-        wall_s=time.perf_counter() - started, plots=[str(p) for p in write_plots(results.experiment_path)],
-        publish=report, trials_csv=trials_csv, comparison=None if opponent is None or not report["best_model_dir"]
-        else head_to_head(opponent, their_losses, report["best_model_dir"], settings, data.eval,
-                          _remote_options(resources), results.experiment_path))
+    outcome = collect_outcome(config, experiment, records, results, report, comparison, settings, data, plan,
+                              trials_csv, time.perf_counter() - started)
     if config.wandb_project:
+        from orchestrator.tracking import log_sweep_summary
+
         log_sweep_summary(config.wandb_entity, config.wandb_project, experiment.name, config.env_file,
-                          str(experiment_dir), summary_record(outcome))
+                          experiment.path, summary_record(outcome))
     return outcome
+
+
+def collect_outcome(config: SweepConfig, experiment: Experiment, records: list[TrialRecord], results, report,
+                    comparison: HeadToHead | None, settings: TrialSettings, data: SweepData, plan: ClusterPlan,
+                    trials_csv: str, wall_s: float) -> SweepOutcome:
+    """The finished sweep's outcome: the merged best, the plots, and the head-to-head against --comparison_uid."""
+    from orchestrator.plots import write_plots
+    from publishing.head_to_head import head_to_head
+
+    best = report.best
+    versus = None
+    if comparison is not None and best is not None:
+        versus = head_to_head(comparison.opponent, comparison.their_losses, best.model_dir, settings, data.eval,
+                              plan.task_options, experiment.path)
+    return SweepOutcome(experiment.path, experiment.name, records, interrupted=False,
+                        best_trial=next((r for r in records if best and r.trial_id == best.trial_id), None),
+                        base_eval_loss=_base_eval_loss(results), wall_s=wall_s,
+                        plots=[str(p) for p in write_plots(results.experiment_path)], comparison=versus,
+                        publish=report, trials_csv=trials_csv)
 
 
 def _base_eval_loss(results) -> float:
@@ -294,17 +348,12 @@ def _base_eval_loss(results) -> float:
     return next((r.metrics["base_eval_loss"] for r in results if "base_eval_loss" in (r.metrics or {})), math.nan)
 
 
-def _merged_trial(report: dict, records: list[TrialRecord]) -> TrialRecord | None:
-    """The trial whose checkpoint the coordinator merged into best_model/."""
-    return next((r for r in records if r.trial_id == report.get("best_trial")), None)
-
-
 def summary_record(outcome: SweepOutcome) -> dict:
     """The outcome as plain values, for W&B's summary run (nothing secret is in it)."""
-    published = outcome.publish.get("published")
+    published = outcome.publish.published
     return {"best_hyperparameters": outcome.best_hyperparameters, "best_eval_loss": outcome.best_eval_loss,
             "base_eval_loss": outcome.base_eval_loss, "best_step": outcome.best_step,
             "best_trial": outcome.best_trial.trial_id if outcome.best_trial else None,
             "num_trials": outcome.num_trials, "stopped_early": outcome.stopped_early, "errored": outcome.errored,
-            "best_model_dir": outcome.best_model_dir, "published_model_id": published["model_id"] if published else None,
+            "best_model_dir": outcome.best_model_dir, "published_model_id": published.model_id if published else None,
             "wall_s": outcome.wall_s, **({"comparison": outcome.comparison.record()} if outcome.comparison else {})}

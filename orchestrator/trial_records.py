@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-HYPERPARAMETERS = ("learning_rate", "r", "alpha")
+from trainables.hyperparameters import NAMES, Hyperparameters
+
 TRIALS_CSV = "trials.csv"
 
 
@@ -25,7 +26,7 @@ class TrialStatus(enum.Enum):
 @dataclass(frozen=True)
 class TrialRecord:
     trial_id: str
-    hyperparameters: dict
+    hyperparameters: Hyperparameters | None  # None when Tune's config lacks them
     status: TrialStatus
     reason: str            # why it failed, in one line; empty otherwise
     steps: int             # optimizer steps trained (the last report's)
@@ -68,7 +69,7 @@ def records_from_results(results, planned_reports: int) -> list[TrialRecord]:
         config = result.config or {}
         records.append(TrialRecord(
             trial_id=str(metrics.get("trial_id") or Path(result.path).name),
-            hyperparameters={k: config[k] for k in HYPERPARAMETERS if k in config},
+            hyperparameters=Hyperparameters.from_mapping(config) if set(NAMES) <= set(config) else None,
             status=trial_status(result.error is not None, bool(metrics.get("done")),
                                 int(metrics.get("training_iteration", 0)), planned_reports),
             reason=one_line_reason(str(result.error)) if result.error is not None else "",
@@ -89,10 +90,11 @@ def write_trials_csv(records: list[TrialRecord], experiment_dir: str | Path) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["trial_id", *HYPERPARAMETERS, "status", "reason", "steps", "best_eval_loss",
+        writer.writerow(["trial_id", *NAMES, "status", "reason", "steps", "best_eval_loss",
                          "last_eval_loss", "seconds", "folder"])
         for r in records:
-            writer.writerow([r.trial_id, *(r.hyperparameters.get(k, "") for k in HYPERPARAMETERS), r.status.value,
+            hyperparameters = r.hyperparameters.as_dict().values() if r.hyperparameters else [""] * len(NAMES)
+            writer.writerow([r.trial_id, *hyperparameters, r.status.value,
                              r.reason, r.steps, _number(r.best_eval_loss), _number(r.last_eval_loss),
                              f"{r.seconds:.1f}", r.folder])
     return path

@@ -19,63 +19,41 @@ import logging
 import math
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from publishing.subnet.constants import BLOCK_SECONDS
 from publishing.merged_model import CheckpointGone
-from publishing.subnet.model_checks import ModelCheckError
-from publishing.subnet.model_id import ModelId, ModelIdError
 from publishing.package import PackageError, is_hub_id
+from publishing.publish_state import STATE_FILE, PublishedModel, PublishState, UploadedModel, read_state, write_state
 from publishing.publisher import Candidate, CommitFailed, Prepared, Publisher, UploadFailed
-from publishing.rules import Decision, decide, last_commit_time
+from publishing.rules import Action, Decision, decide, last_commit_time
+from publishing.subnet.constants import BLOCK_SECONDS
+from publishing.subnet.model_checks import ModelCheckError
+from publishing.subnet.model_id import ModelId
 
 log = logging.getLogger("publishing")
-STATE_FILE = "publish_state.json"
 PUBLISH_FILE = "publish.json"
 DAMAGED_SUFFIX = ".damaged"
 KEPT_PER_TRIAL = 3  # candidates remembered per trial: Tune keeps each trial's 2 best checkpoints, one more as margin
-# what the coordinator (and the summary) read from the entries of publish_state.json
-PUBLISHED_KEYS = ("model_id", "eval_loss", "committed_at", "block")
-UPLOADED_KEYS = ("model_id", "eval_loss")
+@dataclass(frozen=True)
+class MergedBest:
+    """The candidate merged into best_model/: the sweep's best, unless that one's checkpoint was gone."""
+    trial_id: str
+    eval_loss: float
+    step: int
+    hyperparameters: dict
+    model_dir: str
+    publish_json: str
 
 
-def empty_state() -> dict:
-    return {"published": [], "uploaded": None}
-
-
-def _entry_problem(entry, keys: tuple) -> str | None:
-    if not isinstance(entry, dict):
-        return "is not an object"
-    missing = [key for key in keys if key not in entry]
-    if missing:
-        return f"lacks {', '.join(missing)}"
-    try:
-        if ModelId.from_compressed_str(entry["model_id"]).commit is None:
-            return "has a model_id without a commit"
-    except (ModelIdError, AttributeError):  # AttributeError: not a string
-        return "has no valid model_id"
-    for key in keys[1:]:
-        value = entry[key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            return f"has a {key} that is not a number"
-    return None
-
-
-def state_problem(state) -> str | None:
-    """What makes a loaded publish state unusable, or None when the coordinator can rely on it."""
-    if not isinstance(state, dict):
-        return "not a JSON object"
-    if not isinstance(state.get("published"), list):
-        return '"published" is not a list'
-    if "uploaded" not in state:
-        return 'no "uploaded" entry'
-    for i, entry in enumerate(state["published"]):
-        if problem := _entry_problem(entry, PUBLISHED_KEYS):
-            return f"published entry {i} {problem}"
-    if state["uploaded"] is not None and (problem := _entry_problem(state["uploaded"], UPLOADED_KEYS)):
-        return f'"uploaded" {problem}'
-    return None
+@dataclass
+class CoordinatorReport:
+    """What the coordinator tells the summary at the end of the sweep."""
+    lines: list[str]                          # every outcome, one line each
+    offline: bool                             # no --hf_repo_id (or --offline): nothing was uploaded or committed
+    published: PublishedModel | None = None   # the last model this experiment committed
+    not_before: float | None = None           # the best is not published yet: the window opens then
+    best: MergedBest | None = None            # None when no checkpoint was left to merge
 
 
 def remember(kept: list[Candidate], candidate: Candidate, per_trial: int = KEPT_PER_TRIAL) -> list[Candidate]:
@@ -124,14 +102,8 @@ class PublishCoordinator:
     def state_path(self) -> Path:
         return self.experiment_dir / STATE_FILE
 
-    def _load_state(self) -> dict:
-        if not self.state_path.is_file():
-            return empty_state()
-        try:
-            state = json.loads(self.state_path.read_text())
-            problem = state_problem(state)
-        except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
-            problem = f"unreadable: {str(e).splitlines()[0][:100]}"
+    def _load_state(self) -> PublishState:
+        state, problem = read_state(self.state_path)
         if problem is None:
             return state
         # A damaged state file must not cost the sweep its result. Starting empty is safe for the 20-minute rule,
@@ -144,13 +116,10 @@ class PublishCoordinator:
             aside = f"could not be set aside ({e.strerror})"
         self._note(f"warning: {self.state_path} is damaged ({problem}); {aside}, and publishing starts from an "
                    "empty state (the 20-minute window is still read from the chain)")
-        return empty_state()
+        return state
 
     def _save_state(self) -> None:
-        self.experiment_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2))
-        tmp.replace(self.state_path)  # atomic: a crash never leaves half a state file
+        write_state(self.state_path, self.state)
 
     def _note(self, line: str) -> None:
         log.info(line)
@@ -158,8 +127,8 @@ class PublishCoordinator:
         self.lines.append(line)
 
     @property
-    def published(self) -> dict | None:
-        return self.state["published"][-1] if self.state["published"] else None
+    def published(self) -> PublishedModel | None:
+        return self.state.last_published
 
     # -- the rules -----------------------------------------------------------------------------
     def _published_loss(self) -> float | None:
@@ -169,13 +138,13 @@ class PublishCoordinator:
             return None
         if chain is not None:
             current = chain.read_commitment(chain.hotkey_ss58)
-            if current is not None and current.data != self.published["model_id"]:
+            if current is not None and current.data != self.published.model_id:
                 if not self._warned_unknown:
                     self._note(f"the hotkey's committed model {current.data} was not published by this experiment; "
                                "its loss on our eval set is unknown, so it is not compared")
                     self._warned_unknown = True
                 return None
-        return self.published["eval_loss"]
+        return self.published.eval_loss
 
     def _last_committed_at(self, now: float) -> float | None:
         chain = self.publisher.chain
@@ -184,7 +153,7 @@ class PublishCoordinator:
             commitment = chain.read_commitment(chain.hotkey_ss58)
             if commitment is not None:
                 chain_block, current_block = commitment.block, chain.current_block()
-        local = self.published["committed_at"] if self.published else None
+        local = self.published.committed_at if self.published else None
         return last_commit_time(now, local, chain_block, current_block, BLOCK_SECONDS)
 
     def decision(self, candidate: Candidate, now: float) -> Decision:
@@ -218,12 +187,12 @@ class PublishCoordinator:
                 if candidate is None:
                     return None
                 if candidate.key in self._gone:
-                    return Decision("skip", f"the checkpoint of {candidate.key} and those of the other candidates "
+                    return Decision(Action.SKIP, f"the checkpoint of {candidate.key} and those of the other candidates "
                                             "are gone")
                 if candidate.key in self._rejected:
-                    return Decision("skip", f"{candidate.key} was refused before (limits or --require_win)")
+                    return Decision(Action.SKIP, f"{candidate.key} was refused before (limits or --require_win)")
                 decision = self.decision(candidate, self.clock())  # again for a fallback: its loss is another
-                if decision.action != "publish":
+                if decision.action is not Action.PUBLISH:
                     return decision
                 try:
                     prepared = self._prepare(candidate)
@@ -233,15 +202,15 @@ class PublishCoordinator:
                 except (ModelCheckError, PackageError) as e:
                     self._rejected.add(candidate.key)
                     self._note(f"not publishing {candidate.key}: {e}")
-                    return Decision("skip", str(e))
+                    return Decision(Action.SKIP, str(e))
             if self.gate is not None:
                 passed, reason = self.gate(prepared.model_dir)
                 self._note(f"{candidate.key} {reason}")
                 if not passed:
                     self._rejected.add(candidate.key)
-                    return Decision("skip", reason)
+                    return Decision(Action.SKIP, reason)
             if not self._publish(candidate):
-                return Decision("retry", "publishing failed; it is tried again later")
+                return Decision(Action.RETRY, "publishing failed; it is tried again later")
             return decision
 
     # -- checkpoints that are gone ------------------------------------------------------------
@@ -289,19 +258,19 @@ class PublishCoordinator:
             except Exception as e:  # the thread must outlive any one failure; the failure is reported
                 self._note(f"publishing failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
             timeout = None
-            if decision is not None and decision.action == "wait":
+            if decision is not None and decision.action is Action.WAIT:
                 timeout = max(1.0, decision.not_before - self.clock())
-            elif decision is not None and decision.action == "retry":
+            elif decision is not None and decision.action is Action.RETRY:
                 timeout = self.target.retry_after_s
             self._wake.wait(timeout)
             self._wake.clear()
 
     # -- the irreversible part -----------------------------------------------------------------
     def _publish(self, candidate: Candidate) -> bool:
-        uploaded = self.state["uploaded"]
-        if uploaded and uploaded["eval_loss"] <= candidate.eval_loss:
+        uploaded = self.state.uploaded
+        if uploaded and uploaded.eval_loss <= candidate.eval_loss:
             # an earlier upload is still waiting for its commit and is as good: commit it, upload nothing
-            model_id = ModelId.from_compressed_str(uploaded["model_id"])
+            model_id = ModelId.from_compressed_str(uploaded.model_id)
             self._note(f"retrying the chain commit of {model_id.repo_id}@{model_id.commit[:8]} without re-uploading")
         else:
             prepared = self.publisher.prepare(candidate)
@@ -311,11 +280,11 @@ class PublishCoordinator:
                 self._note(f"{e}; nothing committed")
                 return False
             model_id = self.publisher.model_id(prepared, commit)
-            uploaded = {"model_id": model_id.to_compressed_str(), "eval_loss": candidate.eval_loss,
-                        "hash": prepared.hash, "trial": candidate.key, "uploaded_at": self.clock(),
-                        "hyperparameters": candidate.hyperparameters}
+            uploaded = UploadedModel(model_id=model_id.to_compressed_str(), eval_loss=candidate.eval_loss,
+                                     hash=prepared.hash, trial=candidate.key, uploaded_at=self.clock(),
+                                     hyperparameters=candidate.hyperparameters)
             with self._lock:
-                self.state["uploaded"] = uploaded
+                self.state.uploaded = uploaded
                 self._save_state()
             self._note(f"uploaded {model_id.repo_id}@{commit[:8]} (eval loss {candidate.eval_loss:.4f})")
         try:
@@ -324,45 +293,42 @@ class PublishCoordinator:
             self._note(f"chain commit failed: {e}; the upload is kept and the commit will be retried")
             return False
         with self._lock:
-            self.state["published"].append({**uploaded, "block": commitment.block, "committed_at": self.clock()})
-            self.state["uploaded"] = None
+            self.state.published.append(PublishedModel(**asdict(uploaded), block=commitment.block,
+                                                       committed_at=self.clock()))
+            self.state.uploaded = None
             self._save_state()
-        self._note(f"published {uploaded['model_id']} at block {commitment.block} "
-                   f"(eval loss {uploaded['eval_loss']:.4f})")
+        self._note(f"published {uploaded.model_id} at block {commitment.block} (eval loss {uploaded.eval_loss:.4f})")
         return True
 
     # -- the end of the sweep ------------------------------------------------------------------
-    def finish(self, wait_for_window: bool = False) -> dict:
+    def finish(self, wait_for_window: bool = False) -> CoordinatorReport:
         """Publish (or, offline, prepare) the best unpublished model; return what the summary prints."""
         self._stopping = True
         self._wake.set()
         if self._thread:
             self._thread.join()
-        # best_*: the candidate actually merged, which is not the sweep's best when that one's checkpoint is gone
-        report = {"lines": self.lines, "published": None, "publish_json": None, "not_before": None,
-                  "best_model_dir": None, "offline": self.target.repo_id is None, "best_trial": None,
-                  "best_eval_loss": None, "best_step": None, "best_hyperparameters": None}
+        report = CoordinatorReport(lines=self.lines, offline=self.target.repo_id is None)
         if self.best is None:
             return report
         if self.target.repo_id is not None:
             decision = self.step()
-            while decision is not None and decision.action == "wait" and wait_for_window:
+            while decision is not None and decision.action is Action.WAIT and wait_for_window:
                 self._note(f"waiting for the window: {decision.reason}")
                 time.sleep(max(0.0, decision.not_before - self.clock()))
                 decision = self.step()
-            if decision is not None and decision.action == "wait":
-                report["not_before"] = decision.not_before
+            if decision is not None and decision.action is Action.WAIT:
+                report.not_before = decision.not_before
                 self._note(f"the best model (eval loss {self.best.eval_loss:.4f}) is not published yet: "
                            f"{decision.reason}")
-            elif decision is not None and decision.action == "skip":
+            elif decision is not None and decision.action is Action.SKIP:
                 self._note(f"the best model is not published: {decision.reason}")
-        report["published"] = self.published
+        report.published = self.published
         candidate, prepared = self._prepare_best()
         if candidate is None:
             return report  # _give_up said why, in one line
-        report.update(publish_json=str(self.write_publish_json(candidate)), best_model_dir=prepared.model_dir,
-                      best_trial=candidate.trial_id, best_eval_loss=candidate.eval_loss, best_step=candidate.step,
-                      best_hyperparameters=candidate.hyperparameters)
+        report.best = MergedBest(trial_id=candidate.trial_id, eval_loss=candidate.eval_loss, step=candidate.step,
+                                 hyperparameters=candidate.hyperparameters, model_dir=prepared.model_dir,
+                                 publish_json=str(self.write_publish_json(candidate)))
         return report
 
     def write_publish_json(self, candidate: Candidate) -> Path:
@@ -370,8 +336,8 @@ class PublishCoordinator:
         prepared = self.publisher.prepare(candidate)
         published = self.published
         model_id = self.publisher.model_id(prepared, commit=None)
-        if published and ModelId.from_compressed_str(published["model_id"]).hash == prepared.hash:
-            model_id = ModelId.from_compressed_str(published["model_id"])
+        if published and ModelId.from_compressed_str(published.model_id).hash == prepared.hash:
+            model_id = ModelId.from_compressed_str(published.model_id)
         base_model = self.publisher.base_model  # read back by the manual upload for its model card
         record = {"model_dir": prepared.model_dir, "model_id": model_id.to_compressed_str(), "hash": prepared.hash,
                   "eval_loss": candidate.eval_loss, "hyperparameters": candidate.hyperparameters,

@@ -14,6 +14,8 @@ import re
 import shutil
 from pathlib import Path
 
+from trainables.hyperparameters import NAMES
+
 PACKAGED_CONFIG_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
 # Keys that make from_pretrained look for Python files in the repo: a published model must never carry them,
 # so no validator (or user) is asked to run code that came with a starting model.
@@ -127,7 +129,7 @@ def model_card(base_model: str, hyperparameters: dict, eval_loss: float, sweep_i
         f"- base model: {base}",
         f"- sweep: `{Path(str(sweep_id)).name or sweep_id}`",
         f"- eval loss (validator-style, held-out pairs): {eval_loss:.4f}",
-        *(f"- {name}: {value}" for name, value in hyperparameters.items()),
+        *(f"- {name}: {hyperparameters[name]}" for name in NAMES if name in hyperparameters),
         "", "The LoRA adapter is merged into the base weights.", "",
     ]
     return "\n".join(lines)

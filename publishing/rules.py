@@ -7,18 +7,25 @@ since the hotkey's last commitment, counted from the chain's block and from loca
 whichever is later.
 """
 
+import enum
 import math
 from dataclasses import dataclass
 
 from publishing.subnet.constants import PUBLISH_INTERVAL_S
 
 
+class Action(enum.Enum):
+    PUBLISH = "publish"  # upload, verify and commit now
+    WAIT = "wait"        # the 20-minute window is closed: ask again at `not_before`
+    SKIP = "skip"        # not this model (above the threshold, not better, refused, or its checkpoint is gone)
+    RETRY = "retry"      # publishing failed half-way (upload or commit) or the best moved on: try again shortly
+
 
 @dataclass(frozen=True)
 class Decision:
-    action: str              # "publish" | "wait" | "skip"
+    action: Action
     reason: str
-    not_before: float | None = None  # with "wait": the time the window opens
+    not_before: float | None = None  # with WAIT: the time the window opens
 
 
 def beats(candidate_loss: float, published_loss: float | None, min_improvement: float) -> bool:
@@ -41,13 +48,13 @@ def last_commit_time(now: float, local_committed_at: float | None, chain_block: 
 def decide(candidate_loss: float, *, threshold: float, published_loss: float | None, min_improvement: float,
            now: float, last_committed_at: float | None, interval_s: float = PUBLISH_INTERVAL_S) -> Decision:
     if not math.isfinite(candidate_loss):
-        return Decision("skip", f"eval loss {candidate_loss} is not a number")
+        return Decision(Action.SKIP, f"eval loss {candidate_loss} is not a number")
     if candidate_loss > threshold:
-        return Decision("skip", f"eval loss {candidate_loss:.4f} is above --avg_loss_upload_threshold {threshold:g}")
+        return Decision(Action.SKIP, f"eval loss {candidate_loss:.4f} is above --avg_loss_upload_threshold {threshold:g}")
     if not beats(candidate_loss, published_loss, min_improvement):
-        return Decision("skip", f"eval loss {candidate_loss:.4f} does not beat the published {published_loss:.4f} "
+        return Decision(Action.SKIP, f"eval loss {candidate_loss:.4f} does not beat the published {published_loss:.4f} "
                                 f"by more than {min_improvement:.0%}")
     if last_committed_at is not None and now < last_committed_at + interval_s:
         opens = last_committed_at + interval_s
-        return Decision("wait", f"the 20-minute window opens in {opens - now:.0f} s", not_before=opens)
-    return Decision("publish", f"eval loss {candidate_loss:.4f} is the best and the window is open")
+        return Decision(Action.WAIT, f"the 20-minute window opens in {opens - now:.0f} s", not_before=opens)
+    return Decision(Action.PUBLISH, f"eval loss {candidate_loss:.4f} is the best and the window is open")

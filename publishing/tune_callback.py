@@ -4,8 +4,7 @@ from ray import tune
 
 from publishing.coordinator_actor import NAMESPACE, actor_name
 from publishing.publisher import Candidate
-
-HYPERPARAMETERS = ("learning_rate", "r", "alpha")
+from trainables.hyperparameters import Hyperparameters
 
 
 class PublishCallback(tune.Callback):
@@ -24,7 +23,7 @@ class PublishCallback(tune.Callback):
             return
         candidate = Candidate(trial_id=trial.trial_id, step=int(result.get("step", 0)),
                               eval_loss=float(result["eval_loss"]),
-                              hyperparameters={k: trial.config[k] for k in HYPERPARAMETERS if k in trial.config},
+                              hyperparameters=Hyperparameters.from_mapping(trial.config).as_dict(),
                               checkpoint=checkpoint)
         import ray
 

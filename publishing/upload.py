@@ -19,6 +19,7 @@ from pathlib import Path
 from publishing.coordinator import PUBLISH_FILE, PublishCoordinator
 from publishing.package import LOCAL_MODEL, is_hub_id
 from publishing.publisher import Candidate
+from publishing.rules import Action
 from publishing.setup import PublishOptions, SetupError, prepare_publishing
 
 
@@ -123,11 +124,11 @@ def main(argv: list[str] | None = None, chain_factory=None, hub_endpoint: str | 
         coordinator.offer(Candidate(trial_id="manual", step=0, eval_loss=eval_loss, hyperparameters={},
                                     model_dir=str(model_dir)))
         decision = coordinator.step()
-    if decision.action == "publish":
-        print(f"published {coordinator.published['model_id']}")
+    if decision.action is Action.PUBLISH:
+        print(f"published {coordinator.published.model_id}")
         return 0
     print(f"not published: {decision.reason}", file=sys.stderr)
-    return 1 if decision.action in ("wait", "retry") else 3
+    return 1 if decision.action in (Action.WAIT, Action.RETRY) else 3
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from orchestrator.sweep import run_sweep
 from publishing.subnet.chain import Neuron
 from tests.in_memory_chain import InMemoryChain
 from publishing.coordinator import PublishCoordinator
+from publishing.rules import Action
 from publishing.subnet.iswin import compare, iswin
 from publishing.subnet.hub import HubClient
 from publishing.subnet.model_id import ModelId
@@ -45,8 +46,8 @@ def test_require_win_keeps_a_losing_model_off_the_hub(model_dir, tmp_path):
                                      gate=lambda folder: (False, "win rate 40% against uid 3"))
     coordinator.offer(Candidate("t", 1, 3.0, {}, model_dir=str(model_dir)))
     decision = coordinator.step()
-    assert decision.action == "skip" and "win rate 40%" in decision.reason
-    assert coordinator.step().action == "skip" and publisher.chain.history == []
+    assert decision.action is Action.SKIP and "win rate 40%" in decision.reason
+    assert coordinator.step().action is Action.SKIP and publisher.chain.history == []
 
 
 @pytest.fixture

@@ -94,12 +94,12 @@ def test_a_killed_worker_nodes_trial_resumes_on_the_survivor(cluster, tmp_path):
     deadline = time.time() + 240
     victim = None
     while victim is None and time.time() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.2)  # a trial trains for seconds only: kill at its first report, long before it ends
         worker_pids = {int(p) for p in subprocess.run(["ps", "-o", "pid=", "-g", str(worker.pid)],
                                                       capture_output=True, text=True).stdout.split()}
         for result in experiment.glob("*/result.json"):
             rows = reports(result)
-            if len(rows) >= 2 and rows[-1]["pid"] in worker_pids:
+            if rows and rows[-1]["pid"] in worker_pids:
                 victim = result
     assert victim is not None, "no trial ran on the worker node"
     os.killpg(worker.pid, signal.SIGKILL)  # the whole worker node: raylet and its trial processes

@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator.plots import (CURVES_PNG, HYPERPARAMETERS_PNG, best_trial, curves_figure,
                                 hyperparameters_figure, read_trials, write_plots)
+from trainables.hyperparameters import Hyperparameters
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -59,7 +60,7 @@ def test_read_trials_parses_exactly_the_complete_reports(experiment):
 
     assert [t.name for t in trials] == ["lora_trainable_aaaa_1", "lora_trainable_bbbb_2", "lora_trainable_cccc_3"]
     assert [t.trial_id for t in trials] == ["aaaa", "bbbb", "cccc"]
-    assert trials[0].hyperparameters == {"learning_rate": 1e-5, "r": 8, "alpha": 16}
+    assert trials[0].hyperparameters == Hyperparameters(learning_rate=1e-5, r=8, alpha=16)
     assert trials[0].points == [(10, 6.5), (20, 6.2), (30, 5.2)]
     assert trials[1].points == [(10, 5.9), (20, 5.1), (30, 5.3)]
     assert trials[2].points == [(10, 6.1)]  # the partial line (eval_loss 1.0) is ignored

@@ -10,7 +10,7 @@ from orchestrator.search_space import load_search_space
 from orchestrator.summary import render_summary
 from orchestrator.sweep import run_sweep
 from tests.in_memory_chain import InMemoryChain
-from publishing.coordinator import STATE_FILE
+from publishing.publish_state import STATE_FILE
 from publishing.subnet.model_id import ModelId
 from publishing.publisher import PublishTarget
 from publishing.subnet.secrets import Secret

@@ -14,7 +14,9 @@ from huggingface_hub import HfApi
 from ray.tune import Checkpoint
 
 from tests.in_memory_chain import InMemoryChain
-from publishing.coordinator import STATE_FILE, PublishCoordinator, remember, state_problem
+from publishing.coordinator import PublishCoordinator, remember
+from publishing.publish_state import STATE_FILE, PublishState, state_problem
+from publishing.rules import Action
 from publishing.subnet.hub import MODEL_CARD, HubClient
 from publishing.subnet.model_hash import hash_directory, hash_with_hotkey
 from publishing.subnet.model_id import ModelId
@@ -98,7 +100,7 @@ def committed(world) -> list[ModelId]:
 def test_a_published_model_is_what_validators_download_and_hash(world, candidate, tmp_path):
     coordinator = world.coordinator()
     coordinator.offer(candidate(4.0))
-    assert coordinator.step().action == "publish"
+    assert coordinator.step().action is Action.PUBLISH
 
     [model_id] = committed(world)
     assert model_id.repo_id == REPO and model_id.competition_id == "m1"
@@ -121,19 +123,19 @@ def test_a_published_model_is_what_validators_download_and_hash(world, candidate
 def test_three_better_models_in_the_window_give_one_commit_then_the_best(world, candidate):
     coordinator = world.coordinator()
     coordinator.offer(candidate(4.0, "a"))
-    assert coordinator.step().action == "publish"
+    assert coordinator.step().action is Action.PUBLISH
     for minute, (loss, trial) in enumerate([(3.5, "b"), (3.0, "c"), (3.2, "d")], start=1):
         world.clock.now += 60
         coordinator.offer(candidate(loss, trial))
-        assert coordinator.step().action == "wait"
+        assert coordinator.step().action is Action.WAIT
     assert len(world.chain.history) == 1 and len(uploads(world)) == 1
 
     world.clock.now += 20 * 60
-    assert coordinator.step().action == "publish"
+    assert coordinator.step().action is Action.PUBLISH
     assert len(world.chain.history) == 2
     state = json.loads((world.experiment / STATE_FILE).read_text())
     assert state["published"][-1]["eval_loss"] == 3.0 and state["published"][-1]["trial"] == "c@5"
-    assert coordinator.step().action == "skip"  # and never the same one twice
+    assert coordinator.step().action is Action.SKIP  # and never the same one twice
 
 
 def test_a_checkpoint_replaced_by_better_ones_gives_way_to_the_new_best(world, candidate, tmp_path):
@@ -150,7 +152,7 @@ def test_a_checkpoint_replaced_by_better_ones_gives_way_to_the_new_best(world, c
 
     coordinator.publisher.prepare = prepare_while_better_ones_arrive
     coordinator.offer(gone)
-    assert coordinator.step().action == "publish"  # the same step goes on with the new best
+    assert coordinator.step().action is Action.PUBLISH  # the same step goes on with the new best
     assert len(committed(world)) == 1 and len(uploads(world)) == 1
     assert json.loads((world.experiment / STATE_FILE).read_text())["published"][-1]["trial"] == "a@15"
 
@@ -159,8 +161,8 @@ def test_a_gone_checkpoint_with_nothing_better_is_given_up(world, tmp_path):
     coordinator = world.coordinator()
     coordinator.offer(Candidate(trial_id="a", step=5, eval_loss=4.0, hyperparameters={},
                                 checkpoint=Checkpoint.from_directory(tmp_path / "missing")))
-    assert coordinator.step().action == "skip"
-    assert coordinator.step().action == "skip"  # not tried again
+    assert coordinator.step().action is Action.SKIP
+    assert coordinator.step().action is Action.SKIP  # not tried again
     assert world.chain.history == [] and not world.experiment.joinpath(STATE_FILE).exists()
     assert any("its checkpoint is gone" in line for line in coordinator.lines)
 
@@ -172,19 +174,19 @@ def test_a_worse_or_barely_better_model_is_never_published(world, candidate):
     world.clock.now += 3600
     fresh = world.coordinator()  # a later sweep of the same experiment, knowing the published 3.0
     fresh.offer(candidate(2.98, "barely"))  # 0.7% better: loses to the older commitment on the chain
-    assert fresh.step().action == "skip"
+    assert fresh.step().action is Action.SKIP
     fresh.offer(candidate(2.5, "better"))
-    assert fresh.step().action == "publish"
+    assert fresh.step().action is Action.PUBLISH
     other = world.coordinator()
     other.offer(candidate(3.5, "worse"))
-    assert other.step().action == "skip"
+    assert other.step().action is Action.SKIP
     assert [m.hash is not None for m in committed(world)] == [True, True]
 
 
 def test_above_the_threshold_nothing_is_uploaded(world, candidate):
     coordinator = world.coordinator(threshold=2.0)
     coordinator.offer(candidate(3.0))
-    assert coordinator.step().action == "skip"
+    assert coordinator.step().action is Action.SKIP
     assert REPO not in world.hub.repos() and world.chain.history == []
 
 
@@ -192,7 +194,7 @@ def test_an_upload_failure_gives_no_commit(world, candidate):
     coordinator = world.coordinator()
     world.hub.fail_next("commit", times=10, status=500)
     coordinator.offer(candidate(4.0))
-    assert coordinator.step().action == "retry"
+    assert coordinator.step().action is Action.RETRY
     assert world.chain.history == []
     assert json.loads((world.experiment / STATE_FILE).read_text() if (world.experiment / STATE_FILE).exists()
                       else '{"uploaded": null}')["uploaded"] is None
@@ -203,7 +205,7 @@ def test_a_private_repo_fails_verification_and_gives_no_commit(world, candidate)
     HfApi(endpoint=world.hub.url, token=TOKEN).create_repo(REPO, private=True)
     coordinator = world.coordinator()
     coordinator.offer(candidate(4.0))
-    assert coordinator.step().action == "retry"
+    assert coordinator.step().action is Action.RETRY
     assert world.chain.history == []
     assert any("private" in line for line in coordinator.lines)
 
@@ -212,14 +214,14 @@ def test_a_commit_failure_is_retried_without_a_second_upload(world, candidate):
     world.chain.registered.clear()  # the chain refuses: AccountNotAllowedCommit
     coordinator = world.coordinator()
     coordinator.offer(candidate(4.0))
-    assert coordinator.step().action == "retry"
+    assert coordinator.step().action is Action.RETRY
     assert len(uploads(world)) == 1 and world.chain.history == []
     assert json.loads((world.experiment / STATE_FILE).read_text())["uploaded"] is not None
 
     world.chain.registered.add(HOTKEY)
     restarted = world.coordinator()  # even across a restart, the kept upload is committed, not redone
     restarted.offer(candidate(4.0))
-    assert restarted.step().action == "publish"
+    assert restarted.step().action is Action.PUBLISH
     assert len(uploads(world)) == 1 and len(world.chain.history) == 1
     assert committed(world)[0].commit == uploads(world)[0]
 
@@ -231,7 +233,7 @@ def test_a_restart_inside_the_window_does_not_commit_again(world, candidate):
     world.clock.now += 5 * 60
     restarted = world.coordinator()
     restarted.offer(candidate(3.0, "better"))
-    assert restarted.step().action == "wait"
+    assert restarted.step().action is Action.WAIT
     assert len(world.chain.history) == 1
 
     # another process without our local state: the chain's block still keeps the window shut
@@ -239,14 +241,14 @@ def test_a_restart_inside_the_window_does_not_commit_again(world, candidate):
     (world.experiment / STATE_FILE).unlink(missing_ok=True)
     stranger = world.coordinator()
     stranger.offer(candidate(3.0, "better"))
-    assert stranger.step().action == "wait"
+    assert stranger.step().action is Action.WAIT
     assert len(world.chain.history) == 1
 
 
 def test_hotkey_salted_hash(world, candidate):
     coordinator = world.coordinator(use_hotkey_in_hash=True)
     coordinator.offer(candidate(4.0))
-    assert coordinator.step().action == "publish"
+    assert coordinator.step().action is Action.PUBLISH
     [model_id] = committed(world)
     plain = hash_directory(coordinator.publisher.prepare(candidate(4.0)).model_dir)
     assert model_id.hash == hash_with_hotkey(plain, HOTKEY)
@@ -276,13 +278,13 @@ def test_offline_writes_publish_json_that_parses_the_validators_way(model_dir, c
     coordinator = PublishCoordinator(publisher, tmp_path / "exp", background=False)
     coordinator.offer(candidate(4.0))
     report = coordinator.finish()
-    record = json.loads(Path(report["publish_json"]).read_text())
-    assert report["offline"] and report["published"] is None
+    record = json.loads(Path(report.best.publish_json).read_text())
+    assert report.offline and report.published is None
     model_id = ModelId.from_compressed_str(record["model_id"])
     assert model_id.commit is None and model_id.competition_id == "m1"
     assert model_id.hash == record["hash"] == hash_directory(record["model_dir"])
     assert record["eval_loss"] == 4.0 and record["hyperparameters"]["r"] == 8
-    assert report["best_model_dir"] == record["model_dir"]
+    assert report.best.model_dir == record["model_dir"]
 
 
 # -- a damaged publish_state.json costs a warning, never the sweep ------------------------------------------------
@@ -316,7 +318,7 @@ def test_a_damaged_state_file_is_set_aside_with_one_warning(model_dir, tmp_path,
     (experiment / STATE_FILE).write_bytes(content)
     publisher = Publisher(PublishTarget(repo_id=None), str(model_dir), experiment, "sweep")
     coordinator = PublishCoordinator(publisher, experiment, background=False)
-    assert coordinator.state == {"published": [], "uploaded": None}
+    assert coordinator.state == PublishState()  # empty
     [line] = coordinator.lines
     assert str(experiment / STATE_FILE) in line and "set aside" in line
     assert line in capsys.readouterr().out
@@ -327,16 +329,16 @@ def test_a_damaged_state_file_is_set_aside_with_one_warning(model_dir, tmp_path,
 def test_a_damaged_state_still_keeps_the_chains_20_minute_window(world, candidate):
     first = world.coordinator()
     first.offer(candidate(4.0))
-    assert first.step().action == "publish"
+    assert first.step().action is Action.PUBLISH
     world.clock.now += 5 * 60
     (world.experiment / STATE_FILE).write_text('{"published": [{"model_id": 12}]')  # cut off mid-write by hand
     restarted = world.coordinator()
     assert any("set aside" in line for line in restarted.lines)
     restarted.offer(candidate(3.0, "better"))
-    assert restarted.step().action == "wait"  # the window comes from the chain's block
+    assert restarted.step().action is Action.WAIT  # the window comes from the chain's block
     assert len(world.chain.history) == 1
     world.clock.now += 20 * 60
-    assert restarted.step().action == "publish"
+    assert restarted.step().action is Action.PUBLISH
     assert json.loads((world.experiment / STATE_FILE).read_text())["published"][-1]["trial"] == "better@5"
 
 
@@ -366,11 +368,11 @@ def test_when_the_best_checkpoint_is_gone_the_next_best_is_merged(model_dir, can
     coordinator.offer(candidate(4.1, "c"))
     coordinator.offer(gone_candidate(tmp_path, 4.0, "a"))
     report = coordinator.finish()
-    assert (report["best_trial"], report["best_eval_loss"], report["best_step"]) == ("c", 4.1, 5)
-    assert report["best_hyperparameters"]["r"] == 8
-    assert Path(report["best_model_dir"], "model.safetensors").is_file()
-    assert json.loads(Path(report["publish_json"]).read_text())["trial"] == "c@5"
-    [line] = [line for line in report["lines"] if "gone" in line]
+    assert (report.best.trial_id, report.best.eval_loss, report.best.step) == ("c", 4.1, 5)
+    assert report.best.hyperparameters["r"] == 8
+    assert Path(report.best.model_dir, "model.safetensors").is_file()
+    assert json.loads(Path(report.best.publish_json).read_text())["trial"] == "c@5"
+    [line] = [line for line in report.lines if "gone" in line]
     assert "a@5" in line and "using c@5" in line
 
 
@@ -379,16 +381,30 @@ def test_when_every_checkpoint_is_gone_the_report_says_so(model_dir, tmp_path):
     coordinator.offer(gone_candidate(tmp_path, 4.2, "b"))
     coordinator.offer(gone_candidate(tmp_path, 4.0, "a"))
     report = coordinator.finish()
-    assert report["best_model_dir"] is None and report["publish_json"] is None and report["best_trial"] is None
-    assert any("no model to merge" in line for line in report["lines"])
+    assert report.best is None
+    assert any("no model to merge" in line for line in report.lines)
 
 
 def test_publishing_falls_back_to_the_next_best_checkpoint(world, candidate, tmp_path):
     coordinator = world.coordinator()
     coordinator.offer(candidate(4.2, "b"))
     coordinator.offer(gone_candidate(tmp_path, 4.0, "a"))
-    assert coordinator.step().action == "publish"
+    assert coordinator.step().action is Action.PUBLISH
     assert json.loads((world.experiment / STATE_FILE).read_text())["published"][-1]["trial"] == "b@5"
     assert any("using b@5" in line for line in coordinator.lines)
     report = coordinator.finish()
-    assert report["best_trial"] == "b" and report["published"]["trial"] == "b@5"
+    assert report.best.trial_id == "b" and report.published.trial == "b@5"
+
+
+def test_the_typed_state_reads_back_what_it_writes(tmp_path):
+    """publish_state.json keeps its format: the typed state writes it and reads it back unchanged."""
+    from publishing.publish_state import PublishedModel, UploadedModel, read_state, write_state
+
+    model_id = "ns:name:" + "a" * 40 + ":hash:m1"
+    state = PublishState(published=[PublishedModel(model_id=model_id, eval_loss=3.5, trial="t@5", block=120,
+                                                   committed_at=1000.0, hyperparameters={"r": 8})],
+                         uploaded=UploadedModel(model_id=model_id, eval_loss=3.4))
+    write_state(tmp_path / STATE_FILE, state)
+    raw = json.loads((tmp_path / STATE_FILE).read_text())
+    assert raw["published"][0]["block"] == 120 and raw["uploaded"]["eval_loss"] == 3.4 and state_problem(raw) is None
+    assert read_state(tmp_path / STATE_FILE) == (state, None)

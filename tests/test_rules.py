@@ -1,6 +1,6 @@
 import math
 
-from publishing.rules import beats, decide, last_commit_time
+from publishing.rules import Action, beats, decide, last_commit_time
 
 NOW = 1_000_000.0
 
@@ -11,26 +11,26 @@ def rule(loss, **kw):
 
 
 def test_publishes_a_first_model_below_the_threshold():
-    assert rule(4.0).action == "publish"
+    assert rule(4.0).action is Action.PUBLISH
 
 
 def test_skips_above_the_threshold_and_non_numbers():
-    assert rule(5.1).action == "skip"
-    assert rule(math.nan).action == "skip" and rule(math.inf).action == "skip"
+    assert rule(5.1).action is Action.SKIP
+    assert rule(math.nan).action is Action.SKIP and rule(math.inf).action is Action.SKIP
 
 
 def test_needs_to_beat_the_published_model_by_more_than_epsilon():
     assert not beats(3.97, 4.0, 0.01)  # 0.75% better: a later commitment would lose the tie
     assert beats(3.95, 4.0, 0.01)
-    assert rule(3.97, published_loss=4.0).action == "skip"
-    assert rule(4.5, published_loss=4.0).action == "skip"  # never a worse one
-    assert rule(3.9, published_loss=4.0).action == "publish"
+    assert rule(3.97, published_loss=4.0).action is Action.SKIP
+    assert rule(4.5, published_loss=4.0).action is Action.SKIP  # never a worse one
+    assert rule(3.9, published_loss=4.0).action is Action.PUBLISH
 
 
 def test_waits_for_the_twenty_minute_window():
     decision = rule(3.0, published_loss=4.0, last_committed_at=NOW - 600)
-    assert decision.action == "wait" and decision.not_before == NOW + 600
-    assert rule(3.0, published_loss=4.0, last_committed_at=NOW - 1200).action == "publish"
+    assert decision.action is Action.WAIT and decision.not_before == NOW + 600
+    assert rule(3.0, published_loss=4.0, last_committed_at=NOW - 1200).action is Action.PUBLISH
 
 
 def test_the_later_of_chain_and_local_state_counts():

@@ -1,27 +1,62 @@
 import optuna
 import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from orchestrator.config import ConfigError
-from orchestrator.search_space import Range, load_search_space, optuna_sampler, parse_search_space
+from orchestrator.search_space import load_search_space, optuna_sampler, optuna_search, parse_search_space
+
+SEED_GRID = {"learning_rate": [1e-5, 1e-6, 1e-8, 1e-10], "r": [32, 64, 128], "alpha": [16]}
 
 
 def test_seed_grid_is_the_original_miners_grid():
     space = load_search_space("seed_grid")
     assert space.sampler == "grid"
-    assert space.grid == {"learning_rate": [1e-5, 1e-6, 1e-8, 1e-10], "r": [32, 64, 128], "alpha": [16]}
+    assert space.distributions == {name: CategoricalDistribution(values) for name, values in SEED_GRID.items()}
+    assert space.grid == SEED_GRID
     assert space.trials(None) == 12
-    assert isinstance(optuna_sampler(space, seed=0), optuna.samplers.GridSampler)
+    sampler = optuna_sampler(space, seed=0)
+    assert isinstance(sampler, optuna.samplers.GridSampler)
+    assert sampler._search_space == SEED_GRID
+    assert len(sampler._all_grids) == 12
 
 
 def test_default_space_is_tpe_over_the_wide_space():
     space = load_search_space("default")
     assert space.sampler == "tpe"
-    assert space.params["learning_rate"] == Range("loguniform", 1e-6, 1e-3)
-    assert space.params["r"] == [8, 16, 32, 64, 128]
-    assert space.params["alpha"] == [8, 16, 32, 64]
+    assert space.distributions == {"learning_rate": FloatDistribution(1e-6, 1e-3, log=True),
+                                   "r": CategoricalDistribution([8, 16, 32, 64, 128]),
+                                   "alpha": CategoricalDistribution([8, 16, 32, 64])}
     assert space.trials(None) == 8
     assert space.trials(3) == 3  # --num_samples wins
-    assert isinstance(optuna_sampler(space, seed=0), optuna.samplers.TPESampler)
+    sampler = optuna_sampler(space, seed=0)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert (sampler._n_startup_trials, sampler._multivariate, sampler._constant_liar) == (3, True, True)
+
+
+def test_a_uniform_range_is_a_linear_float_distribution():
+    space = parse_search_space({"space": {"learning_rate": {"uniform": [1.0e-5, 1.0e-3]}, "r": [8], "alpha": [16]}},
+                               "t.yaml")
+    assert space.distributions["learning_rate"] == FloatDistribution(1e-5, 1e-3, log=False)
+
+
+@pytest.mark.parametrize("search", ["default", "seed_grid"])
+def test_the_searcher_holds_the_distributions_and_suggests_from_them(search):
+    space = load_search_space(search)
+    searcher = optuna_search(space, seed=0, metric="eval_loss", mode="min")
+    assert searcher._space == space.distributions
+    assert (searcher.metric, searcher.mode) == ("eval_loss", "min")
+    assert type(searcher._sampler) is type(optuna_sampler(space, seed=0))
+    # no Tuner param_space needed: the searcher alone suggests every hyperparameter, from the space
+    suggestion = searcher.suggest("trial_0")
+    assert list(suggestion) == ["learning_rate", "r", "alpha"]
+    for name, value in suggestion.items():
+        assert space.distributions[name]._contains(space.distributions[name].to_internal_repr(value))
+
+
+def test_the_same_seed_suggests_the_same_trials():
+    space = load_search_space("default")
+    first, second = (optuna_search(space, seed=7, metric="eval_loss", mode="min") for _ in range(2))
+    assert [first.suggest(f"t{i}") for i in range(4)] == [second.suggest(f"t{i}") for i in range(4)]
 
 
 def test_search_path_takes_any_yaml_of_the_same_form(tmp_path):

@@ -2,6 +2,7 @@ import csv
 import math
 
 from orchestrator.trial_records import TrialRecord, TrialStatus, one_line_reason, trial_status, write_trials_csv
+from trainables.hyperparameters import Hyperparameters
 
 TRACEBACK = """Failure # 1 (occurred at 2026-11-25_10-00-00)
 ray.exceptions.RayTaskError(RuntimeError): ray::ImplicitFunc.train() (pid=1, ip=10.0.0.1)
@@ -29,14 +30,18 @@ def test_how_a_trial_ended():
 
 def test_trials_csv_has_a_row_per_trial_with_status_and_reason(tmp_path):
     records = [
-        TrialRecord("a1", {"learning_rate": 1e-4, "r": 8, "alpha": 16}, TrialStatus.FINISHED, "", 31, 3.5, 3.6,
-                    12.0, "/x/a1"),
-        TrialRecord("b2", {"learning_rate": 1e-3, "r": 16, "alpha": 32}, TrialStatus.FAILED,
+        TrialRecord("a1", Hyperparameters(1e-4, 8, 16), TrialStatus.FINISHED, "", 31, 3.5, 3.6, 12.0, "/x/a1"),
+        TrialRecord("b2", Hyperparameters(1e-3, 16, 32), TrialStatus.FAILED,
                     "RuntimeError: boom, badly", 10, math.nan, math.nan, 3.0, "/x/b2"),
+        TrialRecord("c3", None, TrialStatus.INTERRUPTED, "", 0, math.nan, math.nan, 0.0, "/x/c3"),
     ]
     path = write_trials_csv(records, tmp_path)
     rows = list(csv.DictReader(path.open()))
-    assert [r["trial_id"] for r in rows] == ["a1", "b2"]
+    assert list(rows[0]) == ["trial_id", "learning_rate", "r", "alpha", "status", "reason", "steps",
+                             "best_eval_loss", "last_eval_loss", "seconds", "folder"]
+    assert [r["trial_id"] for r in rows] == ["a1", "b2", "c3"]
+    assert (rows[0]["learning_rate"], rows[0]["alpha"]) == ("0.0001", "16")
+    assert (rows[2]["learning_rate"], rows[2]["r"], rows[2]["alpha"]) == ("", "", "")
     assert rows[0]["status"] == "finished" and rows[0]["best_eval_loss"] == "3.5" and rows[0]["r"] == "8"
     assert rows[1]["status"] == "failed" and rows[1]["reason"] == "RuntimeError: boom, badly"
     assert rows[1]["best_eval_loss"] == ""

@@ -4,10 +4,11 @@ import json
 import re
 from pathlib import Path
 
+from trainables.hyperparameters import Hyperparameters
 from trainables.trial_telemetry import GAUGES, TAG_KEYS, emit, format_line, prometheus_names, tags
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "configs" / "grafana" / "lora_sweep_dashboard.json"
-HYPERPARAMETERS = {"learning_rate": 2.1e-4, "r": 16, "alpha": 32}
+HYPERPARAMETERS = Hyperparameters(learning_rate=2.1e-4, r=16, alpha=32)
 METRICS = {"eval_loss": 3.81234, "train_loss": 3.9, "tokens_per_s": 1234.4, "step": 20, "peak_rss_mb": 553.2,
            "base_eval_loss": 6.8, "learning_rate_now": 1e-4, "train_s": 1.5}
 

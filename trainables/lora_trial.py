@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from trainables.data import SweepData, TokenizedSplit, collate
 from trainables.evaluation import eval_loss, pair_losses
+from trainables.hyperparameters import Hyperparameters
 from trainables.model_loading import (ensure_model_here, load_causal_lm, pick_device, release_accelerator_memory,
                                       training_dtype, use_cpus)
 
@@ -120,7 +121,8 @@ def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, 
                resume_from: Path | None = None) -> None:
     from transformers import get_cosine_with_min_lr_schedule_with_warmup  # imports peft and the Trainer's helpers
 
-    lr, r, alpha = float(hyperparameters["learning_rate"]), int(hyperparameters["r"]), int(hyperparameters["alpha"])
+    chosen = Hyperparameters.from_mapping(hyperparameters)
+    lr, r, alpha = chosen.learning_rate, chosen.r, chosen.alpha
     device = pick_device(settings.device)
     use_cpus(device, settings.cpus_per_trial)
     if device.type == "cuda":
@@ -238,7 +240,7 @@ def lora_trainable(config: dict, settings: TrialSettings, data: SweepData) -> No
     started = time.time()
     # the actor is reused across trials and the dashboard names it by class, so each evaluation names its trial
     trial_id = tune.get_context().get_trial_id()
-    hyperparameters = {k: config[k] for k in ("learning_rate", "r", "alpha")}
+    hyperparameters = Hyperparameters.from_mapping(config)
 
     def report(metrics: dict, folder: Path) -> None:
         emit(trial_id, hyperparameters, metrics)  # the actor's log line and the Prometheus gauges

@@ -14,6 +14,8 @@ trial it runs now. The trial's identity therefore travels in what the actor writ
 import math
 import sys
 
+from trainables.hyperparameters import NAMES, Hyperparameters
+
 # report metric -> gauge name; Prometheus sees "ray_" + the gauge name
 GAUGES = {
     "eval_loss": "lora_trial_eval_loss",
@@ -24,7 +26,7 @@ GAUGES = {
     "peak_gpu_mem_gb": "lora_trial_peak_gpu_mem_gb",
 }
 PROMETHEUS_PREFIX = "ray_"
-TAG_KEYS = ("trial_id", "experiment", "learning_rate", "r", "alpha")
+TAG_KEYS = ("trial_id", "experiment", *NAMES)
 # (report metric, label in the log line, format)
 LINE_FIELDS = [("step", "step", "d"), ("eval_loss", "eval_loss", ".4f"), ("train_loss", "train_loss", ".4f"),
                ("tokens_per_s", "tokens/s", ".0f"), ("peak_rss_mb", "peak_rss_mb", ".0f"),
@@ -37,12 +39,9 @@ def prometheus_names() -> set[str]:
     return {PROMETHEUS_PREFIX + name for name in GAUGES.values()}
 
 
-def format_line(trial_id: str, hyperparameters: dict, metrics: dict) -> str:
+def format_line(trial_id: str, hyperparameters: Hyperparameters, metrics: dict) -> str:
     """The one log line of an evaluation; metrics the report lacks are left out."""
-    parts = [f"[trial {trial_id}]"]
-    if "learning_rate" in hyperparameters:
-        parts.append(f"lr={float(hyperparameters['learning_rate']):.2e}")
-    parts += [f"{k}={hyperparameters[k]}" for k in ("r", "alpha") if k in hyperparameters]
+    parts = [f"[trial {trial_id}]", hyperparameters.compact()]
     for key, label, spec in LINE_FIELDS:
         value = metrics.get(key)
         if value is not None:
@@ -51,11 +50,9 @@ def format_line(trial_id: str, hyperparameters: dict, metrics: dict) -> str:
     return " ".join(parts)
 
 
-def tags(trial_id: str, hyperparameters: dict, experiment: str) -> dict:
-    hp = {k: str(hyperparameters.get(k, "")) for k in ("r", "alpha")}
-    lr = hyperparameters.get("learning_rate")
-    return {"trial_id": trial_id, "experiment": experiment,
-            "learning_rate": f"{float(lr):.2e}" if lr is not None else "", **hp}
+def tags(trial_id: str, hyperparameters: Hyperparameters, experiment: str) -> dict:
+    return {"trial_id": trial_id, "experiment": experiment, "learning_rate": f"{hyperparameters.learning_rate:.2e}",
+            "r": str(hyperparameters.r), "alpha": str(hyperparameters.alpha)}
 
 
 def _gauge(metric: str):
@@ -76,7 +73,7 @@ def _experiment_name() -> str:
         return ""
 
 
-def emit(trial_id: str, hyperparameters: dict, metrics: dict) -> None:
+def emit(trial_id: str, hyperparameters: Hyperparameters, metrics: dict) -> None:
     """Print the evaluation's line and set the trial's gauges (when Ray is running in this process)."""
     print(format_line(trial_id, hyperparameters, metrics), file=sys.stderr, flush=True)
     import ray
