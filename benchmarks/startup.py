@@ -41,7 +41,7 @@ def main() -> None:
                           "--tokenizer", "model", "--num_epochs", "1", "--batch_size", "1",
                           "--accumulation_steps", "32", "--eval_steps", "1000000", "--num_samples", "2",
                           "--storage_path", storage, "--experiment_name", "startup", "--no-dashboard"])
-    space = load_search_space(config.search)
+    space = load_search_space(config.search.search)
     model_dir = resolve_model_dir(config)
     mark("config and model checks")
     data = prepare_data(config, model_dir)

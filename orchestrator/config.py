@@ -1,7 +1,11 @@
 """One typed, validated config for a sweep: dataclass defaults < YAML file < command-line flags.
 
-Every field is a YAML key and a flag of the same name (`--num_epochs 3`), so the two never
-drift apart. Validation happens here, once, before Ray starts; everything after trusts it.
+The config is in groups (search, data, training, run, publishing, comparison, tracking), each a
+dataclass that documents and checks its own settings; the training group belongs to the trainable
+(`trainables.lora_trial.TrainingSettings`) and the publishing group to the publisher
+(`publishing.setup.PublishOptions`), so what a trial or the publisher receives is the group itself,
+not a copy. Flags and YAML keys stay flat (`--num_epochs 3`, `wallet.name: cold`): every field of
+every group is a flag of its name. Validation happens here, once, before Ray starts.
 """
 
 import argparse
@@ -12,131 +16,197 @@ import re
 import sys
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from publishing.subnet.constants import VALIDATOR_EPSILON
+from publishing.setup import PublishOptions
+from trainables.documented import setting
+from trainables.lora_trial import TrainingSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS_DIR = REPO_ROOT / "configs"
 DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
+# An experiment's folder name: one path component, so it can never point outside --storage_path.
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class ConfigError(ValueError):
     """Bad input: the message says what is wrong and how to fix it, in one line."""
 
 
-def _help(text: str, flag: str | None = None, **kwargs):
-    """A documented setting; `flag` names it on the command line and in YAML when that differs (wallet.name)."""
-    return field(metadata={"help": text, "flag": flag}, **kwargs)
+@dataclass(frozen=True)
+class SearchConfig:
+    """What to search, and how trials are stopped early."""
+    search: str = setting("default", "search space: a name under configs/search/ (default, seed_grid) or a YAML path")
+    num_samples: int | None = setting(None, "trials to run; default: the search file's num_samples, or the grid's size")
+    max_concurrent_trials: int | None = setting(None, "trials running at once; default: one per free GPU or CPU slot")
+    scheduler: str = setting("asha", "asha stops trials whose eval loss lags; fifo runs every trial to the end")
+    grace_period: int = setting(2, "evaluations every trial gets before ASHA may stop it")
+    reduction_factor: int = setting(2, "ASHA keeps the best 1/reduction_factor of trials at each rung")
+    seed: int = setting(0, "seed of the sampler, the eval split and the data order")
+
+    def check(self) -> None:
+        if self.num_samples is not None and self.num_samples < 1:
+            raise ValueError(f"--num_samples must be at least 1, got {self.num_samples}")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            raise ValueError(f"--max_concurrent_trials must be at least 1, got {self.max_concurrent_trials}")
+        if self.scheduler not in ("asha", "fifo"):
+            raise ValueError(f"--scheduler must be asha or fifo, got {self.scheduler!r}")
+        if self.grace_period < 1:
+            raise ValueError(f"--grace_period must be at least 1, got {self.grace_period}")
+        if self.reduction_factor < 2:
+            raise ValueError(f"--reduction_factor must be at least 2, got {self.reduction_factor}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The starting model (at most one source; none: the embedded tiny model) and the data (the same)."""
+    load_model_dir: str | None = setting(None, "local Hugging Face model folder to start from; default: the "
+                                               "embedded tiny model")
+    load_repo: str | None = setting(None, "Hugging Face repo to start from (with --download_repo_latest_commit)")
+    download_repo_latest_commit: str | None = setting(None, "the 40-character commit of --load_repo to download")
+    load_uid: int | None = setting(None, "start from the model uid N has committed on the chain")
+    load_best: bool = setting(False, "start from the model of the uid with the highest incentive")
+    dataset_path: str | None = setting(None, "local JSONL or Parquet of question/response pairs; default: the "
+                                             "bundled dataset")
+    dataset_repo_id: str | None = setting(None, "Hugging Face dataset repo of question/response pairs")
+    question_column: str = setting("question", "column holding the prompts")
+    response_column: str = setting("response", "column holding the responses")
+    use_cortex: bool = setting(False, "train on Cortex subnet data read from W&B")
+    cortex_steps: int = setting(5, "latest history steps read from each Cortex validator run")
+    cortex_samples_per_epoch: int = setting(4096, "Cortex pairs used")
+    tokenizer: str = setting("auto", "model: the starting model's own; competition: the competition's, which "
+                                     "validators score with (downloaded once); auto: the competition's, but the "
+                                     "embedded model's own")
+    eval_fraction: float = setting(0.15, "share of the pairs held out as the eval set every trial is scored on")
+    max_length: int = setting(2048, "tokens per pair after truncation (validators use 2048)")
+
+    @property
+    def embedded_model(self) -> bool:
+        """No starting model was chosen: the embedded tiny model."""
+        return not (self.load_model_dir or self.load_repo or self.load_uid is not None or self.load_best)
+
+    def check(self) -> None:
+        loads = [flag for flag, given in [("--load_model_dir", self.load_model_dir), ("--load_repo", self.load_repo),
+                                          ("--load_uid", self.load_uid is not None), ("--load_best", self.load_best)]
+                 if given]
+        if len(loads) > 1:
+            raise ValueError(f"{' and '.join(loads)} both choose the starting model; pass only one")
+        if self.load_repo and not self.download_repo_latest_commit:
+            raise ValueError("--load_repo needs --download_repo_latest_commit (the 40-character commit to download)")
+        commit = self.download_repo_latest_commit
+        if commit and not (len(commit) == 40 and all(c in "0123456789abcdef" for c in commit)):
+            raise ValueError(f"--download_repo_latest_commit must be a 40-character hex commit, got {commit!r}")
+        sources = [flag for flag, given in [("--dataset_path", self.dataset_path),
+                                            ("--dataset_repo_id", self.dataset_repo_id),
+                                            ("--use_cortex", self.use_cortex)] if given]
+        if len(sources) > 1:
+            raise ValueError(f"{' and '.join(sources)} both choose the training data; pass only one")
+        if self.cortex_steps < 1 or self.cortex_samples_per_epoch < 1:
+            raise ValueError("--cortex_steps and --cortex_samples_per_epoch must be at least 1")
+        if self.tokenizer not in ("auto", "model", "competition"):
+            raise ValueError(f"--tokenizer must be auto, model or competition, got {self.tokenizer!r}")
+        if not 0 < self.eval_fraction < 1:
+            raise ValueError(f"--eval_fraction must be between 0 and 1, got {self.eval_fraction}")
+        if self.max_length < 1:
+            raise ValueError(f"--max_length must be at least 1, got {self.max_length}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where the sweep runs and where it writes."""
+    device: str = setting("auto", "auto (every GPU Ray sees, else CPU), cpu, cuda, or cuda:N")
+    cpus_per_trial: int = setting(1, "CPU cores per trial; torch uses this many threads on CPU")
+    address: str | None = setting(None, "Ray cluster address (auto on a cluster's head); default: start Ray here")
+    storage_path: str = setting("~/ray_results", "where experiments, checkpoints and the best model are written")
+    experiment_name: str | None = setting(None, "folder name of this experiment; default: lora-sweep-<timestamp>")
+    resume: bool = setting(False, "continue the experiment --experiment_name (default: the newest unfinished sweep "
+                                  "of this miner in --storage_path) after Ctrl-C or a dead driver")
+    max_failures: int = setting(2, "times a failing trial is restarted from its last checkpoint")
+    dashboard: bool = setting(True, "start the Ray dashboard when Ray is started here")
+
+    def check(self) -> None:
+        device = self.device
+        if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        if self.cpus_per_trial < 1:
+            raise ValueError(f"--cpus_per_trial must be at least 1, got {self.cpus_per_trial}")
+        if self.address is None and self.cpus_per_trial > (os.cpu_count() or 1):
+            raise ValueError(f"--cpus_per_trial {self.cpus_per_trial} is more than this machine's "
+                             f"{os.cpu_count()} CPUs; pass at most {os.cpu_count()}")
+        if self.experiment_name is not None and not EXPERIMENT_NAME.fullmatch(self.experiment_name):
+            raise ValueError(f"--experiment_name {self.experiment_name!r} must be a plain folder name (letters, "
+                             "digits, '.', '_', '-'; no '/' or '..'): it is a folder inside --storage_path")
+        if self.max_failures < 0:
+            raise ValueError(f"--max_failures must be 0 or more, got {self.max_failures}")
+
+
+@dataclass(frozen=True)
+class ComparisonConfig:
+    """The best model against another miner's, the validators' way."""
+    comparison_uid: int | None = setting(None, "compare the best model with this uid's committed model at the end")
+    require_win: bool = setting(False, "publish only a model whose win rate against --comparison_uid is above 0.5")
+
+    def check(self) -> None:
+        if self.require_win and self.comparison_uid is None:
+            raise ValueError("--require_win needs --comparison_uid (the uid to win against)")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    wandb_entity: str | None = setting(None, "W&B entity; with --wandb_project, every trial is logged as a run")
+    wandb_project: str | None = setting(None, "W&B project; with --wandb_entity")
+
+    def check(self) -> None:
+        if bool(self.wandb_entity) != bool(self.wandb_project):
+            raise ValueError("W&B logging needs both --wandb_entity and --wandb_project")
+
+
+@dataclass(frozen=True)
+class CommandConfig:
+    list_competitions: bool = setting(False, "print the competitions and exit")
+
+    def check(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    # what to search
-    search: str = _help("search space: a name under configs/search/ (default, seed_grid) or a YAML path",
-                        default="default")
-    num_samples: int | None = _help("trials to run; default: the search file's num_samples, or the grid's size",
-                                    default=None)
-    max_concurrent_trials: int | None = _help("trials running at once; default: one per free GPU or CPU slot",
-                                              default=None)
-    scheduler: str = _help("asha stops trials whose eval loss lags; fifo runs every trial to the end",
-                           default="asha")
-    grace_period: int = _help("evaluations every trial gets before ASHA may stop it", default=2)
-    reduction_factor: int = _help("ASHA keeps the best 1/reduction_factor of trials at each rung", default=2)
-    seed: int = _help("seed of the sampler, the eval split and the data order", default=0)
-    # the starting model (at most one of these; none: the embedded tiny model)
-    load_model_dir: str | None = _help("local Hugging Face model folder to start from; default: the embedded tiny model",
-                                       default=None)
-    load_repo: str | None = _help("Hugging Face repo to start from (with --download_repo_latest_commit)", default=None)
-    download_repo_latest_commit: str | None = _help("the 40-character commit of --load_repo to download",
-                                                    default=None)
-    load_uid: int | None = _help("start from the model uid N has committed on the chain", default=None)
-    load_best: bool = _help("start from the model of the uid with the highest incentive", default=False)
-    # the data (at most one source; none: the bundled dataset)
-    dataset_path: str | None = _help("local JSONL or Parquet of question/response pairs; default: the bundled dataset",
-                                     default=None)
-    dataset_repo_id: str | None = _help("Hugging Face dataset repo of question/response pairs", default=None)
-    question_column: str = _help("column holding the prompts", default="question")
-    response_column: str = _help("column holding the responses", default="response")
-    use_cortex: bool = _help("train on Cortex subnet data read from W&B", default=False)
-    cortex_steps: int = _help("latest history steps read from each Cortex validator run", default=5)
-    cortex_samples_per_epoch: int = _help("Cortex pairs used", default=4096)
-    tokenizer: str = _help("model: the starting model's own; competition: the competition's, which validators score "
-                           "with (downloaded once); auto: the competition's, but the embedded model's own",
-                           default="auto")
-    eval_fraction: float = _help("share of the pairs held out as the eval set every trial is scored on",
-                                 default=0.15)
-    max_length: int = _help("tokens per pair after truncation (validators use 2048)", default=2048)
-    # training, inside each trial
-    num_epochs: int = _help("passes over the training pairs per trial", default=1)
-    batch_size: int = _help("pairs per micro-batch", default=1)
-    accumulation_steps: int = _help("micro-batches per optimizer step", default=32)
-    eval_steps: int = _help("optimizer steps between evaluations, checkpoints and reports", default=10)
-    eval_batch_size: int = _help("pairs per evaluation batch", default=8)
-    warmup_ratio: float = _help("share of the steps spent warming the learning rate up", default=0.05)
-    weight_decay: float = _help("AdamW weight decay", default=0.01)
-    lora_dropout: float = _help("dropout on the LoRA layers", default=0.0)
-    # where it runs
-    device: str = _help("auto (every GPU Ray sees, else CPU), cpu, cuda, or cuda:N", default="auto")
-    cpus_per_trial: int = _help("CPU cores per trial; torch uses this many threads on CPU", default=1)
-    address: str | None = _help("Ray cluster address (auto on a cluster's head); default: start Ray here",
-                                default=None)
-    storage_path: str = _help("where experiments, checkpoints and the best model are written",
-                              default="~/ray_results")
-    experiment_name: str | None = _help("folder name of this experiment; default: lora-sweep-<timestamp>",
-                                        default=None)
-    resume: bool = _help("continue the experiment --experiment_name (default: the latest in --storage_path) after "
-                         "the driver stopped; run the same command again with --resume", default=False)
-    max_failures: int = _help("times a failing trial is restarted from its last checkpoint", default=2)
-    dashboard: bool = _help("start the Ray dashboard when Ray is started here", default=True)
-    # publishing (the best model to the Hub, its id to the chain)
-    offline: bool = _help("never upload or commit; the best model is still packaged and described in publish.json",
-                          default=False)
-    hf_repo_id: str | None = _help("Hugging Face repo to publish to (namespace/name, at most 38 characters); "
-                                   "without it the sweep runs offline", default=None)
-    competition_id: str = _help("competition to publish for (see configs/competitions.yaml)", default="m1")
-    avg_loss_upload_threshold: float | None = _help("publish only a model whose eval loss is at most this",
-                                                    default=None)
-    publish_min_improvement: float = _help("publish only a model this much better than the hotkey's committed one "
-                                           "(the validators' epsilon)", default=VALIDATOR_EPSILON)
-    use_hotkey_in_hash: bool = _help("commit the hotkey-salted hash of later subnet versions", default=False)
-    wait_for_publish: bool = _help("at the end, wait for the 20-minute window to publish the best model",
-                                   default=False)
-    subtensor_network: str = _help("finney, test, local, or a ws:// address", flag="subtensor.network",
-                                   default="finney")
-    netuid: int = _help("the subnet's uid", default=6)
-    wallet_name: str | None = _help("coldkey (wallet) name of the miner", flag="wallet.name", default=None)
-    wallet_hotkey: str | None = _help("hotkey name of the miner, registered on the subnet", flag="wallet.hotkey",
-                                      default=None)
-    wallet_path: str = _help("folder of bittensor wallets", flag="wallet.path", default="~/.bittensor/wallets")
-    env_file: str = _help("file with HF_ACCESS_TOKEN (or HF_TOKEN) and WANDB_API_KEY", default=".env")
-    list_competitions: bool = _help("print the competitions and exit", default=False)
-    # head-to-head and tracking
-    comparison_uid: int | None = _help("compare the best model with this uid's committed model at the end",
-                                       default=None)
-    require_win: bool = _help("publish only a model whose win rate against --comparison_uid is above 0.5",
-                              default=False)
-    wandb_entity: str | None = _help("W&B entity; with --wandb_project, every trial is logged as a run", default=None)
-    wandb_project: str | None = _help("W&B project; with --wandb_entity", default=None)
+    search: SearchConfig = SearchConfig()
+    data: DataConfig = DataConfig()
+    training: TrainingSettings = TrainingSettings()
+    run: RunConfig = RunConfig()
+    publishing: PublishOptions = PublishOptions()
+    comparison: ComparisonConfig = ComparisonConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    command: CommandConfig = CommandConfig()
+
+    @classmethod
+    def from_flat(cls, settings: dict) -> "SweepConfig":
+        """Field name -> value, as flags and YAML give them, into the groups."""
+        grouped = {group: {} for group in GROUPS}
+        for name, value in settings.items():
+            grouped[FIELD_GROUP[name]][name] = value
+        return cls(**{group: GROUPS[group](**values) for group, values in grouped.items()})
+
+    def groups(self):
+        return [getattr(self, group) for group in GROUPS]
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(SweepConfig)}
+GROUPS = {f.name: f.type for f in dataclasses.fields(SweepConfig)}
+FIELDS = {f.name: f for cls in GROUPS.values() for f in dataclasses.fields(cls)}
+FIELD_GROUP = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}
 # the name a setting has on the command line and in YAML -> its field
-KEYS = {(f.metadata["flag"] or f.name): f.name for f in dataclasses.fields(SweepConfig)}
+KEYS = {(f.metadata["flag"] or f.name): f.name for f in FIELDS.values()}
 
 
-def _scalar_type(f: dataclasses.Field) -> type:
-    hint = typing.get_type_hints(SweepConfig)[f.name]
+def _scalar_type(name: str) -> type:
+    hint = typing.get_type_hints(GROUPS[FIELD_GROUP[name]])[name]
     if isinstance(hint, types.UnionType):  # `int | None` -> int
         hint = next(t for t in typing.get_args(hint) if t is not type(None))
     return hint
-
-
-# An experiment's folder name: one path component, so it can never point outside --storage_path.
-EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -146,23 +216,24 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     """The flags; `defaults` (field -> value) are the values that apply when a flag is left out, for --help."""
-    defaults = {f.name: f.default for f in dataclasses.fields(SweepConfig)} | (defaults or {})
+    defaults = {name: f.default for name, f in FIELDS.items()} | (defaults or {})
     # allow_abbrev=False: `--num_sample 2` is an unknown flag, not a silent `--num_samples 2`
     parser = _OneLineParser(prog="python -m orchestrator.run", argument_default=argparse.SUPPRESS,
                             description="A LoRA hyperparameter sweep on Ray Tune + Optuna. Defaults shown are "
                                         "those of configs/default.yaml where it sets them.", allow_abbrev=False)
     parser.add_argument("--config", help=f"YAML of settings (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
     for key, name in KEYS.items():
-        f = FIELDS[name]
-        kind = _scalar_type(f)
-        default = f" (default: {defaults[name]})"
-        if kind is bool:
-            parser.add_argument(f"--{key}", dest=name, action=argparse.BooleanOptionalAction,
-                                help=f.metadata["help"] + default)
-        else:
-            parser.add_argument(f"--{key}", dest=name, type=kind, metavar=kind.__name__.upper(),
-                                help=f.metadata["help"] + default)
+        add_setting(parser, key, name, FIELDS[name].metadata["help"] + f" (default: {defaults[name]})",
+                    _scalar_type(name))
     return parser
+
+
+def add_setting(parser: argparse.ArgumentParser, key: str, name: str, help: str, kind: type, **kwargs) -> None:
+    """One flag: a boolean is --x / --no-x, anything else takes a value of its type."""
+    if kind is bool:
+        parser.add_argument(f"--{key}", dest=name, action=argparse.BooleanOptionalAction, help=help, **kwargs)
+    else:
+        parser.add_argument(f"--{key}", dest=name, type=kind, metavar=kind.__name__.upper(), help=help, **kwargs)
 
 
 def read_yaml_settings(path: Path) -> dict:
@@ -178,7 +249,7 @@ def read_yaml_settings(path: Path) -> dict:
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in {path}; known keys are the flags listed by --help")
     for key, value in settings.items():
-        kind = _scalar_type(FIELDS[KEYS[key]])
+        kind = _scalar_type(KEYS[key])
         if value is None or isinstance(value, kind) or (kind is float and isinstance(value, int) and not isinstance(value, bool)):
             continue
         raise ConfigError(f"{key} in {path} must be {kind.__name__}, not {value!r}")
@@ -186,68 +257,16 @@ def read_yaml_settings(path: Path) -> dict:
 
 
 def validate(config: SweepConfig) -> SweepConfig:
-    """Checks that need no files or machines; each failure names the flag to fix."""
-    for f in dataclasses.fields(SweepConfig):
-        value = getattr(config, f.name)
+    """Each group checks its own settings (no files or machines needed); each failure names the flag to fix."""
+    for name, f in FIELDS.items():
+        value = getattr(getattr(config, FIELD_GROUP[name]), name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"--{f.metadata['flag'] or f.name} must be a finite number, got {value}")
-    if config.experiment_name is not None and not EXPERIMENT_NAME.fullmatch(config.experiment_name):
-        raise ConfigError(f"--experiment_name {config.experiment_name!r} must be a plain folder name (letters, digits, "
-                          "'.', '_', '-'; no '/' or '..'): it is a folder inside --storage_path")
-    positive = ["grace_period", "num_epochs", "batch_size", "accumulation_steps", "eval_steps", "eval_batch_size",
-                "max_length", "cpus_per_trial"]
-    for name in positive:
-        if getattr(config, name) < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {getattr(config, name)}")
-    if config.num_samples is not None and config.num_samples < 1:
-        raise ConfigError(f"--num_samples must be at least 1, got {config.num_samples}")
-    if config.max_concurrent_trials is not None and config.max_concurrent_trials < 1:
-        raise ConfigError(f"--max_concurrent_trials must be at least 1, got {config.max_concurrent_trials}")
-    if config.scheduler not in ("asha", "fifo"):
-        raise ConfigError(f"--scheduler must be asha or fifo, got {config.scheduler!r}")
-    if config.reduction_factor < 2:
-        raise ConfigError(f"--reduction_factor must be at least 2, got {config.reduction_factor}")
-    if config.max_failures < 0:
-        raise ConfigError(f"--max_failures must be 0 or more, got {config.max_failures}")
-    if not 0 < config.eval_fraction < 1:
-        raise ConfigError(f"--eval_fraction must be between 0 and 1, got {config.eval_fraction}")
-    if not 0 <= config.warmup_ratio < 1:
-        raise ConfigError(f"--warmup_ratio must be in [0, 1), got {config.warmup_ratio}")
-    if not 0 <= config.lora_dropout < 1:
-        raise ConfigError(f"--lora_dropout must be in [0, 1), got {config.lora_dropout}")
-    if config.weight_decay < 0:
-        raise ConfigError(f"--weight_decay must be 0 or more, got {config.weight_decay}")
-    loads = [flag for flag, given in [("--load_model_dir", config.load_model_dir), ("--load_repo", config.load_repo),
-                                      ("--load_uid", config.load_uid is not None), ("--load_best", config.load_best)]
-             if given]
-    if len(loads) > 1:
-        raise ConfigError(f"{' and '.join(loads)} both choose the starting model; pass only one")
-    if config.load_repo and not config.download_repo_latest_commit:
-        raise ConfigError("--load_repo needs --download_repo_latest_commit (the 40-character commit to download)")
-    commit = config.download_repo_latest_commit
-    if commit and not (len(commit) == 40 and all(c in "0123456789abcdef" for c in commit)):
-        raise ConfigError(f"--download_repo_latest_commit must be a 40-character hex commit, got {commit!r}")
-    sources = [flag for flag, given in [("--dataset_path", config.dataset_path),
-                                        ("--dataset_repo_id", config.dataset_repo_id),
-                                        ("--use_cortex", config.use_cortex)] if given]
-    if len(sources) > 1:
-        raise ConfigError(f"{' and '.join(sources)} both choose the training data; pass only one")
-    if config.cortex_steps < 1 or config.cortex_samples_per_epoch < 1:
-        raise ConfigError("--cortex_steps and --cortex_samples_per_epoch must be at least 1")
-    if bool(config.wandb_entity) != bool(config.wandb_project):
-        raise ConfigError("W&B logging needs both --wandb_entity and --wandb_project")
-    if config.require_win and config.comparison_uid is None:
-        raise ConfigError("--require_win needs --comparison_uid (the uid to win against)")
-    if config.tokenizer not in ("auto", "model", "competition"):
-        raise ConfigError(f"--tokenizer must be auto, model or competition, got {config.tokenizer!r}")
-    device = config.device
-    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    if not 0 <= config.publish_min_improvement < 1:
-        raise ConfigError(f"--publish_min_improvement must be in [0, 1), got {config.publish_min_improvement}")
-    if config.address is None and config.cpus_per_trial > (os.cpu_count() or 1):
-        raise ConfigError(f"--cpus_per_trial {config.cpus_per_trial} is more than this machine's "
-                          f"{os.cpu_count()} CPUs; pass at most {os.cpu_count()}")
+            raise ConfigError(f"--{f.metadata['flag'] or name} must be a finite number, got {value}")
+    try:
+        for group in config.groups():
+            group.check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return config
 
 
@@ -259,8 +278,7 @@ def load_config(argv: list[str] | None = None) -> SweepConfig:
     yaml_settings = _settings_for_help(config_path) if help_asked else read_yaml_settings(config_path)
     flags = vars(build_parser(yaml_settings).parse_args(argv))
     flags.pop("config", None)
-    settings = {**yaml_settings, **flags}
-    return validate(SweepConfig(**settings))
+    return validate(SweepConfig.from_flat({**yaml_settings, **flags}))
 
 
 def _config_flag(argv: list[str]) -> str | None:

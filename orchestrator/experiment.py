@@ -90,22 +90,22 @@ def resumable(storage: Path) -> list[Path]:
 
 def choose_experiment(config: SweepConfig) -> Experiment:
     """The folder this sweep writes (or, with --resume, continues); every failure is one line."""
-    if is_remote(config.storage_path):
-        if config.resume and not config.experiment_name:
-            raise ConfigError(f"--resume with --storage_path {config.storage_path} needs --experiment_name "
+    if is_remote(config.run.storage_path):
+        if config.run.resume and not config.run.experiment_name:
+            raise ConfigError(f"--resume with --storage_path {config.run.storage_path} needs --experiment_name "
                               "(the folder to continue)")
-        name = config.experiment_name or time.strftime("lora-sweep-%Y%m%d-%H%M%S")
-        return Experiment(config.storage_path, name, config.resume)
-    storage = check_local_storage(config.storage_path)
-    if not config.resume:
-        name = config.experiment_name or time.strftime("lora-sweep-%Y%m%d-%H%M%S")
+        name = config.run.experiment_name or time.strftime("lora-sweep-%Y%m%d-%H%M%S")
+        return Experiment(config.run.storage_path, name, config.run.resume)
+    storage = check_local_storage(config.run.storage_path)
+    if not config.run.resume:
+        name = config.run.experiment_name or time.strftime("lora-sweep-%Y%m%d-%H%M%S")
         return Experiment(str(storage), name, False)
-    if config.experiment_name:
-        folder = storage / config.experiment_name
+    if config.run.experiment_name:
+        folder = storage / config.run.experiment_name
         if not has_tune_state(folder):
-            raise ConfigError(f"--resume: no experiment {config.experiment_name!r} to continue in {storage}; "
+            raise ConfigError(f"--resume: no experiment {config.run.experiment_name!r} to continue in {storage}; "
                               "check --experiment_name and --storage_path")
-        return Experiment(str(storage), config.experiment_name, True)
+        return Experiment(str(storage), config.run.experiment_name, True)
     candidates = resumable(storage)
     if not candidates:
         raise ConfigError(f"--resume found no unfinished sweep of this miner in {storage}; "

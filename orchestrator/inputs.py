@@ -16,7 +16,7 @@ from publishing.subnet.competitions import CompetitionError, get_competition
 from publishing.subnet.hub import HubClient
 from publishing.subnet.remote_model import RemoteModelError, best_uid, committed_model_id, default_model_cache, fetch_model
 from publishing.subnet.secrets import load_hf_token
-from publishing.setup import (PublishOptions, PublishSetup, SetupError, open_bittensor_chain,
+from publishing.setup import (PublishSetup, SetupError, open_bittensor_chain,
                               prepare_publishing)
 from trainables.data_sources import fetch_cortex_pairs, load_hub_dataset, read_local_dataset
 from trainables.data import DataError, SweepData, read_pairs, split_pairs, tokenize_split
@@ -85,50 +85,50 @@ def load_tokenizer(model_dir: Path):
 
 def read_only_chain(config: SweepConfig):
     """The chain for reading other miners' commitments; a wallet is used when given, never required."""
-    if config.wallet_name and config.wallet_hotkey:
-        return open_bittensor_chain(config.subtensor_network, config.netuid, config.wallet_name,
-                                    config.wallet_hotkey, config.wallet_path)
+    if config.publishing.wallet_name and config.publishing.wallet_hotkey:
+        return open_bittensor_chain(config.publishing.subtensor_network, config.publishing.netuid, config.publishing.wallet_name,
+                                    config.publishing.wallet_hotkey, config.publishing.wallet_path)
     from publishing.subnet.bittensor_chain import BittensorChain
 
-    return BittensorChain(config.subtensor_network, config.netuid, None)
+    return BittensorChain(config.publishing.subtensor_network, config.publishing.netuid, None)
 
 
 def resolve_opponent(config: SweepConfig, chain_factory=None, hub_endpoint: str | None = None):
     """--comparison_uid's committed model, downloaded now so a bad uid fails before any training."""
     from publishing.head_to_head import Opponent
 
-    if config.comparison_uid is None:
+    if config.comparison.comparison_uid is None:
         return None
     try:
-        competition = get_competition(config.competition_id)
+        competition = get_competition(config.publishing.competition_id)
         chain = (chain_factory or (lambda: read_only_chain(config)))()
-        model_id = committed_model_id(chain, config.comparison_uid)
-        hotkey = {n.uid: n.hotkey for n in chain.neurons()}[config.comparison_uid]
+        model_id = committed_model_id(chain, config.comparison.comparison_uid)
+        hotkey = {n.uid: n.hotkey for n in chain.neurons()}[config.comparison.comparison_uid]
         block = chain.read_commitment(hotkey).block
-        hub = HubClient(load_hf_token(config.env_file), endpoint=hub_endpoint)
+        hub = HubClient(load_hf_token(config.publishing.env_file), endpoint=hub_endpoint)
         folder = fetch_model(hub, model_id.repo_id, model_id.commit, competition.max_repo_bytes)
     except (RemoteModelError, ChainError, CompetitionError) as e:
         raise ConfigError(f"--comparison_uid: {e}") from None
-    return Opponent(uid=config.comparison_uid, model_id=model_id.to_compressed_str(), block=block,
+    return Opponent(uid=config.comparison.comparison_uid, model_id=model_id.to_compressed_str(), block=block,
                     model_dir=str(check_model_dir(folder)))
 
 
 def resolve_model_dir(config: SweepConfig, chain_factory=None, hub_endpoint: str | None = None) -> Path:
     """The starting model's local folder: given, downloaded once into this node's cache, or the embedded one."""
-    if config.load_model_dir:
-        return check_model_dir(config.load_model_dir)
-    if not (config.load_repo or config.load_uid is not None or config.load_best):
+    if config.data.load_model_dir:
+        return check_model_dir(config.data.load_model_dir)
+    if config.data.embedded_model:
         return ensure_embedded_model()
     try:
-        competition = get_competition(config.competition_id)
-        hub = HubClient(load_hf_token(config.env_file), endpoint=hub_endpoint)
-        if config.load_repo:
-            repo_id, commit = config.load_repo, config.download_repo_latest_commit
+        competition = get_competition(config.publishing.competition_id)
+        hub = HubClient(load_hf_token(config.publishing.env_file), endpoint=hub_endpoint)
+        if config.data.load_repo:
+            repo_id, commit = config.data.load_repo, config.data.download_repo_latest_commit
             if len(repo_id.split("/")) != 2:
                 raise RemoteModelError(f"--load_repo {repo_id!r} must be namespace/name")
         else:
             chain = (chain_factory or (lambda: read_only_chain(config)))()
-            uid = best_uid(chain) if config.load_best else config.load_uid
+            uid = best_uid(chain) if config.data.load_best else config.data.load_uid
             model_id = committed_model_id(chain, uid)
             repo_id, commit = model_id.repo_id, model_id.commit
             print(f"starting from uid {uid}'s model {repo_id}@{commit[:8]}")
@@ -140,16 +140,16 @@ def resolve_model_dir(config: SweepConfig, chain_factory=None, hub_endpoint: str
 
 def read_training_pairs(config: SweepConfig, hub_endpoint: str | None = None) -> list[dict]:
     """The question/response pairs from the one source the flags choose (default: the bundled dataset)."""
-    columns = {"question_column": config.question_column, "response_column": config.response_column}
-    if config.dataset_path:
-        return read_local_dataset(config.dataset_path, **columns)
-    if config.dataset_repo_id:
-        token = load_hf_token(config.env_file)
-        return load_hub_dataset(config.dataset_repo_id, **columns,
+    columns = {"question_column": config.data.question_column, "response_column": config.data.response_column}
+    if config.data.dataset_path:
+        return read_local_dataset(config.data.dataset_path, **columns)
+    if config.data.dataset_repo_id:
+        token = load_hf_token(config.publishing.env_file)
+        return load_hub_dataset(config.data.dataset_repo_id, **columns,
                                 endpoint=hub_endpoint or os.environ.get("HF_ENDPOINT"),
                                 token=token.reveal() if token else None)
-    if config.use_cortex:
-        return fetch_cortex_pairs(config.cortex_steps, config.cortex_samples_per_epoch)
+    if config.data.use_cortex:
+        return fetch_cortex_pairs(config.data.cortex_steps, config.data.cortex_samples_per_epoch)
     return read_pairs(DATASET)
 
 
@@ -158,31 +158,30 @@ COMPETITION_TOKENIZER_PATTERNS = ["tokenizer*", "special_tokens_map.json", "adde
 
 def competition_tokenizer_dir(config: SweepConfig, hub_endpoint: str | None = None) -> Path:
     """The competition's tokenizer files, downloaded once into this node's cache."""
-    competition = get_competition(config.competition_id)
-    hub = HubClient(load_hf_token(config.env_file), endpoint=hub_endpoint)
+    competition = get_competition(config.publishing.competition_id)
+    hub = HubClient(load_hf_token(config.publishing.env_file), endpoint=hub_endpoint)
     return hub.download(competition.tokenizer, None, default_model_cache(), allow_patterns=COMPETITION_TOKENIZER_PATTERNS)
 
 
 def choose_tokenizer(config: SweepConfig, model_dir: Path, hub_endpoint: str | None = None):
     """Validators tokenize every model with the competition's tokenizer; train and evaluate with it too."""
-    embedded = config.load_model_dir is None and not (config.load_repo or config.load_uid is not None
-                                                      or config.load_best)
-    if config.tokenizer == "model" or (config.tokenizer == "auto" and embedded):
+    embedded = config.data.embedded_model
+    if config.data.tokenizer == "model" or (config.data.tokenizer == "auto" and embedded):
         return load_tokenizer(model_dir)
     try:
         folder = competition_tokenizer_dir(config, hub_endpoint)
     except Exception as e:  # no network, or the repo is gated
         reason = str(e).splitlines()[0][:200]
-        if config.tokenizer == "competition":
-            raise ConfigError(f"cannot fetch competition {config.competition_id}'s tokenizer: {reason}; "
+        if config.data.tokenizer == "competition":
+            raise ConfigError(f"cannot fetch competition {config.publishing.competition_id}'s tokenizer: {reason}; "
                               "use --tokenizer model") from None
-        print(f"note: cannot fetch competition {config.competition_id}'s tokenizer ({reason}); "
+        print(f"note: cannot fetch competition {config.publishing.competition_id}'s tokenizer ({reason}); "
               "tokenizing with the model's own")
         return load_tokenizer(model_dir)
     tokenizer = load_tokenizer(folder)
     vocab = json.loads((model_dir / "config.json").read_text()).get("vocab_size", len(tokenizer))
     if len(tokenizer) > vocab:
-        raise ConfigError(f"competition {config.competition_id}'s tokenizer has {len(tokenizer)} tokens but the model "
+        raise ConfigError(f"competition {config.publishing.competition_id}'s tokenizer has {len(tokenizer)} tokens but the model "
                           f"embeds {vocab}; start from a model of that competition, or use --tokenizer model")
     return tokenizer
 
@@ -191,55 +190,47 @@ def prepare_data(config: SweepConfig, model_dir: Path, hub_endpoint: str | None 
     try:
         tokenizer = choose_tokenizer(config, model_dir, hub_endpoint)
         pairs = read_training_pairs(config, hub_endpoint)
-        train, held_out = split_pairs(pairs, config.eval_fraction, config.seed)
-        return SweepData(train=tokenize_split(tokenizer, train, config.max_length),
-                         eval=tokenize_split(tokenizer, held_out, config.max_length))
+        train, held_out = split_pairs(pairs, config.data.eval_fraction, config.search.seed)
+        return SweepData(train=tokenize_split(tokenizer, train, config.data.max_length),
+                         eval=tokenize_split(tokenizer, held_out, config.data.max_length))
     except DataError as e:
         raise ConfigError(str(e)) from None
 
 
 def trial_settings(config: SweepConfig, model_dir: Path) -> TrialSettings:
-    return TrialSettings(
-        model_dir=str(model_dir), num_epochs=config.num_epochs, batch_size=config.batch_size,
-        accumulation_steps=config.accumulation_steps, eval_steps=config.eval_steps,
-        eval_batch_size=config.eval_batch_size, warmup_ratio=config.warmup_ratio,
-        weight_decay=config.weight_decay, lora_dropout=config.lora_dropout, seed=config.seed,
-        cpus_per_trial=config.cpus_per_trial, device="cpu" if config.device == "cpu" else "auto",
-        embedded_model=not (config.load_model_dir or config.load_repo or config.load_uid is not None
-                            or config.load_best),
-        hub_endpoint=os.environ.get("HF_ENDPOINT"))
-
-
-def publish_options(config: SweepConfig) -> PublishOptions:
-    return PublishOptions(**{name: getattr(config, name) for name in PublishOptions.__dataclass_fields__})
+    """What every trial receives: the training group as it is, and where and from what it trains."""
+    return TrialSettings(model_dir=str(model_dir), training=config.training, seed=config.search.seed,
+                         cpus_per_trial=config.run.cpus_per_trial,
+                         device="cpu" if config.run.device == "cpu" else "auto",
+                         embedded_model=config.data.embedded_model, hub_endpoint=os.environ.get("HF_ENDPOINT"))
 
 
 def check_publishing(config: SweepConfig, model_dir: Path) -> PublishSetup:
     """Repo id, competition, token, wallet and registration: all checked before any training."""
     try:
-        return prepare_publishing(publish_options(config), model_dir)
+        return prepare_publishing(config.publishing, model_dir)
     except SetupError as e:
         raise ConfigError(str(e)) from None
 
 
 def check_tracking(config: SweepConfig) -> None:
-    if not config.wandb_project:
+    if not config.tracking.wandb_project:
         return  # without W&B, skip importing Ray's W&B integration (seconds before anything starts)
     from orchestrator.tracking import wandb_key_available
 
-    if not wandb_key_available(config.env_file):
-        raise ConfigError(f"W&B logging needs WANDB_API_KEY in the environment or {config.env_file}, or `wandb login`, "
+    if not wandb_key_available(config.publishing.env_file):
+        raise ConfigError(f"W&B logging needs WANDB_API_KEY in the environment or {config.publishing.env_file}, or `wandb login`, "
                           "or WANDB_MODE=offline")
 
 
 def check_device(config: SweepConfig) -> None:
     """--device cuda[:N] on a machine without that GPU fails here, not after Ray starts (local runs only)."""
-    if config.address is not None or not config.device.startswith("cuda"):
+    if config.run.address is not None or not config.run.device.startswith("cuda"):
         return
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    index = int(config.device.split(":")[1]) if ":" in config.device else 0
+    index = int(config.run.device.split(":")[1]) if ":" in config.run.device else 0
     if index >= count:
-        raise ConfigError(f"--device {config.device} but this machine has {count} CUDA GPU(s); "
+        raise ConfigError(f"--device {config.run.device} but this machine has {count} CUDA GPU(s); "
                           "use --device cpu or auto")

@@ -20,13 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         config = load_config(argv)
-        if config.list_competitions:
+        if config.command.list_competitions:
             print(competitions_table(load_competitions()))
             return 0
         check_tracking(config)
         check_device(config)
         experiment = choose_experiment(config)
-        space = load_search_space(config.search)
+        space = load_search_space(config.search.search)
         model_dir = resolve_model_dir(config)
         data = prepare_data(config, model_dir)
         settings = trial_settings(config, model_dir)

@@ -12,9 +12,9 @@ from trainables.hyperparameters import Hyperparameters
 
 def manual_upload_command(config: SweepConfig, model_dir: str) -> str:
     return (f"python -m publishing.upload --load_model_dir {model_dir} "
-            f"--hf_repo_id {config.hf_repo_id or '<namespace/name>'} "
-            f"--wallet.name {config.wallet_name or '<coldkey>'} --wallet.hotkey {config.wallet_hotkey or '<hotkey>'} "
-            f"--competition_id {config.competition_id}")
+            f"--hf_repo_id {config.publishing.hf_repo_id or '<namespace/name>'} "
+            f"--wallet.name {config.publishing.wallet_name or '<coldkey>'} --wallet.hotkey {config.publishing.wallet_hotkey or '<hotkey>'} "
+            f"--competition_id {config.publishing.competition_id}")
 
 
 def resume_command(argv: list[str], experiment_name: str) -> str:
@@ -53,7 +53,7 @@ def publish_lines(outcome: SweepOutcome, config: SweepConfig) -> list[str]:
     lines = [f"  {line}" for line in report.lines]
     publish_json = report.best.publish_json if report.best else None
     if report.offline:
-        reason = "--offline" if config.offline else "no --hf_repo_id"
+        reason = "--offline" if config.publishing.offline else "no --hf_repo_id"
         lines.append(f"publish.json:    {publish_json} (offline: {reason}; nothing uploaded or committed)")
     else:
         lines.append(f"publish.json:    {publish_json}")
@@ -74,7 +74,7 @@ def next_steps(outcome: SweepOutcome, config: SweepConfig) -> list[str]:
                      "use_safetensors=True)")
         if not outcome.publish.published and not outcome.publish.not_before:
             lines.append(f"  publish it:    {manual_upload_command(config, outcome.best_model_dir)}")
-    if config.wandb_project and os.environ.get("WANDB_MODE") == "offline":
+    if config.tracking.wandb_project and os.environ.get("WANDB_MODE") == "offline":
         lines.append(f"  W&B upload:    wandb sync {outcome.experiment_path}/wandb/offline-run-*")
     return lines if len(lines) > 1 else []
 

@@ -91,17 +91,17 @@ def start_ray(config: SweepConfig) -> bool:
 
     if ray.is_initialized():  # embedded use (tests, notebooks): the caller's Ray is the cluster
         return False
-    if config.device.startswith("cuda:") and config.address is None:
+    if config.run.device.startswith("cuda:") and config.run.address is None:
         # Ray hands out the GPUs CUDA_VISIBLE_DEVICES shows; restricting it pins the sweep to one GPU
-        os.environ["CUDA_VISIBLE_DEVICES"] = config.device.split(":", 1)[1]
+        os.environ["CUDA_VISIBLE_DEVICES"] = config.run.device.split(":", 1)[1]
     # Checkpoints are kept by score, so Tune snapshots its state often; that is cheap here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Ray Tune and Optuna are imported while Ray starts: ray.init mostly waits for its processes (seconds).
     tune_imports = threading.Thread(target=_import_tune, daemon=True, name="import-tune")
     tune_imports.start()
     # Without --address, "local" starts a Ray here, rather than joining one `ray start` left on this machine.
-    context = ray.init(address=config.address or "local",
-                       include_dashboard=config.dashboard if config.address is None else None,
+    context = ray.init(address=config.run.address or "local",
+                       include_dashboard=config.run.dashboard if config.run.address is None else None,
                        runtime_env={"env_vars": WORKER_ENV}, logging_level="WARNING", log_to_driver=True)
     tune_imports.join()
     if context.dashboard_url:
@@ -189,13 +189,13 @@ def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Ex
         trainable,  # no param_space: the searcher holds the space, and each trial's config is its suggestion
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=num_trials, max_concurrent_trials=max_concurrent,
-            search_alg=optuna_search(space, config.seed, METRIC, MODE), scheduler=scheduler,
+            search_alg=optuna_search(space, config.search.seed, METRIC, MODE), scheduler=scheduler,
             reuse_actors=True),  # a worker imports torch and transformers once, not once per trial
         run_config=tune.RunConfig(
             name=experiment.name, storage_path=experiment.storage, callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order=MODE),
-            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
             progress_reporter=reporter, verbose=1),
     )
 
@@ -217,14 +217,14 @@ def plan_cluster(config: SweepConfig) -> ClusterPlan:
     import ray
 
     cluster = ray.cluster_resources()
-    resources = trial_resources(config.device, config.cpus_per_trial, cluster.get("GPU", 0))
-    if config.device.startswith("cuda") and "gpu" not in resources:
-        raise ConfigError(f"--device {config.device} but Ray sees no GPU; use --device cpu or auto")
-    if "gpu" not in resources and config.cpus_per_trial > cluster.get("CPU", 0):
-        raise ConfigError(f"--cpus_per_trial {config.cpus_per_trial} is more than the cluster's "
+    resources = trial_resources(config.run.device, config.run.cpus_per_trial, cluster.get("GPU", 0))
+    if config.run.device.startswith("cuda") and "gpu" not in resources:
+        raise ConfigError(f"--device {config.run.device} but Ray sees no GPU; use --device cpu or auto")
+    if "gpu" not in resources and config.run.cpus_per_trial > cluster.get("CPU", 0):
+        raise ConfigError(f"--cpus_per_trial {config.run.cpus_per_trial} is more than the cluster's "
                           f"{int(cluster.get('CPU', 0))} CPUs")
-    check_shared_storage(config.storage_path)
-    return ClusterPlan(resources, config.max_concurrent_trials or concurrent_slots(resources, cluster))
+    check_shared_storage(config.run.storage_path)
+    return ClusterPlan(resources, config.search.max_concurrent_trials or concurrent_slots(resources, cluster))
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ def measure_opponent(config: SweepConfig, opponent, settings: TrialSettings, dat
     if opponent is None:
         return None, publishing
     their_losses = remote_pair_losses(opponent.model_dir, settings, data.eval, plan.task_options)
-    if config.require_win:
+    if config.comparison.require_win:
         gate = WinGate(opponent, their_losses, settings, data.eval, plan.task_options)
         publishing = dataclasses.replace(publishing, gate=gate)
     return HeadToHead(opponent, their_losses), publishing
@@ -262,15 +262,15 @@ def build_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: 
         print(f"resuming {experiment.path}")
         return tune.Tuner.restore(experiment.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     callbacks = [PublishCallback(experiment.name)]
-    if config.wandb_project:
+    if config.tracking.wandb_project:
         Path(experiment.path).mkdir(parents=True, exist_ok=True)
-        callbacks.append(wandb_callback(config.wandb_entity, config.wandb_project, experiment.name, config.env_file,
+        callbacks.append(wandb_callback(config.tracking.wandb_entity, config.tracking.wandb_project, experiment.name, config.publishing.env_file,
                                         experiment.path))
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_reports,
-                               grace_period=min(config.grace_period, max_reports),
-                               reduction_factor=config.reduction_factor)
-                 if config.scheduler == "asha" else FIFOScheduler())
-    return new_tuner(config, space, trainable, experiment, callbacks, scheduler, space.trials(config.num_samples),
+                               grace_period=min(config.search.grace_period, max_reports),
+                               reduction_factor=config.search.reduction_factor)
+                 if config.search.scheduler == "asha" else FIFOScheduler())
+    return new_tuner(config, space, trainable, experiment, callbacks, scheduler, space.trials(config.search.num_samples),
                      plan.max_concurrent)
 
 
@@ -299,7 +299,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
         results = build_tuner(config, space, trainable, experiment, plan, max_reports).fit()
         records = records_from_results(results, max_reports)
         trials_csv = str(write_trials_csv(records, experiment.path))
-        if len(records) < space.trials(config.num_samples) or count(records, TrialStatus.INTERRUPTED):
+        if len(records) < space.trials(config.search.num_samples) or count(records, TrialStatus.INTERRUPTED):
             # Nothing half-trained is merged or published: the coordinator goes without its end-of-sweep publish.
             write_marker(experiment, INTERRUPTED)
             return SweepOutcome(experiment.path, experiment.name, records, interrupted=True, best_trial=None,
@@ -310,16 +310,16 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
         if count(records, TrialStatus.FAILED) == len(records):
             raise RuntimeError(f"all {len(records)} trials failed; the first error: {records[0].reason}")
         # The coordinator saw every checkpoint: it publishes (or, offline, packages) the best and merges it.
-        report = ray.get(coordinator.finish.remote(config.wait_for_publish))
+        report = ray.get(coordinator.finish.remote(config.publishing.wait_for_publish))
     finally:
         ray.kill(coordinator)  # its state is on disk; the name is free for the next sweep in this Ray session
     write_marker(experiment, FINISHED)
     outcome = collect_outcome(config, experiment, records, results, report, comparison, settings, data, plan,
                               trials_csv, time.perf_counter() - started)
-    if config.wandb_project:
+    if config.tracking.wandb_project:
         from orchestrator.tracking import log_sweep_summary
 
-        log_sweep_summary(config.wandb_entity, config.wandb_project, experiment.name, config.env_file,
+        log_sweep_summary(config.tracking.wandb_entity, config.tracking.wandb_project, experiment.name, config.publishing.env_file,
                           experiment.path, summary_record(outcome))
     return outcome
 

@@ -19,6 +19,7 @@ from publishing.subnet.hub import HubClient
 from publishing.subnet.model_checks import ModelCheckError, check_model
 from publishing.subnet.model_id import ModelIdError, parse_repo_id
 from publishing.subnet.secrets import Secret, load_hf_token
+from trainables.documented import setting
 
 
 def open_bittensor_chain(network: str, netuid: int, wallet_name: str, wallet_hotkey: str, wallet_path: str) -> Chain:
@@ -33,19 +34,29 @@ class SetupError(ValueError):
 
 @dataclass(frozen=True)
 class PublishOptions:
-    """The miner's publishing flags, as given (see orchestrator.config for their meaning)."""
-    offline: bool = True
-    hf_repo_id: str | None = None
-    competition_id: str = "m1"
-    avg_loss_upload_threshold: float | None = None
-    publish_min_improvement: float = VALIDATOR_EPSILON
-    use_hotkey_in_hash: bool = False
-    subtensor_network: str = "finney"
-    netuid: int = 6
-    wallet_name: str | None = None
-    wallet_hotkey: str | None = None
-    wallet_path: str = "~/.bittensor/wallets"
-    env_file: str = ".env"
+    """The publishing group of the config: the sweep's flags and the manual upload's (publishing.upload)."""
+    offline: bool = setting(False, "never upload or commit; the best model is still packaged and described in "
+                                   "publish.json")
+    hf_repo_id: str | None = setting(None, "Hugging Face repo to publish to (namespace/name, at most 38 characters); "
+                                           "without it the sweep runs offline")
+    competition_id: str = setting("m1", "competition to publish for (see configs/competitions.yaml)")
+    avg_loss_upload_threshold: float | None = setting(None, "publish only a model whose eval loss is at most this")
+    publish_min_improvement: float = setting(VALIDATOR_EPSILON, "publish only a model this much better than the "
+                                                                "hotkey's committed one (the validators' epsilon)")
+    use_hotkey_in_hash: bool = setting(False, "commit the hotkey-salted hash of later subnet versions")
+    wait_for_publish: bool = setting(False, "at the end, wait for the 20-minute window to publish the best model")
+    subtensor_network: str = setting("finney", "finney, test, local, or a ws:// address", flag="subtensor.network")
+    netuid: int = setting(6, "the subnet's uid")
+    wallet_name: str | None = setting(None, "coldkey (wallet) name of the miner", flag="wallet.name")
+    wallet_hotkey: str | None = setting(None, "hotkey name of the miner, registered on the subnet",
+                                        flag="wallet.hotkey")
+    wallet_path: str = setting("~/.bittensor/wallets", "folder of bittensor wallets", flag="wallet.path")
+    env_file: str = setting(".env", "file with HF_ACCESS_TOKEN (or HF_TOKEN) and WANDB_API_KEY")
+
+    def check(self) -> None:
+        """Raise ValueError naming the flag to fix (what needs no files, network or wallet)."""
+        if not 0 <= self.publish_min_improvement < 1:
+            raise ValueError(f"--publish_min_improvement must be in [0, 1), got {self.publish_min_improvement}")
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,12 @@ or --state_dir), so a worse model is never published over a better one.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
 import tempfile
+import typing
 from pathlib import Path
 
 from publishing.coordinator import PUBLISH_FILE, PublishCoordinator
@@ -28,25 +30,32 @@ class _OneLineParser(argparse.ArgumentParser):
         raise SetupError(f"{message}; run with --help to see every flag")
 
 
+# Publishing options the manual upload has no use for: it always publishes, and it does not wait for a window
+SWEEP_ONLY = ("offline", "wait_for_publish")
+REQUIRED = ("hf_repo_id", "wallet_name", "wallet_hotkey")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    defaults = PublishOptions()
-    p = _OneLineParser(prog="python -m publishing.upload", description=__doc__.split("\n\n")[0])
+    """The publishing group's flags (the sweep's, from PublishOptions), plus what only this script takes."""
+    p = _OneLineParser(prog="python -m publishing.upload", description=__doc__.split("\n\n")[0],
+                       allow_abbrev=False)
     p.add_argument("--load_model_dir", required=True, help="merged model folder to publish")
-    p.add_argument("--hf_repo_id", required=True, help="namespace/name, at most 38 characters")
-    p.add_argument("--wallet.name", dest="wallet_name", required=True)
-    p.add_argument("--wallet.hotkey", dest="wallet_hotkey", required=True)
-    p.add_argument("--wallet.path", dest="wallet_path", default=defaults.wallet_path)
-    p.add_argument("--competition_id", default=defaults.competition_id)
-    p.add_argument("--subtensor.network", dest="subtensor_network", default=defaults.subtensor_network)
-    p.add_argument("--netuid", type=int, default=defaults.netuid)
-    p.add_argument("--use_hotkey_in_hash", action="store_true")
-    p.add_argument("--avg_loss_upload_threshold", type=float, default=None)
-    p.add_argument("--publish_min_improvement", type=float, default=defaults.publish_min_improvement)
+    hints = typing.get_type_hints(PublishOptions)
+    for f in dataclasses.fields(PublishOptions):
+        if f.name in SWEEP_ONLY:
+            continue
+        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
+        flag = f.metadata["flag"] or f.name
+        if kind is bool:
+            p.add_argument(f"--{flag}", dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                           help=f.metadata["help"])
+        else:
+            p.add_argument(f"--{flag}", dest=f.name, type=kind, default=f.default, required=f.name in REQUIRED,
+                           help=f.metadata["help"])
     p.add_argument("--eval_loss", type=float, default=None,
                    help="the model's validator-style eval loss (default: from publish.json beside the model)")
     p.add_argument("--state_dir", default=None,
                    help="folder of publish_state.json (default: the model folder's parent, the experiment)")
-    p.add_argument("--env_file", default=defaults.env_file)
     return p
 
 
@@ -108,8 +117,11 @@ def main(argv: list[str] | None = None, chain_factory=None, hub_endpoint: str | 
         model_dir = Path(args.load_model_dir).expanduser().resolve()
         check_model_folder(model_dir)
         eval_loss = model_eval_loss(model_dir, args.eval_loss)
-        options = PublishOptions(offline=False, **{k: v for k, v in vars(args).items()
-                                                   if k in PublishOptions.__dataclass_fields__})
+        options = PublishOptions(**{k: v for k, v in vars(args).items() if k in PublishOptions.__dataclass_fields__})
+        try:
+            options.check()
+        except ValueError as e:
+            raise SetupError(str(e)) from None
         setup = prepare_publishing(options, model_dir, chain_factory=chain_factory, hub_endpoint=hub_endpoint)
     except SetupError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,24 +5,24 @@ from orchestrator.config import DEFAULT_CONFIG, ConfigError, SweepConfig, load_c
 
 def test_default_yaml_is_the_embedded_sweep():
     config = load_config([])
-    assert config.search == "default"
-    assert config.load_model_dir is None and config.dataset_path is None
-    assert config.scheduler == "asha"
+    assert config.search.search == "default"
+    assert config.data.load_model_dir is None and config.data.dataset_path is None
+    assert config.search.scheduler == "asha"
 
 
 def test_flags_override_yaml_and_yaml_overrides_defaults(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("num_epochs: 7\nbatch_size: 4\n")
     config = load_config(["--config", str(path), "--batch_size", "2", "--scheduler", "fifo"])
-    assert config.num_epochs == 7  # from the YAML
-    assert config.batch_size == 2  # the flag wins
-    assert config.scheduler == "fifo"
-    assert config.accumulation_steps == SweepConfig().accumulation_steps  # untouched: the dataclass default
+    assert config.training.num_epochs == 7  # from the YAML
+    assert config.training.batch_size == 2  # the flag wins
+    assert config.search.scheduler == "fifo"
+    assert config.training.accumulation_steps == SweepConfig().training.accumulation_steps  # untouched: the dataclass default
 
 
 def test_boolean_flags():
-    assert load_config(["--no-dashboard"]).dashboard is False
-    assert load_config(["--offline"]).offline is True
+    assert load_config(["--no-dashboard"]).run.dashboard is False
+    assert load_config(["--offline"]).publishing.offline is True
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -59,7 +59,7 @@ def test_yaml_value_of_the_wrong_type(tmp_path):
 
 def test_cpus_per_trial_is_not_checked_against_this_machine_on_a_cluster():
     config = load_config(["--address", "auto", "--cpus_per_trial", "64"])
-    assert config.cpus_per_trial == 64
+    assert config.run.cpus_per_trial == 64
 
 
 def test_shipped_yaml_has_only_known_keys():

@@ -2,6 +2,7 @@
 its trial resumes from its last checkpoint on the surviving node and the sweep ends with the same best
 configuration as an undisturbed run."""
 
+import contextlib
 import json
 import os
 import signal
@@ -102,7 +103,12 @@ def test_a_killed_worker_nodes_trial_resumes_on_the_survivor(cluster, tmp_path):
             if rows and rows[-1]["pid"] in worker_pids:
                 victim = result
     assert victim is not None, "no trial ran on the worker node"
-    os.killpg(worker.pid, signal.SIGKILL)  # the whole worker node: raylet and its trial processes
+    # The whole worker node: every process of its session (Ray's workers run in process groups of their own,
+    # so killing the node's group alone leaves the trial training on until it notices its raylet is gone).
+    for pid in worker_pids | {int(p) for p in subprocess.run(["ps", "-o", "pid=", "-g", str(worker.pid)],
+                                                             capture_output=True, text=True).stdout.split()}:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
     out, _ = disturbed.communicate(timeout=600)
     assert disturbed.returncode == 0, out[-3000:]
@@ -126,10 +132,11 @@ def finished(experiment: Path, final_step: int) -> dict[str, list[dict]]:
 
 def test_a_killed_driver_resumes_on_the_cluster(cluster, tmp_path):
     """Only the driver dies (the cluster lives on): `--resume` continues; finished trials are not rerun."""
-    from trainables.lora_trial import TrialSettings, optimizer_steps
+    from trainables.lora_trial import TrainingSettings, TrialSettings, optimizer_steps
 
     address, env, _ = cluster
-    final_step = optimizer_steps(TrialSettings(model_dir="", num_epochs=3, batch_size=8, accumulation_steps=1), 241)
+    training = TrainingSettings(num_epochs=3, batch_size=8, accumulation_steps=1)
+    final_step = optimizer_steps(TrialSettings(model_dir="", training=training), 241)
     (tmp_path / "grid.yaml").write_text(GRID.replace("[1.0e-3, 2.0e-4]", "[1.0e-3, 5.0e-4, 2.0e-4, 1.0e-4]"))
     argv = [sys.executable, "-m", "orchestrator.run", "--address", address, "--search", str(tmp_path / "grid.yaml"),
             "--scheduler", "fifo", "--num_epochs", "3", "--storage_path", str(tmp_path / "results"),
@@ -168,7 +175,7 @@ from publishing.publisher import PublishTarget
 from publishing.setup import PublishSetup
 
 config = load_config(sys.argv[1:])
-ray.init(address=config.address, logging_level="ERROR")
+ray.init(address=config.run.address, logging_level="ERROR")
 cloudpickle.register_pickle_by_value(helpers)  # the cluster's workers cannot import the tests
 model_dir = resolve_model_dir(config)
 space = parse_search_space({"sampler": "grid", "space": {"learning_rate": [1e-3, 1e-4], "r": [8], "alpha": [16]}}, "t")

@@ -23,7 +23,7 @@ from publishing.subnet.model_id import ModelId
 from publishing.publisher import Candidate, Publisher, PublishTarget
 from publishing.subnet.secrets import Secret
 from tests.hub_server import local_hub  # noqa: F401  (the fixture)
-from trainables.lora_trial import TrialSettings, train_lora
+from trainables.lora_trial import TrainingSettings, TrialSettings, train_lora
 
 TOKEN = "hf_test_token"
 HOTKEY = "5HotkeyOfThisMinerForTestsxxxxxxxxxxxxxxxxxxxxxx"
@@ -42,7 +42,8 @@ class Clock:
 def adapter_checkpoint(model_dir, sweep_data, tmp_path_factory) -> Path:
     """A real LoRA checkpoint of the tiny model, trained for a few steps."""
     folder = tmp_path_factory.mktemp("checkpoint") / "adapter"
-    settings = TrialSettings(model_dir=str(model_dir), batch_size=8, accumulation_steps=1, eval_steps=5)
+    settings = TrialSettings(model_dir=str(model_dir),
+                             training=TrainingSettings(batch_size=8, accumulation_steps=1, eval_steps=5))
 
     class Enough(Exception):
         pass

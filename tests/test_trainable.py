@@ -5,13 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainables.lora_trial import (TRAINER_STATE, TrialSettings, micro_batch_indices, model_pair_losses,
+from trainables.lora_trial import (TRAINER_STATE, TrainingSettings, TrialSettings, micro_batch_indices, model_pair_losses,
                                    optimizer_steps, planned_reports, train_lora)
 
 
 def settings_for(model_dir, **overrides) -> TrialSettings:
-    return TrialSettings(model_dir=str(model_dir), **{"num_epochs": 1, "batch_size": 8, "accumulation_steps": 1,
-                                                      "eval_steps": 5, **overrides})
+    training = {"num_epochs": 1, "batch_size": 8, "accumulation_steps": 1, "eval_steps": 5, **overrides}
+    return TrialSettings(model_dir=str(model_dir), training=TrainingSettings(**training))
 
 
 def run(hyperparameters, settings, data, resume_from=None, stop_after=None, keep=None):
@@ -37,7 +37,8 @@ def run(hyperparameters, settings, data, resume_from=None, stop_after=None, keep
 
 
 def test_step_arithmetic():
-    s = TrialSettings(model_dir="x", num_epochs=2, batch_size=4, accumulation_steps=3, eval_steps=5)
+    s = TrialSettings(model_dir="x", training=TrainingSettings(num_epochs=2, batch_size=4, accumulation_steps=3,
+                                                               eval_steps=5))
     assert optimizer_steps(s, 50) == 9  # ceil(ceil(50/4)*2 / 3) = ceil(26/3)
     assert planned_reports(s, 50) == 2
 

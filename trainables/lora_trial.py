@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from trainables.data import SweepData, TokenizedSplit, collate
+from trainables.documented import setting
 from trainables.evaluation import eval_loss, pair_losses
 from trainables.hyperparameters import Hyperparameters
 from trainables.model_loading import (ensure_model_here, load_causal_lm, pick_device, release_accelerator_memory,
@@ -33,18 +34,36 @@ OPTIMIZER_STATE = "optimizer.pt"
 
 
 @dataclass(frozen=True)
+class TrainingSettings:
+    """How every trial of a sweep trains: the training group of the sweep's config (each is a flag)."""
+    num_epochs: int = setting(1, "passes over the training pairs per trial")
+    batch_size: int = setting(1, "pairs per micro-batch")
+    accumulation_steps: int = setting(32, "micro-batches per optimizer step")
+    eval_steps: int = setting(10, "optimizer steps between evaluations, checkpoints and reports")
+    eval_batch_size: int = setting(8, "pairs per evaluation batch")
+    warmup_ratio: float = setting(0.05, "share of the steps spent warming the learning rate up")
+    weight_decay: float = setting(0.01, "AdamW weight decay")
+    lora_dropout: float = setting(0.0, "dropout on the LoRA layers")
+
+    def check(self) -> None:
+        """Raise ValueError naming the flag to fix."""
+        for name in ("num_epochs", "batch_size", "accumulation_steps", "eval_steps", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight_decay must be 0 or more, got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
 class TrialSettings:
     """Everything a trial needs besides its hyperparameters; the same for every trial of a sweep."""
     model_dir: str
-    num_epochs: int = 1
-    batch_size: int = 1
-    accumulation_steps: int = 32
-    eval_steps: int = 10           # optimizer steps between evaluations (and checkpoints)
-    eval_batch_size: int = 8
-    warmup_ratio: float = 0.05
+    training: TrainingSettings = TrainingSettings()
     min_lr_ratio: float = 0.01     # cosine decays to 1% of the peak rate, as the original miner did
-    weight_decay: float = 0.01
-    lora_dropout: float = 0.0
     seed: int = 0
     cpus_per_trial: int = 1
     device: str = "auto"           # auto: the GPU Ray assigned to this trial, else the CPU
@@ -53,13 +72,13 @@ class TrialSettings:
 
 
 def optimizer_steps(settings: TrialSettings, num_train: int) -> int:
-    micro_batches = math.ceil(num_train / settings.batch_size) * settings.num_epochs
-    return math.ceil(micro_batches / settings.accumulation_steps)
+    micro_batches = math.ceil(num_train / settings.training.batch_size) * settings.training.num_epochs
+    return math.ceil(micro_batches / settings.training.accumulation_steps)
 
 
 def planned_reports(settings: TrialSettings, num_train: int) -> int:
     """How many times a trial that is never stopped reports: the scheduler's max_t."""
-    return math.ceil(optimizer_steps(settings, num_train) / settings.eval_steps)
+    return math.ceil(optimizer_steps(settings, num_train) / settings.training.eval_steps)
 
 
 def micro_batch_indices(num_train: int, batch_size: int, seed: int, micro_batch: int) -> np.ndarray:
@@ -90,7 +109,7 @@ def load_lora_model(settings: TrialSettings, r: int, alpha: int, device: torch.d
     # but never builds a model, and importing peft costs it seconds before the sweep can start.
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=settings.lora_dropout, target_modules="all-linear",
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=settings.training.lora_dropout, target_modules="all-linear",
                       bias="none", task_type="CAUSAL_LM")
     return get_peft_model(base, lora).to(device)
 
@@ -131,23 +150,23 @@ def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, 
 
     model = load_lora_model(settings, r, alpha, device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                  weight_decay=settings.weight_decay)
+                                  weight_decay=settings.training.weight_decay)
     total_steps = optimizer_steps(settings, len(data.train))
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=int(settings.warmup_ratio * total_steps), num_training_steps=total_steps,
+        optimizer, num_warmup_steps=int(settings.training.warmup_ratio * total_steps), num_training_steps=total_steps,
         min_lr_rate=settings.min_lr_ratio)
     step = restore_checkpoint(resume_from, model, optimizer, scheduler) if resume_from else 0
     untrained = untrained_eval_loss(model, settings, data.eval, device)
 
-    total_micro_batches = math.ceil(len(data.train) / settings.batch_size) * settings.num_epochs
-    micro_batch = step * settings.accumulation_steps
+    total_micro_batches = math.ceil(len(data.train) / settings.training.batch_size) * settings.training.num_epochs
+    micro_batch = step * settings.training.accumulation_steps
     model.train()
     window = _Window()
     while step < total_steps:
         # one optimizer step: accumulate gradients over up to `accumulation_steps` micro-batches
-        group = range(micro_batch, min(micro_batch + settings.accumulation_steps, total_micro_batches))
+        group = range(micro_batch, min(micro_batch + settings.training.accumulation_steps, total_micro_batches))
         for m in group:
-            batch = collate(data.train, micro_batch_indices(len(data.train), settings.batch_size, settings.seed, m))
+            batch = collate(data.train, micro_batch_indices(len(data.train), settings.training.batch_size, settings.seed, m))
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(**batch).loss
             (loss / len(group)).backward()
@@ -157,9 +176,9 @@ def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, 
         optimizer.zero_grad(set_to_none=True)
         micro_batch = group.stop
         step += 1
-        if step % settings.eval_steps == 0 or step == total_steps:
+        if step % settings.training.eval_steps == 0 or step == total_steps:
             trained = window.metrics()  # read before evaluating: tokens_per_s is the training throughput
-            metrics = {"eval_loss": eval_loss(model, data.eval, device, settings.eval_batch_size),
+            metrics = {"eval_loss": eval_loss(model, data.eval, device, settings.training.eval_batch_size),
                        **trained, "step": step, "learning_rate_now": scheduler.get_last_lr()[0],
                        "base_eval_loss": untrained,
                        **memory_metrics(device)}
@@ -183,7 +202,7 @@ def untrained_eval_loss(model, settings: TrialSettings, eval_split: TokenizedSpl
     key = (settings.model_dir, digest)
     if key not in _UNTRAINED_LOSSES:
         with model.disable_adapter():
-            _UNTRAINED_LOSSES[key] = eval_loss(model, eval_split, device, settings.eval_batch_size)
+            _UNTRAINED_LOSSES[key] = eval_loss(model, eval_split, device, settings.training.eval_batch_size)
     return _UNTRAINED_LOSSES[key]
 
 
@@ -221,7 +240,7 @@ def model_pair_losses(model_dir: str, settings: TrialSettings, eval_split: Token
     use_cpus(device, settings.cpus_per_trial)
     model = load_causal_lm(model_dir, training_dtype(device)).to(device)
     try:
-        return pair_losses(model, eval_split, device, settings.eval_batch_size)
+        return pair_losses(model, eval_split, device, settings.training.eval_batch_size)
     finally:
         del model
         release_accelerator_memory()
