@@ -14,15 +14,13 @@ import math
 import os
 import re
 import sys
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from publishing.setup import PublishOptions
-from trainables.documented import setting
+from trainables.documented import add_flag, flag_name, scalar_type, setting
 from trainables.lora_trial import TrainingSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -199,14 +197,11 @@ GROUPS = {f.name: f.type for f in dataclasses.fields(SweepConfig)}
 FIELDS = {f.name: f for cls in GROUPS.values() for f in dataclasses.fields(cls)}
 FIELD_GROUP = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}
 # the name a setting has on the command line and in YAML -> its field
-KEYS = {(f.metadata["flag"] or f.name): f.name for f in FIELDS.values()}
+KEYS = {flag_name(f): f.name for f in FIELDS.values()}
 
 
 def _scalar_type(name: str) -> type:
-    hint = typing.get_type_hints(GROUPS[FIELD_GROUP[name]])[name]
-    if isinstance(hint, types.UnionType):  # `int | None` -> int
-        hint = next(t for t in typing.get_args(hint) if t is not type(None))
-    return hint
+    return scalar_type(GROUPS[FIELD_GROUP[name]], name)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -222,18 +217,9 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
                             description="A LoRA hyperparameter sweep on Ray Tune + Optuna. Defaults shown are "
                                         "those of configs/default.yaml where it sets them.", allow_abbrev=False)
     parser.add_argument("--config", help=f"YAML of settings (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
-    for key, name in KEYS.items():
-        add_setting(parser, key, name, FIELDS[name].metadata["help"] + f" (default: {defaults[name]})",
-                    _scalar_type(name))
+    for name, f in FIELDS.items():
+        add_flag(parser, GROUPS[FIELD_GROUP[name]], f, help=f.metadata["help"] + f" (default: {defaults[name]})")
     return parser
-
-
-def add_setting(parser: argparse.ArgumentParser, key: str, name: str, help: str, kind: type, **kwargs) -> None:
-    """One flag: a boolean is --x / --no-x, anything else takes a value of its type."""
-    if kind is bool:
-        parser.add_argument(f"--{key}", dest=name, action=argparse.BooleanOptionalAction, help=help, **kwargs)
-    else:
-        parser.add_argument(f"--{key}", dest=name, type=kind, metavar=kind.__name__.upper(), help=help, **kwargs)
 
 
 def read_yaml_settings(path: Path) -> dict:
@@ -261,7 +247,7 @@ def validate(config: SweepConfig) -> SweepConfig:
     for name, f in FIELDS.items():
         value = getattr(getattr(config, FIELD_GROUP[name]), name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"--{f.metadata['flag'] or name} must be a finite number, got {value}")
+            raise ConfigError(f"--{flag_name(f)} must be a finite number, got {value}")
     try:
         for group in config.groups():
             group.check()

@@ -27,15 +27,19 @@ class Experiment:
 
     @property
     def is_local(self) -> bool:
-        return "://" not in self.storage
+        return not is_remote(self.storage)
 
     @property
     def path(self) -> str:
-        return f"{self.storage.rstrip('/')}/{self.name}" if not self.is_local else str(Path(self.storage) / self.name)
+        return str(Path(self.storage) / self.name) if self.is_local else f"{self.storage.rstrip('/')}/{self.name}"
 
 
 def is_remote(storage_path: str) -> bool:
     return "://" in storage_path
+
+
+def new_experiment_name() -> str:
+    return time.strftime("lora-sweep-%Y%m%d-%H%M%S")
 
 
 def check_local_storage(storage_path: str) -> Path:
@@ -94,12 +98,11 @@ def choose_experiment(config: SweepConfig) -> Experiment:
         if config.run.resume and not config.run.experiment_name:
             raise ConfigError(f"--resume with --storage_path {config.run.storage_path} needs --experiment_name "
                               "(the folder to continue)")
-        name = config.run.experiment_name or time.strftime("lora-sweep-%Y%m%d-%H%M%S")
-        return Experiment(config.run.storage_path, name, config.run.resume)
+        return Experiment(config.run.storage_path, config.run.experiment_name or new_experiment_name(),
+                          config.run.resume)
     storage = check_local_storage(config.run.storage_path)
     if not config.run.resume:
-        name = config.run.experiment_name or time.strftime("lora-sweep-%Y%m%d-%H%M%S")
-        return Experiment(str(storage), name, False)
+        return Experiment(str(storage), config.run.experiment_name or new_experiment_name(), False)
     if config.run.experiment_name:
         folder = storage / config.run.experiment_name
         if not has_tune_state(folder):

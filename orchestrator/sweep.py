@@ -178,6 +178,9 @@ class _NoTunerRestoreHint(logging.Filter):
         return "interrupted, but the most recent state was saved" not in record.getMessage()
 
 
+_NO_TUNER_RESTORE_HINT = _NoTunerRestoreHint()  # one instance: adding it again (a second sweep) changes nothing
+
+
 def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Experiment, callbacks: list,
               scheduler, num_trials: int, max_concurrent: int):
     from ray import tune
@@ -285,7 +288,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     from publishing.coordinator_actor import start_coordinator
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # CLIReporter's live table of trials
-    logging.getLogger("ray.tune.tune").addFilter(_NoTunerRestoreHint())
+    logging.getLogger("ray.tune.tune").addFilter(_NO_TUNER_RESTORE_HINT)
     started = time.perf_counter()
     experiment = experiment or choose_experiment(config)
     plan = plan or plan_cluster(config)

@@ -15,7 +15,6 @@ import json
 import math
 import sys
 import tempfile
-import typing
 from pathlib import Path
 
 from publishing.coordinator import PUBLISH_FILE, PublishCoordinator
@@ -23,6 +22,7 @@ from publishing.package import LOCAL_MODEL, is_hub_id
 from publishing.publisher import Candidate
 from publishing.rules import Action
 from publishing.setup import PublishOptions, SetupError, prepare_publishing
+from trainables.documented import add_flag
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -40,18 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="python -m publishing.upload", description=__doc__.split("\n\n")[0],
                        allow_abbrev=False)
     p.add_argument("--load_model_dir", required=True, help="merged model folder to publish")
-    hints = typing.get_type_hints(PublishOptions)
     for f in dataclasses.fields(PublishOptions):
-        if f.name in SWEEP_ONLY:
-            continue
-        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
-        flag = f.metadata["flag"] or f.name
-        if kind is bool:
-            p.add_argument(f"--{flag}", dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
-                           help=f.metadata["help"])
-        else:
-            p.add_argument(f"--{flag}", dest=f.name, type=kind, default=f.default, required=f.name in REQUIRED,
-                           help=f.metadata["help"])
+        if f.name not in SWEEP_ONLY:
+            add_flag(p, PublishOptions, f, default=f.default,
+                     **({"required": True} if f.name in REQUIRED else {}))
     p.add_argument("--eval_loss", type=float, default=None,
                    help="the model's validator-style eval loss (default: from publish.json beside the model)")
     p.add_argument("--state_dir", default=None,
