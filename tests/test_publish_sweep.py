@@ -22,7 +22,9 @@ REPO = "miner/swept"
 
 
 def test_a_sweep_publishes_once_inside_the_window(local_ray, local_hub, model_dir, sweep_data, tmp_path, capsys):
-    config = load_config(["--num_samples", "2", "--num_epochs", "1", "--scheduler", "fifo", "--hf_repo_id", REPO,
+    # Three epochs: trials keep improving for a while after the first model goes out, even on a fast machine
+    # (with one epoch both trials could end before the first publish, which then took the final best).
+    config = load_config(["--num_samples", "2", "--num_epochs", "3", "--scheduler", "fifo", "--hf_repo_id", REPO,
                           "--wallet.name", "cold", "--wallet.hotkey", "hot", "--storage_path", str(tmp_path),
                           "--experiment_name", "publishing", "--no-dashboard"])
     setup = PublishSetup(target=PublishTarget(repo_id=REPO, competition_id="m1"), token=Secret(TOKEN),
