@@ -1,8 +1,8 @@
 """The ceiling for one trial: a bare transformers + peft LoRA loop, nothing else.
 
-Same model folder, same tokenized pairs, same micro-batches (the trial's seeded order,
-right-padded to the longest pair) as a trial with these settings; no evaluation, no
-checkpoints, no Ray. Batches are built before the clock starts.
+Same model folder, same tokenized pairs, same steps and micro-batches as a trial with these
+settings and `--packing off` (the trial's seeded order, right-padded to the longest pair); no
+evaluation, no checkpoints, no Ray. Batches are built before the clock starts.
 
     python benchmarks/bare_loop.py --model_dir DIR --data train.jsonl --batch_size 8 --threads 1
 
@@ -11,19 +11,19 @@ Prints one JSON object: tokens trained, seconds in the loop, tokens/s, peak RSS.
 
 import argparse
 import json
-import math
 import resource
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainables.data import read_pairs, tokenize_split  # noqa: E402
-from trainables.lora_trial import micro_batch_indices  # noqa: E402
+from trainables.packing import auto_tokens_per_step, plan_steps  # noqa: E402
 
 
 def padded_batch(split, indices):
@@ -58,9 +58,12 @@ def main() -> None:
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
     split = tokenize_split(tokenizer, read_pairs(args.data), args.max_length)
-    per_epoch = math.ceil(len(split) / args.batch_size)
-    batches = [padded_batch(split, micro_batch_indices(len(split), args.batch_size, args.seed, m))
-               for m in range(per_epoch * args.num_epochs)]
+    lengths = np.diff(split.offsets)
+    plan = plan_steps(lengths, auto_tokens_per_step(lengths, args.batch_size * args.accumulation_steps),
+                      args.num_epochs, args.seed, packing=False, micro_batch_tokens=0, batch_size=args.batch_size)
+    # (batch, micro-batches in its step, whether it ends the step)
+    batches = [(padded_batch(split, pairs), len(step), k + 1 == len(step))
+               for step in plan.steps for k, pairs in enumerate(step)]
 
     base = AutoModelForCausalLM.from_pretrained(args.model_dir, use_safetensors=True, local_files_only=True)
     model = get_peft_model(base, LoraConfig(r=args.r, lora_alpha=args.alpha, target_modules="all-linear",
@@ -70,10 +73,10 @@ def main() -> None:
     model.train()
     tokens = 0
     start = time.perf_counter()
-    for i, (ids, mask, labels) in enumerate(batches):
+    for (ids, mask, labels), in_step, ends_step in batches:
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        (loss / args.accumulation_steps).backward()
-        if (i + 1) % args.accumulation_steps == 0 or i + 1 == len(batches):
+        (loss / in_step).backward()
+        if ends_step:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         tokens += int(mask.sum())

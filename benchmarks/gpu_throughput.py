@@ -64,6 +64,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -71,28 +72,9 @@ import numpy as np
 import torch
 
 # ---------------------------------------------------------------------------------------------------- card peaks
-
-# Dense bf16 tensor-core peak FLOP/s by card name (datasheet values, approximate: boost clocks, no sparsity).
-# Checked in order; the first entry whose every substring appears in torch.cuda.get_device_name() wins.
-PEAK_BF16_FLOPS = [
-    (("H100", "PCIE"), 756e12),
-    (("H100", "NVL"), 835e12),
-    (("H100",), 989e12),  # SXM ("NVIDIA H100 80GB HBM3")
-    (("H200",), 989e12),
-    (("GH200",), 989e12),
-    (("A100",), 312e12),
-    (("L40S",), 362e12),
-    (("L4",), 121e12),
-    (("A10G",), 125e12),
-]
-
-
-def peak_bf16_flops(card: str) -> float | None:
-    name = card.upper()
-    for needles, flops in PEAK_BF16_FLOPS:
-        if all(n in name for n in needles):
-            return flops
-    return None
+# The product's own table of dense bf16 peaks (trainables/throughput.py): trials report MFU against the same.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trainables.throughput import peak_bf16_flops  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------- FLOP math

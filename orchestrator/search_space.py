@@ -142,6 +142,6 @@ def optuna_search(space: SearchSpace, seed: int, metric: str, mode: str):
     Given its space (and so metric and mode) here, OptunaSearch ignores the Tuner's param_space, which must
     then leave these names out; the searcher is saved with the experiment, so --resume needs nothing else.
     """
-    from ray.tune.search.optuna import OptunaSearch
+    from orchestrator.optuna_searcher import OutOfMemoryAwareOptunaSearch
 
-    return OptunaSearch(space=space.distributions, sampler=optuna_sampler(space, seed), metric=metric, mode=mode)
+    return OutOfMemoryAwareOptunaSearch(space=space.distributions, sampler=optuna_sampler(space, seed), metric=metric, mode=mode)

@@ -39,13 +39,17 @@ def _hyperparameters(hp: Hyperparameters | dict | None) -> str:
 
 def trial_counts(outcome: SweepOutcome) -> str:
     interrupted = f", {outcome.interrupted_trials} interrupted" if outcome.interrupted_trials else ""
+    out_of_memory = f", {outcome.out_of_memory} out of memory" if outcome.out_of_memory else ""
     return (f"{outcome.num_trials} ({outcome.finished} ran to the end, {outcome.stopped_early} stopped early by "
-            f"the scheduler, {outcome.errored} failed{interrupted})")
+            f"the scheduler{out_of_memory}, {outcome.errored} failed{interrupted})")
 
 
 def failure_lines(trials: list[TrialRecord]) -> list[str]:
-    return [f"failed trial:    {t.trial_id} ({_hyperparameters(t.hyperparameters)}) at step {t.steps}: {t.reason}"
-            for t in trials if t.status is TrialStatus.FAILED]
+    labels = {TrialStatus.FAILED: "failed trial:   ", TrialStatus.OUT_OF_MEMORY: "out of memory:  "}
+    return [f"{labels[t.status]} {t.trial_id} ({_hyperparameters(t.hyperparameters)}): {t.reason}"
+            if t.status is TrialStatus.OUT_OF_MEMORY else
+            f"{labels[t.status]} {t.trial_id} ({_hyperparameters(t.hyperparameters)}) at step {t.steps}: {t.reason}"
+            for t in trials if t.status in labels]
 
 
 def publish_lines(outcome: SweepOutcome, config: SweepConfig) -> list[str]:

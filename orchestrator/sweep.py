@@ -163,6 +163,10 @@ class SweepOutcome:
         return count(self.trials, TrialStatus.STOPPED)
 
     @property
+    def out_of_memory(self) -> int:
+        return count(self.trials, TrialStatus.OUT_OF_MEMORY)
+
+    @property
     def errored(self) -> int:
         return count(self.trials, TrialStatus.FAILED)
 
@@ -292,7 +296,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     started = time.perf_counter()
     experiment = experiment or choose_experiment(config)
     plan = plan or plan_cluster(config)
-    max_reports = planned_reports(settings, len(data.train))
+    max_reports = planned_reports(settings, data.train)
     comparison, publishing = measure_opponent(config, opponent, settings, data, plan, publishing)
     trainable = tune.with_resources(tune.with_parameters(trial_function, settings=settings, data=data),
                                     plan.resources)
@@ -310,7 +314,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
                                 plots=[], comparison=None,
                                 publish=CoordinatorReport(lines=[], offline=publishing.target.repo_id is None),
                                 trials_csv=trials_csv)
-        if count(records, TrialStatus.FAILED) == len(records):
+        if count(records, TrialStatus.FAILED) + count(records, TrialStatus.OUT_OF_MEMORY) == len(records):
             raise RuntimeError(f"all {len(records)} trials failed; the first error: {records[0].reason}")
         # The coordinator saw every checkpoint: it publishes (or, offline, packages) the best and merges it.
         report = ray.get(coordinator.finish.remote(config.publishing.wait_for_publish))
@@ -358,5 +362,6 @@ def summary_record(outcome: SweepOutcome) -> dict:
             "base_eval_loss": outcome.base_eval_loss, "best_step": outcome.best_step,
             "best_trial": outcome.best_trial.trial_id if outcome.best_trial else None,
             "num_trials": outcome.num_trials, "stopped_early": outcome.stopped_early, "errored": outcome.errored,
+            "out_of_memory": outcome.out_of_memory,
             "best_model_dir": outcome.best_model_dir, "published_model_id": published.model_id if published else None,
             "wall_s": outcome.wall_s, **({"comparison": outcome.comparison.record()} if outcome.comparison else {})}

@@ -1,8 +1,9 @@
 """What became of each trial, as the summary and `trials.csv` tell it.
 
-A trial ends one of four ways, and each is told honestly: it ran every planned evaluation
-(finished), the scheduler stopped it for lagging (stopped), it raised (failed, with the reason's
-last line), or the sweep was interrupted while it ran or before it started (interrupted).
+A trial ends one of five ways, and each is told honestly: it ran every planned evaluation
+(finished), the scheduler stopped it for lagging (stopped), it ran out of accelerator memory (with
+where, in its last report), it raised (failed, with the reason's last line), or the sweep was
+interrupted while it ran or before it started (interrupted).
 """
 
 import csv
@@ -19,6 +20,7 @@ TRIALS_CSV = "trials.csv"
 class TrialStatus(enum.Enum):
     FINISHED = "finished"
     STOPPED = "stopped by the scheduler"
+    OUT_OF_MEMORY = "out of memory"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
 
@@ -49,11 +51,14 @@ def one_line_reason(error_text: str) -> str:
     return lines[-1][:300]
 
 
-def trial_status(has_error: bool, done: bool, reports: int, planned_reports: int) -> TrialStatus:
+def trial_status(has_error: bool, done: bool, reports: int, planned_reports: int,
+                 out_of_memory: bool = False) -> TrialStatus:
     """How a trial ended. Tune marks a trial's last result `done` when it finished or the scheduler stopped it;
     a trial that neither failed nor is done was cut short by an interruption of the sweep."""
     if has_error:
         return TrialStatus.FAILED
+    if out_of_memory:
+        return TrialStatus.OUT_OF_MEMORY
     if not done:
         return TrialStatus.INTERRUPTED
     return TrialStatus.FINISHED if reports >= planned_reports else TrialStatus.STOPPED
@@ -66,13 +71,16 @@ def records_from_results(results, planned_reports: int) -> list[TrialRecord]:
         metrics = result.metrics or {}
         history = result.metrics_dataframe
         losses = [] if history is None or "eval_loss" not in history else list(history["eval_loss"].dropna())
+        losses = [loss for loss in losses if math.isfinite(loss)]  # an out-of-memory trial's last report is inf
         config = result.config or {}
         records.append(TrialRecord(
             trial_id=str(metrics.get("trial_id") or Path(result.path).name),
             hyperparameters=Hyperparameters.from_mapping(config) if set(NAMES) <= set(config) else None,
             status=trial_status(result.error is not None, bool(metrics.get("done")),
-                                int(metrics.get("training_iteration", 0)), planned_reports),
-            reason=one_line_reason(str(result.error)) if result.error is not None else "",
+                                int(metrics.get("training_iteration", 0)), planned_reports,
+                                out_of_memory=bool(metrics.get("out_of_memory"))),
+            reason=(one_line_reason(str(result.error)) if result.error is not None
+                    else str(metrics.get("out_of_memory") or "")),
             steps=int(metrics.get("step", 0)),
             best_eval_loss=min(losses) if losses else math.nan,
             last_eval_loss=losses[-1] if losses else math.nan,

@@ -3,10 +3,11 @@ import pytest
 import torch
 
 from tests.conftest import write_jsonl
-from trainables.data import (MAX_CHARS_PER_TOKEN, DataError, _ids, collate, read_pairs, split_pairs, tokenize_pair,
+from trainables.data import (MAX_CHARS_PER_TOKEN, DataError, _ids, read_pairs, split_pairs, tokenize_pair,
                              tokenize_split)
 from trainables.embedded_model import DATASET
-from trainables.evaluation import per_pair_losses
+from trainables.evaluation import per_pair_means
+from trainables.packing import padded_micro_batch
 
 
 def test_bundled_dataset_has_a_few_hundred_pairs():
@@ -130,21 +131,22 @@ def test_empty_strings_keep_a_finite_loss(tokenizer, capsys):
              {"question": "", "response": ""}]
     split = tokenize_split(tokenizer, pairs, max_length=64)
     assert len(split) == 3 and capsys.readouterr().out == ""
-    batch = collate(split, range(3))
+    batch = padded_micro_batch(split, range(3))
     logits = torch.randn(*batch["input_ids"].shape, len(tokenizer))
-    losses = per_pair_losses(logits, batch["labels"])
+    token_losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["targets"], reduction="none")
+    losses = per_pair_means(token_losses, batch)
     assert torch.isfinite(losses).all() and (losses > 0).all()
 
 
-def test_collate_pads_right_and_labels_only_response_tokens(sweep_data):
+def test_padded_batches_pad_right_and_target_only_response_tokens(sweep_data):
     split = sweep_data.train
-    batch = collate(split, [0, 1, 2])
+    batch = padded_micro_batch(split, [0, 1, 2])
     for row in range(3):
         ids, prompt_len = split.pair(row)
         n = len(ids)
         assert batch["input_ids"][row, :n].tolist() == ids.tolist()
         assert batch["attention_mask"][row].sum() == n
-        labels = batch["labels"][row]
-        assert (labels[:prompt_len] == -100).all() and (labels[n:] == -100).all()
-        assert labels[prompt_len:n].tolist() == ids[prompt_len:].tolist()
+        targets = batch["targets"][row]  # position t is scored on token t + 1
+        assert (targets[:prompt_len - 1] == -100).all() and (targets[n - 1:] == -100).all()
+        assert targets[prompt_len - 1:n - 1].tolist() == ids[prompt_len:].tolist()
     assert isinstance(split.tokens, np.ndarray) and split.tokens.dtype == np.int32

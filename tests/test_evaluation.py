@@ -1,10 +1,13 @@
 import math
 
+import numpy as np
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from trainables.data import collate
-from trainables.evaluation import eval_loss, per_pair_losses
+import trainables.evaluation as evaluation
+from trainables.evaluation import eval_loss, pair_losses, per_pair_means, token_losses
+from trainables.packing import packed_micro_batch
 
 
 def validator_loss(model, ids, prompt_len):
@@ -15,24 +18,56 @@ def validator_loss(model, ids, prompt_len):
     return model(ids, labels=labels).loss.item()
 
 
-def test_batched_eval_matches_the_validators_per_pair_loss(model_dir, sweep_data):
-    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
-    split = sweep_data.eval
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
+
+
+@pytest.fixture(scope="module")
+def alone(model, sweep_data):
     with torch.no_grad():
-        expected = [validator_loss(model, *split.pair(i)) for i in range(len(split))]
-        batch = collate(split, range(len(split)))
-        got = per_pair_losses(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                              batch["labels"])
-    assert torch.allclose(got, torch.tensor(expected), atol=1e-4)
+        return [validator_loss(model, *sweep_data.eval.pair(i)) for i in range(len(sweep_data.eval))]
+
+
+def test_padded_and_packed_eval_match_the_validators_per_pair_loss(model, sweep_data, alone):
+    split = sweep_data.eval
+    padded = pair_losses(model, split, torch.device("cpu"), batch_size=5, packing=False)
+    packed = pair_losses(model, split, torch.device("cpu"), packing=True, row_tokens=1024)
+    assert np.allclose(padded, alone, atol=1e-4) and np.allclose(packed, alone, atol=1e-4)
+    # packing really shared rows: more pairs than rows
+    assert len(evaluation.eval_rows(split, True, 1024, 5)) < len(split) / 2
     # the average of per-pair means, not a mean over all tokens
-    assert math.isclose(eval_loss(model, split, torch.device("cpu"), batch_size=5), sum(expected) / len(expected),
-                        rel_tol=1e-5)
+    assert math.isclose(eval_loss(model, split, torch.device("cpu"), packing=True, row_tokens=1024),
+                        sum(alone) / len(alone), rel_tol=1e-5)
+
+
+def test_a_packed_row_without_restarting_positions_is_not_the_pairs_alone(model, sweep_data, alone):
+    """The control: the same row with position ids 0..n (one long sequence) lets pairs attend to earlier ones."""
+    batch = packed_micro_batch(sweep_data.eval, range(4))
+    with torch.no_grad():
+        ok = per_pair_means(token_losses(model, batch), batch)
+        batch["position_ids"] = torch.arange(batch["input_ids"].shape[1])[None]
+        mixed = per_pair_means(token_losses(model, batch), batch)
+    assert np.allclose(ok.tolist(), alone[:4], atol=1e-4)
+    assert not np.allclose(mixed[1:].tolist(), alone[1:4], atol=1e-3)  # the first pair sees nothing before it
+
+
+def test_the_chunked_loss_is_the_full_logits_loss_with_its_gradients(model_dir, sweep_data, monkeypatch):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).train()
+    batch = packed_micro_batch(sweep_data.train, range(6))
+    monkeypatch.setattr(evaluation, "LOSS_CHUNK_TOKENS", 50)  # several slices in one row
+    chunked = per_pair_means(token_losses(model, batch), batch).mean()
+    chunked.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    monkeypatch.setattr(evaluation, "CHUNKED_LOSS_MODEL_TYPES", frozenset())
+    full = per_pair_means(token_losses(model, batch), batch).mean()
+    full.backward()
+    assert math.isclose(chunked.item(), full.item(), rel_tol=1e-6)
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, model.parameters()))
 
 
 def test_per_pair_mean_is_not_a_token_mean():
-    logits = torch.zeros(2, 4, 3)
-    logits[0, :, 0] = 5.0  # row 0 predicts token 0 confidently
-    labels = torch.tensor([[-100, 0, -100, -100], [-100, 1, 1, 1]])
-    losses = per_pair_losses(logits, labels)
-    assert losses.shape == (2,)
-    assert losses[0] < 0.02 and math.isclose(losses[1].item(), math.log(3), rel_tol=1e-5)
+    losses = torch.tensor([[0.0, 1.0, 1.0, 1.0, 4.0, 0.0]])
+    batch = {"targets": torch.tensor([[-100, 5, 5, 5, 5, -100]]), "segments": torch.tensor([[0, 0, 0, 0, 1, 1]])}
+    assert per_pair_means(losses, batch).tolist() == [1.0, 4.0]  # a token mean would be 1.75

@@ -130,13 +130,14 @@ def finished(experiment: Path, final_step: int) -> dict[str, list[dict]]:
     return done
 
 
-def test_a_killed_driver_resumes_on_the_cluster(cluster, tmp_path):
+def test_a_killed_driver_resumes_on_the_cluster(cluster, tmp_path, sweep_data):
     """Only the driver dies (the cluster lives on): `--resume` continues; finished trials are not rerun."""
-    from trainables.lora_trial import TrainingSettings, TrialSettings, optimizer_steps
+    from trainables.lora_trial import TrainingSettings, TrialSettings, step_plan
 
     address, env, _ = cluster
     training = TrainingSettings(num_epochs=3, batch_size=8, accumulation_steps=1)
-    final_step = optimizer_steps(TrialSettings(model_dir="", training=training), 241)
+    # the sweep's training split is the session's: the embedded data, split with seed 0
+    final_step = len(step_plan(TrialSettings(model_dir="", training=training), sweep_data.train))
     (tmp_path / "grid.yaml").write_text(GRID.replace("[1.0e-3, 2.0e-4]", "[1.0e-3, 5.0e-4, 2.0e-4, 1.0e-4]"))
     argv = [sys.executable, "-m", "orchestrator.run", "--address", address, "--search", str(tmp_path / "grid.yaml"),
             "--scheduler", "fifo", "--num_epochs", "3", "--storage_path", str(tmp_path / "results"),

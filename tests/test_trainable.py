@@ -2,11 +2,10 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from trainables.lora_trial import (TRAINER_STATE, TrainingSettings, TrialSettings, micro_batch_indices, model_pair_losses,
-                                   optimizer_steps, planned_reports, train_lora)
+from trainables.lora_trial import (TRAINER_STATE, TrainingSettings, TrialSettings, model_pair_losses, planned_reports,
+                                   step_plan, train_lora)
 
 
 def settings_for(model_dir, **overrides) -> TrialSettings:
@@ -36,29 +35,14 @@ def run(hyperparameters, settings, data, resume_from=None, stop_after=None, keep
     return reports
 
 
-def test_step_arithmetic():
-    s = TrialSettings(model_dir="x", training=TrainingSettings(num_epochs=2, batch_size=4, accumulation_steps=3,
-                                                               eval_steps=5))
-    assert optimizer_steps(s, 50) == 9  # ceil(ceil(50/4)*2 / 3) = ceil(26/3)
-    assert planned_reports(s, 50) == 2
-
-
-def test_micro_batches_are_a_seeded_shuffle_per_epoch():
-    epoch0 = np.concatenate([micro_batch_indices(10, 4, seed=1, micro_batch=m) for m in range(3)])
-    epoch1 = np.concatenate([micro_batch_indices(10, 4, seed=1, micro_batch=m) for m in range(3, 6)])
-    assert sorted(epoch0) == list(range(10)) and sorted(epoch1) == list(range(10))
-    assert epoch0.tolist() != epoch1.tolist()
-    assert micro_batch_indices(10, 4, seed=1, micro_batch=4).tolist() == epoch1[4:8].tolist()
-
-
 def test_loss_falls_at_a_sensible_lr_and_not_at_1e_10(model_dir, sweep_data):
     settings = settings_for(model_dir, num_epochs=2)
     losses = model_pair_losses(settings.model_dir, settings, sweep_data.eval)
     untrained = sum(losses) / len(losses)
     learns = run({"learning_rate": 1e-3, "r": 16, "alpha": 32}, settings, sweep_data)
     frozen = run({"learning_rate": 1e-10, "r": 16, "alpha": 32}, settings, sweep_data)
-    assert learns[-1]["step"] == optimizer_steps(settings, len(sweep_data.train))
-    assert len(learns) == planned_reports(settings, len(sweep_data.train))
+    assert learns[-1]["step"] == len(step_plan(settings, sweep_data.train))
+    assert len(learns) == planned_reports(settings, sweep_data.train)
     assert learns[-1]["eval_loss"] < 0.85 * untrained
     assert frozen[-1]["eval_loss"] == pytest.approx(untrained, rel=1e-3)
     # every report carries the base model's loss, measured by the trial with its adapter switched off

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 
@@ -147,18 +146,3 @@ class SweepData:
     """What every trial trains and evaluates on: the same pairs, the same held-out set."""
     train: TokenizedSplit
     eval: TokenizedSplit
-
-
-def collate(split: TokenizedSplit, indices, pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Right-padded batch; labels are -100 on prompt and padding, so loss covers response tokens only."""
-    rows = [split.pair(int(i)) for i in indices]
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    for row, (ids, prompt_len) in enumerate(rows):
-        ids = torch.from_numpy(ids.astype(np.int64))
-        input_ids[row, :len(ids)] = ids
-        attention_mask[row, :len(ids)] = 1
-        labels[row, prompt_len:len(ids)] = ids[prompt_len:]
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

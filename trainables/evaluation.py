@@ -1,42 +1,88 @@
 """The validators' loss: mean over response tokens within each pair, then averaged over pairs.
 
 A batch-level mean over all tokens would weight long responses more than the validators
-do, and pick a different winner; so losses are reduced per pair first.
+do, and pick a different winner; so losses are reduced per pair first, in training and in evaluation.
+
+The loss is computed from the model's last hidden states in slices of LOSS_CHUNK_TOKENS positions,
+each slice's logits made, scored and (in training) recomputed in the backward pass rather than kept.
+A 16k-token micro-batch of a 128k-vocabulary model would otherwise hold 16k x 128k logits in bf16 and
+again in fp32, about 20 GB. Models whose logits are more than `lm_head(hidden)` (Gemma 2's soft-capping,
+Cohere's scale) take the plain path through `model(...).logits`.
 """
 
 import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from trainables.data import TokenizedSplit, collate
+from trainables.data import TokenizedSplit
+from trainables.packing import IGNORE, eval_rows, micro_batch
+
+# Architectures whose causal-LM head is exactly `lm_head(model(...).last_hidden_state)`.
+CHUNKED_LOSS_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2"})
+LOSS_CHUNK_TOKENS = 2048
+MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
 
 
-def per_pair_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Each row's mean next-token loss over its labelled (response) positions."""
-    shifted_logits = logits[:, :-1, :].float()
-    shifted_labels = labels[:, 1:]
-    token_loss = F.cross_entropy(shifted_logits.transpose(1, 2), shifted_labels, ignore_index=-100, reduction="none")
-    counted = (shifted_labels != -100).sum(dim=1)
-    return token_loss.sum(dim=1) / counted.clamp(min=1)
+def _causal_lm(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
+
+
+def _scored(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()
+    return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
+                           reduction="none").view(targets.shape)
+
+
+def token_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token loss at every position (0 where there is no target), shaped like batch["targets"]."""
+    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    causal_lm = _causal_lm(model)
+    if causal_lm.config.model_type not in CHUNKED_LOSS_MODEL_TYPES:
+        return _scored(lambda logits: logits, model(**inputs, use_cache=False).logits, batch["targets"])
+    hidden = causal_lm.model(**inputs, use_cache=False).last_hidden_state
+    head = causal_lm.lm_head
+    parts = []
+    for start in range(0, hidden.shape[1], LOSS_CHUNK_TOKENS):
+        h = hidden[:, start:start + LOSS_CHUNK_TOKENS]
+        t = batch["targets"][:, start:start + LOSS_CHUNK_TOKENS]
+        if torch.is_grad_enabled():  # keep only the hidden slice; its logits are made again in the backward pass
+            parts.append(checkpoint(_scored, head, h, t, use_reentrant=False))
+        else:
+            parts.append(_scored(head, h, t))
+    return torch.cat(parts, dim=1)
+
+
+def per_pair_means(losses: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each pair's mean loss over its response tokens, in the micro-batch's pair order."""
+    counted = batch["targets"] != IGNORE
+    segments = batch["segments"][counted]
+    num_pairs = int(batch["segments"].max()) + 1
+    sums = torch.zeros(num_pairs, dtype=losses.dtype, device=losses.device).index_add_(0, segments, losses[counted])
+    counts = torch.bincount(segments, minlength=num_pairs)
+    return sums / counts.clamp(min=1)
 
 
 @torch.no_grad()
-def pair_losses(model, split: TokenizedSplit, device: torch.device, batch_size: int = 8) -> list[float]:
-    """Every pair's loss, in split order: what head-to-head comparisons count wins over."""
+def pair_losses(model, split: TokenizedSplit, device: torch.device, batch_size: int = 8, packing: bool = False,
+                row_tokens: int = 0) -> list[float]:
+    """Every pair's loss, in split order: what head-to-head comparisons count wins over.
+
+    Packed rows give each pair exactly the loss it gets alone (its own positions, no attention across pairs).
+    """
     was_training = model.training
     model.eval()
     losses = []
-    for start in range(0, len(split), batch_size):
-        batch = collate(split, range(start, min(start + batch_size, len(split))))
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        losses.extend(per_pair_losses(logits, batch["labels"]).tolist())
+    for pairs in eval_rows(split, packing, row_tokens, batch_size):
+        batch = {k: v.to(device) for k, v in micro_batch(split, pairs, packing).items()}
+        losses.extend(per_pair_means(token_losses(model, batch), batch).tolist())
     model.train(was_training)
     return losses
 
 
-def eval_loss(model, split: TokenizedSplit, device: torch.device, batch_size: int = 8) -> float:
+def eval_loss(model, split: TokenizedSplit, device: torch.device, batch_size: int = 8, packing: bool = False,
+              row_tokens: int = 0) -> float:
     """Average of the per-pair losses over the whole split (the number trials are ranked by)."""
-    loss = sum(pair_losses(model, split, device, batch_size)) / len(split)
+    loss = sum(pair_losses(model, split, device, batch_size, packing, row_tokens)) / len(split)
     return loss if math.isfinite(loss) else math.inf

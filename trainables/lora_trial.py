@@ -6,6 +6,7 @@ callback and an optional checkpoint folder to resume from. `lora_trainable` is t
 Ray Tune adapter around it.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,12 +23,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from trainables.data import SweepData, TokenizedSplit, collate
+from trainables.data import SweepData, TokenizedSplit
 from trainables.documented import setting
-from trainables.evaluation import eval_loss, pair_losses
+from trainables.evaluation import eval_loss, pair_losses, per_pair_means, token_losses
 from trainables.hyperparameters import Hyperparameters
-from trainables.model_loading import (ensure_model_here, load_causal_lm, pick_device, release_accelerator_memory,
-                                      training_dtype, use_cpus)
+from trainables.model_loading import (ATTENTION_CHOICES, ensure_model_here, load_causal_lm, pick_device,
+                                      release_accelerator_memory, resolve_attention, training_dtype, use_cpus)
+from trainables.out_of_memory import AllocationFailure, is_out_of_memory, out_of_memory_reason
+from trainables.packing import StepPlan, auto_tokens_per_step, micro_batch, plan_steps, real_tokens
+from trainables.throughput import Throughput
 
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
@@ -37,8 +41,17 @@ OPTIMIZER_STATE = "optimizer.pt"
 class TrainingSettings:
     """How every trial of a sweep trains: the training group of the sweep's config (each is a flag)."""
     num_epochs: int = setting(1, "passes over the training pairs per trial")
-    batch_size: int = setting(1, "pairs per micro-batch")
-    accumulation_steps: int = setting(32, "micro-batches per optimizer step")
+    packing: str = setting("on", "on: pairs share rows of up to --micro_batch_tokens tokens, each attending only to "
+                                 "itself (no padding); off: padded micro-batches of --batch_size pairs")
+    tokens_per_step: int = setting(0, "tokens per optimizer step; 0: batch_size x accumulation_steps pairs of "
+                                      "average length")
+    micro_batch_tokens: int = setting(0, "packed: tokens per micro-batch (one row); 0: batch_size x the longest pair")
+    batch_size: int = setting(1, "pairs per padded micro-batch; with the accumulation steps, sizes the default step")
+    accumulation_steps: int = setting(32, "micro-batches per optimizer step, for the default --tokens_per_step")
+    gradient_checkpointing: str = setting("auto", "auto: on only where the memory planner says a trial would not "
+                                                  "fit without it; on; off")
+    attn_implementation: str = setting("auto", "auto: flash_attention_2 on a GPU where flash-attn is installed, "
+                                               "else sdpa; sdpa; flash_attention_2; eager")
     eval_steps: int = setting(10, "optimizer steps between evaluations, checkpoints and reports")
     eval_batch_size: int = setting(8, "pairs per evaluation batch")
     warmup_ratio: float = setting(0.05, "share of the steps spent warming the learning rate up")
@@ -50,6 +63,14 @@ class TrainingSettings:
         for name in ("num_epochs", "batch_size", "accumulation_steps", "eval_steps", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("tokens_per_step", "micro_batch_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be 0 (automatic) or more, got {getattr(self, name)}")
+        choices = {"packing": ("on", "off"), "gradient_checkpointing": ("auto", "on", "off"),
+                   "attn_implementation": ("auto", *ATTENTION_CHOICES)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0 <= self.lora_dropout < 1:
@@ -69,49 +90,69 @@ class TrialSettings:
     device: str = "auto"           # auto: the GPU Ray assigned to this trial, else the CPU
     embedded_model: bool = False   # model_dir is the embedded model: a node without it builds its own copy
     hub_endpoint: str | None = None  # where a node without a Hub-downloaded model_dir fetches it
+    gradient_checkpointing: bool = False  # decided by the driver's memory planner (--gradient_checkpointing)
+    memory_estimate_gb: float | None = None  # the planner's estimate of a trial's peak, reported beside the measured
+    fail_allocation: AllocationFailure | None = None  # tests: the allocator refuses as a full GPU would
 
 
-def optimizer_steps(settings: TrialSettings, num_train: int) -> int:
-    micro_batches = math.ceil(num_train / settings.training.batch_size) * settings.training.num_epochs
-    return math.ceil(micro_batches / settings.training.accumulation_steps)
+def pair_lengths(split: TokenizedSplit) -> np.ndarray:
+    return np.diff(split.offsets)
 
 
-def planned_reports(settings: TrialSettings, num_train: int) -> int:
+def tokens_per_step(training: TrainingSettings, lengths: np.ndarray) -> int:
+    return training.tokens_per_step or auto_tokens_per_step(lengths, training.batch_size * training.accumulation_steps)
+
+
+def micro_batch_tokens(training: TrainingSettings, lengths: np.ndarray) -> int:
+    """A packed row's budget: the flag, else the tokens of a padded micro-batch of the longest pairs; never less
+    than the longest pair, so every pair fits a row."""
+    return max(training.micro_batch_tokens or training.batch_size * int(lengths.max()), int(lengths.max()))
+
+
+def step_plan(settings: TrialSettings, split: TokenizedSplit) -> StepPlan:
+    """Every optimizer step of the trial (a pure function of the settings and data: resumes see the same)."""
+    training, lengths = settings.training, pair_lengths(split)
+    return plan_steps(lengths, tokens_per_step(training, lengths), training.num_epochs, settings.seed,
+                      training.packing == "on", micro_batch_tokens(training, lengths), training.batch_size)
+
+
+def planned_reports(settings: TrialSettings, split: TokenizedSplit) -> int:
     """How many times a trial that is never stopped reports: the scheduler's max_t."""
-    return math.ceil(optimizer_steps(settings, num_train) / settings.training.eval_steps)
-
-
-def micro_batch_indices(num_train: int, batch_size: int, seed: int, micro_batch: int) -> np.ndarray:
-    """The pairs of global micro-batch number `micro_batch`: a fresh seeded shuffle every epoch.
-
-    A pure function of its arguments, so a resumed trial sees exactly the batches it would have.
-    """
-    per_epoch = math.ceil(num_train / batch_size)
-    epoch, within = divmod(micro_batch, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(num_train)
-    return order[within * batch_size:(within + 1) * batch_size]
-
-
-
-
-
-
+    return math.ceil(len(step_plan(settings, split)) / settings.training.eval_steps)
 
 
 def ensure_starting_model(settings: TrialSettings) -> None:
     ensure_model_here(settings.model_dir, settings.embedded_model, settings.hub_endpoint)
 
 
-def load_lora_model(settings: TrialSettings, r: int, alpha: int, device: torch.device):
-    ensure_starting_model(settings)
-    base = load_causal_lm(settings.model_dir, training_dtype(device))
+def build_lora_model(base, r: int, alpha: int, dropout: float, gradient_checkpointing: bool):
+    """LoRA on every linear layer of `base`. The adapters stay fp32 over a bf16 base (peft's default), so their
+    gradients and AdamW state are fp32. Checkpointing keeps each decoder layer's input only and recomputes the
+    rest in the backward pass: about a third more compute for a fraction of the activation memory."""
     # peft is imported where models are built: the driver imports this module (settings, the Tune entry point)
     # but never builds a model, and importing peft costs it seconds before the sweep can start.
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=settings.training.lora_dropout, target_modules="all-linear",
-                      bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(base, lora).to(device)
+    if gradient_checkpointing:
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", bias="none",
+                      task_type="CAUSAL_LM")
+    return get_peft_model(base, lora)
+
+
+def load_lora_model(settings: TrialSettings, r: int, alpha: int, device: torch.device):
+    ensure_starting_model(settings)
+    base = load_causal_lm(settings.model_dir, training_dtype(device),
+                          resolve_attention(settings.training.attn_implementation, device))
+    return build_lora_model(base, r, alpha, settings.training.lora_dropout, settings.gradient_checkpointing).to(device)
+
+
+def backward_micro_batch(model, batch: dict[str, torch.Tensor], pairs_in_step: int) -> float:
+    """Add this micro-batch's share of the step's loss (the mean of per-pair means) to the gradients; return the
+    sum of its pairs' losses."""
+    means = per_pair_means(token_losses(model, batch), batch)
+    (means.sum() / pairs_in_step).backward()
+    return means.sum().item()
 
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, hyperparameters: dict,
@@ -133,59 +174,81 @@ def restore_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
     return json.loads((folder / TRAINER_STATE).read_text())["step"]
 
 
-Report = Callable[[dict, Path], None]
+Report = Callable[[dict, Path | None], None]  # metrics, checkpoint folder (None: no checkpoint)
 
 
 def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, report: Report,
                resume_from: Path | None = None) -> None:
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup  # imports peft and the Trainer's helpers
-
-    chosen = Hyperparameters.from_mapping(hyperparameters)
-    lr, r, alpha = chosen.learning_rate, chosen.r, chosen.alpha
+    """Train, evaluating every eval_steps steps. Running out of accelerator memory ends the trial with one last
+    report saying where (`out_of_memory`), after the memory is freed: the worker is reused by the next trial."""
     device = pick_device(settings.device)
     use_cpus(device, settings.cpus_per_trial)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # the worker is reused: count this trial's peak only
     torch.manual_seed(settings.seed)
+    plan = step_plan(settings, data.train)
+    progress = {"step": 0, "micro_batch_tokens": 0}
+    try:
+        with settings.fail_allocation.armed(hyperparameters) if settings.fail_allocation else contextlib.nullcontext():
+            _train(hyperparameters, settings, data, report, resume_from, device, plan, progress)
+        return
+    except Exception as error:  # noqa: BLE001: only running out of memory is an outcome; the rest re-raise
+        if not is_out_of_memory(error):
+            raise
+        reason = out_of_memory_reason(progress["step"] + 1, progress["micro_batch_tokens"], device,
+                                      settings.memory_estimate_gb)
+    # here the exception and its frames (which held the model and its activations) are gone
+    release_accelerator_memory()
+    report({"eval_loss": math.inf, "out_of_memory": reason, "step": progress["step"], **memory_metrics(device)}, None)
 
-    model = load_lora_model(settings, r, alpha, device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+
+def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, report: Report, resume_from: Path | None,
+           device: torch.device, plan: StepPlan, progress: dict) -> None:
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup  # imports peft and the Trainer's helpers
+
+    chosen = Hyperparameters.from_mapping(hyperparameters)
+    model = load_lora_model(settings, chosen.r, chosen.alpha, device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=chosen.learning_rate,
                                   weight_decay=settings.training.weight_decay)
-    total_steps = optimizer_steps(settings, len(data.train))
+    total_steps = len(plan)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, num_warmup_steps=int(settings.training.warmup_ratio * total_steps), num_training_steps=total_steps,
         min_lr_rate=settings.min_lr_ratio)
     step = restore_checkpoint(resume_from, model, optimizer, scheduler) if resume_from else 0
+    packing = settings.training.packing == "on"
     untrained = untrained_eval_loss(model, settings, data.eval, device)
-
-    total_micro_batches = math.ceil(len(data.train) / settings.training.batch_size) * settings.training.num_epochs
-    micro_batch = step * settings.training.accumulation_steps
+    throughput = Throughput.of(model, device)
     model.train()
     window = _Window()
     while step < total_steps:
-        # one optimizer step: accumulate gradients over up to `accumulation_steps` micro-batches
-        group = range(micro_batch, min(micro_batch + settings.training.accumulation_steps, total_micro_batches))
-        for m in group:
-            batch = collate(data.train, micro_batch_indices(len(data.train), settings.training.batch_size, settings.seed, m))
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
-            (loss / len(group)).backward()
-            window.add(loss.item(), int(batch["attention_mask"].sum()))
+        progress["step"] = step
+        micro_batches = plan.steps[step]
+        pairs_in_step = sum(len(pairs) for pairs in micro_batches)
+        for pairs in micro_batches:  # one optimizer step: gradients accumulate over its micro-batches
+            batch = {k: v.to(device) for k, v in micro_batch(data.train, pairs, packing).items()}
+            progress["micro_batch_tokens"] = batch["input_ids"].numel()
+            loss_sum = backward_micro_batch(model, batch, pairs_in_step)
+            window.add(loss_sum, len(pairs), real_tokens(batch), np.diff(data.train.offsets)[pairs])
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        micro_batch = group.stop
         step += 1
         if step % settings.training.eval_steps == 0 or step == total_steps:
-            trained = window.metrics()  # read before evaluating: tokens_per_s is the training throughput
-            metrics = {"eval_loss": eval_loss(model, data.eval, device, settings.training.eval_batch_size),
+            trained = window.metrics(throughput)  # read before evaluating: tokens_per_s is the training throughput
+            metrics = {"eval_loss": eval_loss(model, data.eval, device, **eval_layout(settings, data.eval)),
                        **trained, "step": step, "learning_rate_now": scheduler.get_last_lr()[0],
-                       "base_eval_loss": untrained,
-                       **memory_metrics(device)}
+                       "base_eval_loss": untrained, **memory_metrics(device, settings.memory_estimate_gb)}
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder), model, optimizer, scheduler, step, hyperparameters, settings)
                 report(metrics, Path(folder))
             window = _Window()
+
+
+def eval_layout(settings: TrialSettings, split: TokenizedSplit) -> dict:
+    """How evaluation batches pairs: packed like training (rows of eval_batch_size longest pairs), or padded."""
+    longest = int(pair_lengths(split).max())
+    return {"batch_size": settings.training.eval_batch_size, "packing": settings.training.packing == "on",
+            "row_tokens": settings.training.eval_batch_size * longest}
 
 
 # (model folder, eval set digest) -> the base model's eval loss; filled once per worker process
@@ -202,17 +265,40 @@ def untrained_eval_loss(model, settings: TrialSettings, eval_split: TokenizedSpl
     key = (settings.model_dir, digest)
     if key not in _UNTRAINED_LOSSES:
         with model.disable_adapter():
-            _UNTRAINED_LOSSES[key] = eval_loss(model, eval_split, device, settings.training.eval_batch_size)
+            if settings.training.packing == "on":
+                check_packing_is_kept_apart(model, eval_split, device)
+            _UNTRAINED_LOSSES[key] = eval_loss(model, eval_split, device, **eval_layout(settings, eval_split))
     return _UNTRAINED_LOSSES[key]
 
 
-def memory_metrics(device: torch.device) -> dict:
-    """Peak memory of this worker process so far (and of its GPU), for the dashboard and the benchmarks."""
+def check_packing_is_kept_apart(model, split: TokenizedSplit, device: torch.device) -> None:
+    """A few pairs packed into one row must score as they do padded. An architecture whose attention ignores
+    restarting position ids would let pairs attend to each other and train on a different loss, silently."""
+    pairs = np.argsort(pair_lengths(split))[:3]
+    packed = pair_losses(model, _subset(split, pairs), device, packing=True, row_tokens=split.num_tokens)
+    padded = pair_losses(model, _subset(split, pairs), device, batch_size=len(pairs), packing=False)
+    if not np.allclose(packed, padded, rtol=2e-2, atol=2e-2):
+        raise ValueError(f"{model.config.model_type} with {model.config._attn_implementation} attention does not keep "
+                         f"packed pairs apart (packed losses {np.round(packed, 3).tolist()} vs alone "
+                         f"{np.round(padded, 3).tolist()}); run with --packing off")
+
+
+def _subset(split: TokenizedSplit, pairs) -> TokenizedSplit:
+    parts = [split.pair(int(i)) for i in pairs]
+    lengths = np.array([len(ids) for ids, _ in parts])
+    return TokenizedSplit(np.concatenate([ids for ids, _ in parts]), np.concatenate([[0], np.cumsum(lengths)]),
+                          np.array([p for _, p in parts], dtype=np.int32))
+
+
+def memory_metrics(device: torch.device, estimate_gb: float | None = None) -> dict:
+    """Peak memory of this worker process so far (and of its GPU), beside the planner's estimate."""
     # ru_maxrss is in KiB on Linux, in bytes on macOS
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
     metrics = {"peak_rss_mb": round(peak_rss, 1)}
     if device.type == "cuda":
         metrics["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    if estimate_gb is not None:
+        metrics["memory_estimate_gb"] = round(estimate_gb, 3)
     return metrics
 
 
@@ -220,17 +306,25 @@ class _Window:
     """Training loss and throughput since the last report."""
 
     def __init__(self):
-        self.losses, self.tokens, self.started = [], 0, time.perf_counter()
+        self.loss_sum, self.pairs, self.tokens, self.square_tokens = 0.0, 0, 0, 0
+        self.started = time.perf_counter()
 
-    def add(self, loss: float, tokens: int) -> None:
-        self.losses.append(loss)
+    def add(self, loss_sum: float, pairs: int, tokens: int, pair_lengths: np.ndarray) -> None:
+        self.loss_sum += loss_sum
+        self.pairs += pairs
         self.tokens += tokens
+        self.square_tokens += int((pair_lengths.astype(np.int64) ** 2).sum())
 
-    def metrics(self) -> dict:
+    def metrics(self, throughput: "Throughput") -> dict:
         elapsed = time.perf_counter() - self.started
-        train_loss = sum(self.losses) / len(self.losses) if self.losses else math.nan
-        return {"train_loss": train_loss, "tokens_per_s": self.tokens / elapsed if elapsed > 0 else 0.0,
-                "train_s": elapsed}
+        tokens_per_s = self.tokens / elapsed if elapsed > 0 else 0.0
+        metrics = {"train_loss": self.loss_sum / self.pairs if self.pairs else math.nan,
+                   "tokens_per_s": tokens_per_s, "train_s": elapsed}
+        # the attention's share of the work grows with each pair's length: sum(L^2) / sum(L) per token
+        mfu = throughput.mfu(tokens_per_s, self.square_tokens / self.tokens if self.tokens else 0.0)
+        if mfu is not None:
+            metrics["mfu"] = mfu
+        return metrics
 
 
 def model_pair_losses(model_dir: str, settings: TrialSettings, eval_split: TokenizedSplit) -> list[float]:
@@ -238,9 +332,10 @@ def model_pair_losses(model_dir: str, settings: TrialSettings, eval_split: Token
     ensure_starting_model(settings)
     device = pick_device(settings.device)
     use_cpus(device, settings.cpus_per_trial)
-    model = load_causal_lm(model_dir, training_dtype(device)).to(device)
+    model = load_causal_lm(model_dir, training_dtype(device),
+                           resolve_attention(settings.training.attn_implementation, device)).to(device)
     try:
-        return pair_losses(model, eval_split, device, settings.training.eval_batch_size)
+        return pair_losses(model, eval_split, device, **eval_layout(settings, eval_split))
     finally:
         del model
         release_accelerator_memory()
@@ -261,11 +356,11 @@ def lora_trainable(config: dict, settings: TrialSettings, data: SweepData) -> No
     trial_id = tune.get_context().get_trial_id()
     hyperparameters = Hyperparameters.from_mapping(config)
 
-    def report(metrics: dict, folder: Path) -> None:
+    def report(metrics: dict, folder: Path | None) -> None:
         emit(trial_id, hyperparameters, metrics)  # the actor's log line and the Prometheus gauges
         # wall-clock bounds of this trial's work, so overlap between trials can be checked
         tune.report({**metrics, "trial_started_at": started, "reported_at": time.time()},
-                    checkpoint=tune.Checkpoint.from_directory(folder))
+                    checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
 
     checkpoint = tune.get_checkpoint()
     try:

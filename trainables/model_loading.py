@@ -28,6 +28,23 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+ATTENTION_CHOICES = ("sdpa", "flash_attention_2", "eager")
+
+
+def resolve_attention(requested: str, device: torch.device) -> str:
+    """auto: flash-attention 2 where it can run (a CUDA GPU and the flash-attn package), else torch's sdpa.
+    Every choice keeps packed pairs apart (transformers reads the restarting position ids)."""
+    from transformers.utils import is_flash_attn_2_available
+
+    flash_possible = device.type == "cuda" and is_flash_attn_2_available()
+    if requested == "auto":
+        return "flash_attention_2" if flash_possible else "sdpa"
+    if requested == "flash_attention_2" and not flash_possible:
+        raise ValueError("--attn_implementation flash_attention_2 needs a CUDA GPU and the flash-attn package "
+                         "(pip install flash-attn) on every worker; use sdpa or auto")
+    return requested
+
+
 def training_dtype(device: torch.device) -> torch.dtype:
     """bf16 weights where the GPU supports them; fp32 on the CPU and older GPUs."""
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
@@ -68,12 +85,12 @@ def ensure_model_here(model_dir: str, embedded: bool, hub_endpoint: str | None) 
                           allow_patterns=STARTING_MODEL_PATTERNS)
 
 
-def load_causal_lm(model_dir: str | Path, dtype: torch.dtype | str):
+def load_causal_lm(model_dir: str | Path, dtype: torch.dtype | str, attn_implementation: str = "sdpa"):
     """A model folder as a causal LM: local files, safetensors, transformers' own code only."""
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True, local_files_only=True,
-                                                trust_remote_code=False)
+                                                trust_remote_code=False, attn_implementation=attn_implementation)
 
 
 def release_accelerator_memory() -> None:
