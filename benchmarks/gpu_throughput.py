@@ -1,128 +1,144 @@
-"""LoRA training throughput and MFU on one GPU, for a 1B-class Llama built from a config (no download).
+"""The product's LoRA training step on one GPU: real-token throughput, MFU and peak memory against the memory
+planner's estimate, for Llama-shape models built from a config (random weights, no download). Issue 12.
 
-Run on an H100 (or any CUDA card) from the repository root:
+The whole issue-12 matrix, one fresh process per row (estimated 4-6 minutes on one H100, not yet timed there;
+one JSON object at the end, progress on stderr):
 
-    .venv/bin/python benchmarks/gpu_throughput.py --model 1b --attn sdpa --packing --seq_len 2048 --batch_size 8
-    .venv/bin/python benchmarks/gpu_throughput.py --model 1b --attn flash_attention_2 --packing   # needs flash-attn
-    .venv/bin/python benchmarks/gpu_throughput.py --model 1b --no-packing                         # padded baseline
-    .venv/bin/python benchmarks/gpu_throughput.py --model 1b --gradient_checkpointing --batch_size 16
-    .venv/bin/python benchmarks/gpu_throughput.py --model 1b --full_finetune                      # ceiling reference
-    .venv/bin/python benchmarks/gpu_throughput.py --model 1b --check_packing                      # + correctness check
+    .venv/bin/python benchmarks/gpu_throughput.py --matrix --out benchmarks/measured/gpu_matrix.json
 
-CPU smoke test (a few-M-parameter model, seconds):
+One configuration, and the opt-in GPU test:
 
-    .venv/bin/python benchmarks/gpu_throughput.py --model tiny --steps 3 --warmup 1 --seq_len 256 --batch_size 2 \
-        --threads 1 --check_packing
-    .venv/bin/python benchmarks/gpu_throughput.py --model 1b --dry_run   # params and FLOPs/token on the meta device
+    .venv/bin/python benchmarks/gpu_throughput.py --model 3b --seq_len 16384 --gradient_checkpointing --check_packing
+    .venv/bin/python benchmarks/gpu_throughput.py --model 1b --seq_len 16384 --no-packing --gradient_checkpointing
+    .venv/bin/python benchmarks/gpu_throughput.py --model 1b --attn flash_attention_2     # needs flash-attn
+    LORA_SWEEP_GPU=1 .venv/bin/python -m pytest -q tests/test_gpu_benchmark.py
 
-The model: `--model 1b` is the TinyLlama-1.1B shape (hidden 2048, 22 layers, 32 heads, 4 KV heads, MLP 5632,
-vocab 32000), `LlamaForCausalLM(config)` with random weights, created directly on the GPU in bf16. The training
-step is the product's trial step (trainables/lora_trial.py): peft LoRA r=alpha, all-linear, no dropout, AdamW over
-the trainable parameters, loss on labels. `--full_finetune` trains every weight instead (a ceiling reference).
+On the CPU (what tests/test_gpu_benchmark.py runs):
 
-The data: synthetic "pairs" of random token ids with lengths drawn uniformly from [--min_pair_len, --max_pair_len]
-(default 64 .. seq_len/2, seeded), so padding waste is real. Padded mode: each step is `batch_size` pairs
-right-padded to the longest, with attention_mask and labels -100 on padding (like trainables.data.collate).
-Packed mode: pairs poured into `batch_size` rows of exactly seq_len tokens (a pair that does not fit is split; the
-rest starts the next row), `position_ids` restart at 0 for every segment and there is no attention_mask; the
-first token of every segment has label -100 so nothing is predicted across a boundary. transformers 5 turns such
-position_ids into a block-diagonal causal mask for sdpa/eager (masking_utils.find_packed_sequence_indices). For
-flash_attention_2 the rows are flattened into one row of batch_size*seq_len tokens (transformers only detects
-packing for flash at batch size 1) and cu_seq_lens/max_length are passed explicitly, so the varlen kernel runs
-without a per-layer device sync. `--check_packing` verifies on a small model that a packed row's loss and logits
-equal those of its pairs run one at a time (and that a packed row *without* position_ids does not, as a control).
+    .venv/bin/python benchmarks/gpu_throughput.py --model tiny --seq_len 1024 --steps 2 --warmup 1 --check_packing
+    .venv/bin/python benchmarks/gpu_throughput.py --model 3b --seq_len 16384 --dry_run     # meta device: no memory
+    .venv/bin/python benchmarks/gpu_throughput.py --matrix --dry_run --memory_gb 79.6       # the planner's verdicts
 
-What the JSON printed at the end means (one object, the last line of stdout):
-  card             torch.cuda.get_device_name() or "cpu"; every figure below is for this card.
-  tokens_per_s     real (non-pad) input tokens trained per second, over the timed steps (after --warmup).
-  step_s           mean wall time of one optimizer step (forward+backward+AdamW), CUDA-synchronized;
-                   step_s_median alongside.
-  peak_mem_gb      torch.cuda.max_memory_allocated() over the whole run (weights, optimizer, activations).
-  mfu_6n           "model FLOPs utilization" as usually quoted: (6*N + 12*n_layers*d_attn*ctx) FLOPs per real token
-                   times tokens_per_s, over the card's peak dense bf16 FLOP/s. N = base matmul parameters (every
-                   nn.Linear incl. lm_head, excluding the input embedding lookup and the LoRA adapters), as in
-                   torchtitan/PaLM. For LoRA this credits weight-gradient FLOPs that a frozen base never computes.
-  mfu_hw           the FLOPs this step really executes for real tokens: frozen base 4*N (forward 2N + activation
-                   gradients 2N, no weight gradients) + LoRA 6*N_lora + attention 12*n_layers*d_attn*ctx, plus the
-                   recomputed forward (2*N + 2*N_lora + 4*n_layers*d_attn*ctx) under gradient checkpointing.
-                   Full fine-tune: 6*N + attention (+ recompute). Work spent on padding is never counted, so
-                   padding waste shows up as lower MFU.
-  ctx              token-weighted mean segment length, sum(L_i^2)/sum(L_i) over the timed steps' pairs/segments,
-                   so 12*n_layers*d_attn*ctx per token sums to exactly 12*n_layers*d_attn*L_i^2 per sequence
-                   (causal masking not halved: the PaLM convention).
-  peak_tflops_bf16 dense (non-sparse) bf16 peak from a table of approximate datasheet values by card name, or
-                   --peak_tflops. On CPU the MFU figures are null.
-Target: mfu_6n >= 0.35 on an H100 for the LoRA run.
+Models (`--model`), `LlamaForCausalLM(config)` created directly on the GPU in bf16 (fp32 on the CPU):
+  1b    TinyLlama-1.1B shape: hidden 2048, 22 layers, 32 heads, 4 KV heads, MLP 5632, vocab 32000, untied;
+        1,100,048,384 parameters.
+  3b    Llama-3.2-3B shape: hidden 3072, 28 layers, 24 heads, 8 KV heads, MLP 8192, vocab 128256, tied embeddings,
+        rope_theta 500000 (llama3 RoPE scaling); 3,212,749,824 parameters.
+  tiny  the same architecture at a few million parameters, for the CPU.
+LoRA is the product's: `build_lora_model` (r = alpha = --lora_r, 64 by default, every linear layer, fp32 adapters
+over the bf16 base, no dropout, checkpointing of every decoder layer with --gradient_checkpointing).
+
+The step is the product's: one micro-batch through `backward_micro_batch` (the validators' per-pair loss from the
+last hidden states, in 2k-token slices of recomputed logits) and an AdamW step over the adapters, timed between two
+CUDA synchronisations. `--warmup` steps are run first, untimed.
+
+The data: synthetic pairs (random token ids, a prompt of 8-32 tokens masked from the loss) whose lengths follow a
+long-tailed log-normal mix, median 384 tokens and sigma 1 (95th percentile ~2,000), clipped to [64, --seq_len].
+  packed  (`--packing`, the product's default) each step is one `packed_micro_batch` row of at most --seq_len tokens:
+          the pairs of (steps + 1) rows' worth of tokens are put into rows by the product's `pack_first_fit`, and
+          the first rows are used. No padding: padding_efficiency is 1.
+  padded  (`--no-packing`) each step is one `padded_micro_batch` of --batch_size consecutive pairs, right-padded to
+          the longest; --batch_size defaults to the pairs a packed row holds on average (--seq_len / mean length),
+          so both modes put the same real tokens through a forward pass and differ in the padding computed.
+
+What the JSON printed last means (one object on the last line of stdout; --out writes it to a file too):
+  card              torch.cuda.get_device_name(), or "cpu"; every figure is for that card.
+  tokens_per_s      real (pair, not padding) input tokens trained per second over the timed steps.
+  step_s            mean time of one step (forward + backward + AdamW); step_s_median beside it.
+  mfu               flops_per_token x tokens_per_s / the card's dense bf16 peak (trainables.throughput's table, or
+                    --peak_tflops); flops_formula says the convention: 6N + 12 L d ctx per real token, N = every
+                    nn.Linear weight of the base (lm_head included, the input embedding and LoRA not), L layers,
+                    d = heads x head_dim, ctx = sum(len^2) / sum(len) over the timed pairs. Padding earns nothing.
+  mfu_hardware      the same with the FLOPs this step really computes (hardware_formula): a frozen base has no
+                    weight gradients (4N, not 6N), the adapters cost 6 N_lora, the loss's logits are made again in
+                    the backward pass (2 N_head), checkpointing runs the decoder layers' forward twice.
+  peak_mem_gb       torch.cuda.max_memory_allocated() over every step, warm-up included (weights, adapters and their
+                    AdamW state, activations), in GB of 1e9 bytes; peak_reserved_gb: what torch's allocator reserved.
+  memory_estimate_gb  trainables.memory_plan.estimate_peak for this exact configuration (model shape, bf16, r, the
+                    largest micro-batch's rows x width, checkpointing, attention); estimate_over_measured = it /
+                    peak_mem_gb. Neither counts the CUDA context or the allocator's fragmentation.
+  padding_efficiency  real tokens / computed positions (rows x width) over the timed steps.
+On the CPU, peak_mem_gb, estimate_over_measured and both MFUs are null.
+`--check_packing` first checks, on a tiny model with the same attention on the same device, that the product's
+packed row gives every pair the loss it gets alone (and padded), and that the same row without restarting position
+ids (the control) does not.
+
+`--matrix` runs 1b and 3b x 2,048 and 16,384 tokens x packed and padded x checkpointing off and on, each row in a
+fresh process (so peaks do not mix) with --warmup 2 --steps 5 unless given. A row the planner says will not fit the
+card (its estimate over the card's memory less the product's 1.5 GiB CUDA reserve) is skipped, saying so; a row
+that runs out of memory anyway is recorded as such. The summary and goal fields sum it up against the issue's goals:
+>= 40% MFU for 3b at 16,384 packed tokens on an H100, and every estimate within 15% of the measured peak.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import gc
 import json
 import math
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
-from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 
-# ---------------------------------------------------------------------------------------------------- card peaks
-# The product's own table of dense bf16 peaks (trainables/throughput.py): trials report MFU against the same.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trainables.throughput import peak_bf16_flops  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: the repository's packages are importable
+    sys.path.insert(0, str(REPO))
+
+from trainables.data import TokenizedSplit  # noqa: E402
+from trainables.evaluation import per_pair_means, token_losses  # noqa: E402
+from trainables.memory_plan import GB, MemoryEstimate, ModelShape, estimate_peak  # noqa: E402
+from trainables.packing import pack_first_fit, packed_micro_batch, padded_micro_batch, real_tokens  # noqa: E402
+from trainables.throughput import Throughput, flops_per_token  # noqa: E402
+
+SCRIPT = Path(__file__).resolve()
+
+SHAPES = {
+    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=704, vocab_size=4096, tie_word_embeddings=False),
+    "1b": dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,   # TinyLlama
+               intermediate_size=5632, vocab_size=32000, tie_word_embeddings=False),
+    "3b": dict(hidden_size=3072, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8,   # Llama-3.2
+               intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, max_position_embeddings=131072,
+               rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+}
+
+MEDIAN_PAIR_TOKENS, PAIR_SIGMA, MIN_PAIR_TOKENS, PROMPT_TOKENS = 384, 1.0, 64, (8, 32)
+
+FLOPS_FORMULA = ("6*N + 12*L*d*ctx per real token (trainables.throughput.flops_per_token): N = weights of every "
+                 "nn.Linear of the base incl. lm_head (not the input embedding, not LoRA), L layers, "
+                 "d = heads*head_dim, ctx = sum(len^2)/sum(len) over the pairs; causal attention not halved")
+HARDWARE_FORMULA = ("4*N + 6*N_lora + 12*L*d*ctx + 2*N_head per real token (frozen base: forward + activation "
+                    "gradients only; the loss slices' logits made again in the backward pass); checkpointing adds "
+                    "2*(N - N_head) + 2*N_lora + 4*L*d*ctx (each decoder layer's forward again)")
+
+MATRIX_MODELS, MATRIX_SEQ_LENS = ("1b", "3b"), (2048, 16384)
+GOAL_MFU, GOAL_ESTIMATE_ERROR = 0.40, 0.15
 
 
-# ---------------------------------------------------------------------------------------------------- FLOP math
-# Per real (non-pad) token, for a decoder with N base matmul parameters, N_lora LoRA parameters, n_layers layers,
-# attention width d_attn = n_heads*head_dim and token-weighted context ctx:
-#   a matmul with P weights costs 2P FLOPs forward, 2P for the input gradient and 2P for the weight gradient;
-#   attention (QK^T and AV) costs 4*n_layers*d_attn*ctx forward and twice that backward (no weights): 12*... total.
-#   model (6N):  6*N + 12*n_layers*d_attn*ctx                                   (conventional MFU numerator)
-#   hardware:    LoRA: 4*N + 6*N_lora + 12*n_layers*d_attn*ctx                  (frozen base: no weight grads)
-#                full: 6*N + 12*n_layers*d_attn*ctx
-#                gradient checkpointing adds one more forward: 2*N (+2*N_lora) + 4*n_layers*d_attn*ctx
+# ---------------------------------------------------------------------------------------------------- FLOPs
 
-FORMULA_6N = ("6*N + 12*n_layers*d_attn*ctx per real token; N = base matmul params (all nn.Linear incl. lm_head, "
-              "excl. input embedding and LoRA), ctx = sum(L^2)/sum(L) over sequences/segments, causal not halved")
+def token_weighted_ctx(lengths) -> float:
+    """sum(L^2) / sum(L): 12*L*d*ctx per token then sums to exactly 12*L*d*len^2 per pair, as the product counts."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return float((lengths ** 2).sum() / lengths.sum()) if lengths.sum() else 0.0
 
 
-def attention_flops_per_token(n_layers: int, d_attn: int, ctx: float) -> float:
-    """Forward + backward FLOPs of QK^T and AV per token, full (non-causal-halved) PaLM convention."""
-    return 12.0 * n_layers * d_attn * ctx
-
-
-def flops_per_token_6n(n_base: int, n_layers: int, d_attn: int, ctx: float) -> float:
-    return 6.0 * n_base + attention_flops_per_token(n_layers, d_attn, ctx)
-
-
-def flops_per_token_hw(n_base: int, n_lora: int, n_layers: int, d_attn: int, ctx: float, full_finetune: bool,
-                       gradient_checkpointing: bool) -> float:
-    attention = attention_flops_per_token(n_layers, d_attn, ctx)
-    if full_finetune:
-        flops = 6.0 * n_base + attention
-        recompute = 2.0 * n_base + attention / 3
-    else:
-        flops = 4.0 * n_base + 6.0 * n_lora + attention
-        recompute = 2.0 * (n_base + n_lora) + attention / 3
-    return flops + (recompute if gradient_checkpointing else 0.0)
-
-
-def formula_hw(full_finetune: bool, gradient_checkpointing: bool) -> str:
-    base = "6*N" if full_finetune else "4*N + 6*N_lora"
-    recompute = " + 2*N" + ("" if full_finetune else " + 2*N_lora") + " + 4*n_layers*d_attn*ctx (GC recompute)"
-    return (base + " + 12*n_layers*d_attn*ctx" + (recompute if gradient_checkpointing else "")
-            + " per real token" + ("" if full_finetune else "; frozen base: forward 2N + activation grads 2N"))
-
-
-def token_weighted_ctx(segment_lengths: list[int]) -> float:
-    """sum(L^2)/sum(L): the per-token context that makes 12*n_layers*d_attn*ctx per token exact per sequence."""
-    total = sum(segment_lengths)
-    return sum(l * l for l in segment_lengths) / total if total else 0.0
+def hardware_flops_per_token(matmul_params: int, lora_params: int, head_params: int, layers: int,
+                             attention_width: int, ctx: float, gradient_checkpointing: bool) -> float:
+    """What the product's LoRA step computes per real token (HARDWARE_FORMULA)."""
+    attention = 12.0 * layers * attention_width * ctx
+    flops = 4.0 * matmul_params + 6.0 * lora_params + attention + 2.0 * head_params
+    if gradient_checkpointing:
+        flops += 2.0 * (matmul_params - head_params) + 2.0 * lora_params + attention / 3
+    return flops
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -130,17 +146,8 @@ def token_weighted_ctx(segment_lengths: list[int]) -> float:
 def llama_config(model: str, seq_len: int, attn: str):
     from transformers import LlamaConfig
 
-    shapes = {
-        # TinyLlama-1.1B shape: 1,100,048,384 parameters.
-        "1b": dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
-                   intermediate_size=5632, vocab_size=32000),
-        # A few million parameters, same architecture, for CPU smoke tests.
-        "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                     intermediate_size=704, vocab_size=4096),
-    }[model]
-    return LlamaConfig(**shapes, max_position_embeddings=max(2048, seq_len), rms_norm_eps=1e-5, rope_theta=10000.0,
-                       tie_word_embeddings=False, hidden_act="silu", use_cache=False, bos_token_id=1,
-                       eos_token_id=2, attn_implementation=attn)
+    shape = {"max_position_embeddings": max(2048, seq_len), **SHAPES[model]}
+    return LlamaConfig(**shape, rms_norm_eps=1e-5, hidden_act="silu", use_cache=False, attn_implementation=attn)
 
 
 @contextlib.contextmanager
@@ -153,194 +160,141 @@ def default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-def build_model(config, device: torch.device | str, dtype: torch.dtype, lora_r: int | None,
-                gradient_checkpointing: bool, lora_fp32: bool = True):
-    """LlamaForCausalLM(config) created directly on `device` in `dtype` (random init), LoRA-wrapped unless
-    lora_r is None. lora_fp32=True is peft's default (adapters upcast to fp32), which is what the product runs."""
+def build_model(config, device, dtype: torch.dtype, lora_r: int | None, gradient_checkpointing: bool):
+    """LlamaForCausalLM(config), random weights created directly on `device` in `dtype`; with lora_r, wrapped by the
+    product's build_lora_model (fp32 adapters on every linear layer)."""
     from transformers import LlamaForCausalLM
+
+    from trainables.lora_trial import build_lora_model
 
     with torch.device(device), default_dtype(dtype):
         model = LlamaForCausalLM(config)
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora_r is None:
         return model
-    from peft import LoraConfig, get_peft_model
-
-    if gradient_checkpointing:
-        model.enable_input_require_grads()  # frozen embeddings: give checkpointed blocks an input that needs grad
-    lora = LoraConfig(r=lora_r, lora_alpha=lora_r, lora_dropout=0.0, target_modules="all-linear", bias="none",
-                      task_type="CAUSAL_LM")
     with torch.device(device):
-        return get_peft_model(model, lora, autocast_adapter_dtype=lora_fp32)
+        return build_lora_model(model, lora_r, lora_r, 0.0, gradient_checkpointing)
 
 
 def param_counts(model) -> dict[str, int]:
-    """Total, trainable, base matmul (every non-LoRA nn.Linear weight) and LoRA parameter counts."""
-    base_matmul = sum(m.weight.numel() for name, m in model.named_modules()
-                      if isinstance(m, torch.nn.Linear) and "lora_" not in name)
-    lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     return {"params_total": sum(p.numel() for p in model.parameters()),
             "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "params_matmul_base": base_matmul, "params_lora": lora}
+            "params_lora": sum(p.numel() for n, p in model.named_parameters() if "lora_" in n),
+            "params_lm_head": causal_lm.lm_head.weight.numel()}
 
 
 # ---------------------------------------------------------------------------------------------------- data
 
-@dataclass
-class Batch:
-    inputs: dict            # forward kwargs (tensors on the CPU until moved)
-    real_tokens: int        # non-pad input tokens
-    slots: int              # input positions incl. padding
-    segments: list[int]     # lengths of the independent sequences in the batch
-
-
-def synthetic_pairs(seed: int, vocab_size: int, min_len: int, max_len: int) -> Iterator[np.ndarray]:
-    """Endless random token-id sequences with lengths uniform in [min_len, max_len]; ids avoid 0..2 (pad/bos/eos)."""
+def pair_lengths(n: int, seq_len: int, seed: int) -> np.ndarray:
+    """n seeded pair lengths of the long-tailed mix, clipped to [MIN_PAIR_TOKENS, seq_len]."""
     rng = np.random.default_rng(seed)
-    while True:
-        length = int(rng.integers(min_len, max_len + 1))
-        yield rng.integers(3, vocab_size, size=length, dtype=np.int64)
+    lengths = rng.lognormal(math.log(MEDIAN_PAIR_TOKENS), PAIR_SIGMA, size=n)
+    return np.clip(lengths, min(MIN_PAIR_TOKENS, seq_len), seq_len).astype(np.int64)
 
 
-def padded_batch(pairs: list[np.ndarray], pad_id: int = 0) -> Batch:
-    width = max(len(p) for p in pairs)
-    input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(pairs), width), dtype=torch.long)
-    labels = torch.full((len(pairs), width), -100, dtype=torch.long)
-    for row, ids in enumerate(pairs):
-        ids = torch.from_numpy(ids)
-        input_ids[row, :len(ids)] = ids
-        attention_mask[row, :len(ids)] = 1
-        labels[row, :len(ids)] = ids
-    lengths = [len(p) for p in pairs]
-    return Batch({"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels},
-                 sum(lengths), len(pairs) * width, lengths)
+def default_batch_size(seq_len: int) -> int:
+    """Padded pairs per micro-batch: as many as a packed row of seq_len tokens holds on average."""
+    return max(1, round(seq_len / float(pair_lengths(100_000, seq_len, seed=12345).mean())))
 
 
-def padded_batches(pairs: Iterator[np.ndarray], batch_size: int) -> Iterator[Batch]:
-    while True:
-        yield padded_batch([next(pairs) for _ in range(batch_size)])
+def synthetic_split(lengths: np.ndarray, vocab_size: int, seed: int) -> TokenizedSplit:
+    """Pairs of random ids (3..vocab: not pad/bos/eos) with a prompt of 8-32 tokens, always leaving a response."""
+    rng = np.random.default_rng([seed, 1])
+    prompts = np.minimum(rng.integers(PROMPT_TOKENS[0], PROMPT_TOKENS[1] + 1, size=len(lengths)), lengths - 1)
+    return TokenizedSplit(tokens=rng.integers(3, vocab_size, size=int(lengths.sum()), dtype=np.int32),
+                          offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                          prompt_lens=prompts.astype(np.int32))
 
 
-def pack_rows(pairs: Iterator[np.ndarray], batch_size: int, seq_len: int, carry: list[np.ndarray]) -> list[list]:
-    """Pour pairs into `batch_size` rows of exactly seq_len tokens; a pair that does not fit is split and its rest
-    is left in `carry` (consumed first by the next call). Returns rows as lists of segments."""
-    rows = []
-    for _ in range(batch_size):
-        row, room = [], seq_len
-        while room:
-            pair = carry.pop() if carry else next(pairs)
-            if len(pair) > room:
-                carry.append(pair[room:])
-                pair = pair[:room]
-            row.append(pair)
-            room -= len(pair)
-        rows.append(row)
-    return rows
+def step_pairs(args, vocab_size: int) -> tuple[TokenizedSplit, list[np.ndarray]]:
+    """The split and, for each step (warm-up included), the pairs of its one micro-batch."""
+    n = args.warmup + args.steps
+    drawn = pair_lengths(max(64, 4 * n * args.seq_len // MIN_PAIR_TOKENS), args.seq_len, args.seed)
+    if args.packing:  # (n + 1) rows' worth of pairs, first-fit into rows; the first n rows
+        count = int(np.searchsorted(np.cumsum(drawn), (n + 1) * args.seq_len)) + 1
+    else:
+        count = n * args.batch_size
+    lengths = drawn[:count]
+    split = synthetic_split(lengths, vocab_size, args.seed)
+    if args.packing:
+        rows = pack_first_fit(np.arange(len(lengths)), lengths, args.seq_len)[:n]
+    else:
+        rows = [np.arange(k * args.batch_size, (k + 1) * args.batch_size) for k in range(n)]
+    assert len(rows) == n, "not enough pairs drawn"
+    return split, rows
 
 
-def packed_batch(rows: list[list[np.ndarray]], flatten: bool) -> Batch:
-    """Rows of segments -> input_ids, position_ids restarting at 0 per segment, labels with -100 on each segment's
-    first token (its target would come from the previous segment), no attention_mask. flatten=True makes one row
-    of all tokens plus explicit cu_seq_lens/max_length (the flash-attention varlen layout)."""
-    segments = [seg for row in rows for seg in row]
-    lengths = [len(s) for s in segments]
-    ids = [np.concatenate(row) for row in rows]
-    pos = [np.concatenate([np.arange(len(s)) for s in row]) for row in rows]
-    if flatten:
-        ids, pos = [np.concatenate(ids)], [np.concatenate(pos)]
-    input_ids = torch.from_numpy(np.stack(ids))
-    position_ids = torch.from_numpy(np.stack(pos))
-    labels = input_ids.masked_fill(position_ids == 0, -100)
-    inputs = {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
-    if flatten:
-        cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
-        inputs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
-    total = sum(lengths)
-    return Batch(inputs, total, total, lengths)
+def micro_batches(args, split: TokenizedSplit, rows: list[np.ndarray], attn: str) -> list[dict[str, torch.Tensor]]:
+    """Each step's pairs as the product lays them out: flash-attention 2, one row of --seq_len tokens; sdpa and
+    eager (which compute a row's whole T x T), rows as long as the longest pair, together up to --seq_len tokens;
+    padded, one pair a row."""
+    if not args.packing:
+        return [padded_micro_batch(split, [[i] for i in pairs]) for pairs in rows]
+    if attn == "flash_attention_2":
+        return [packed_micro_batch(split, [pairs]) for pairs in rows]
+    lengths = np.diff(split.offsets)
+    return [packed_micro_batch(split, pack_first_fit(pairs, lengths, int(lengths[pairs].max()))) for pairs in rows]
 
 
-def packed_batches(pairs: Iterator[np.ndarray], batch_size: int, seq_len: int, flatten: bool) -> Iterator[Batch]:
-    carry: list[np.ndarray] = []
-    while True:
-        yield packed_batch(pack_rows(pairs, batch_size, seq_len, carry), flatten)
+def memory_estimate(config, args, batches, weight_bytes: int, attn: str, device_type: str) -> MemoryEstimate:
+    """The planner's estimate for the largest of these micro-batches (a padded one: rows x width, rows of width)."""
+    shape = ModelShape.from_config(config)
+    return max((estimate_peak(shape, weight_bytes=weight_bytes, lora_r=args.lora_r, tokens=b["input_ids"].numel(),
+                              gradient_checkpointing=args.gradient_checkpointing, attn_implementation=attn,
+                              device_type=device_type, row_tokens=b["input_ids"].shape[1]) for b in batches),
+               key=lambda estimate: estimate.total_bytes)
 
 
-def to_device(inputs: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+def data_summary(split: TokenizedSplit, rows: list[np.ndarray], batches: list[dict]) -> dict:
+    """What these steps feed the model: real tokens, computed positions, pairs, and the attention's ctx."""
+    lengths = np.diff(split.offsets)
+    tokens = sum(real_tokens(b) for b in batches)
+    return {"real_tokens": tokens, "real_tokens_per_step": tokens / len(batches),
+            "padding_efficiency": tokens / sum(b["input_ids"].numel() for b in batches),
+            "pairs_per_step": sum(len(r) for r in rows) / len(rows),
+            "largest_micro_batch": list(max((b["input_ids"].shape for b in batches), key=lambda s: s.numel())),
+            "ctx": token_weighted_ctx(np.concatenate([lengths[r] for r in rows]))}
 
 
 # ---------------------------------------------------------------------------------------------------- packing check
 
 def check_packing(attn: str, device: torch.device, seed: int = 0) -> dict:
-    """A packed row must give the same loss (and logits) as its pairs run one at a time; so must a padded batch.
-    Control: the same row without position_ids (plain causal over the whole row) must differ."""
+    """The product's packed row must give every pair the loss it gets alone, and so must a padded micro-batch;
+    the control, the same row without its restarting position ids (one causal sequence), must not."""
     lowp = attn == "flash_attention_2"  # flash kernels need 16-bit inputs
     dtype = torch.bfloat16 if lowp else torch.float32
     torch.manual_seed(seed)
     model = build_model(llama_config("tiny", 256, attn), device, dtype, None, False).eval()
-    rng = np.random.default_rng(seed)
-    pairs = [rng.integers(3, model.config.vocab_size, size=n, dtype=np.int64) for n in (61, 7, 130, 33)]
+    lengths = np.array([61, 7, 130, 33])
+    split = synthetic_split(lengths, model.config.vocab_size, seed)
+    pairs = np.arange(len(lengths))
 
-    def run(batch: Batch):
-        out = model(**to_device(batch.inputs, device))
-        return out.loss.float().item(), out.logits.float()
+    def losses(batch: dict) -> list[float]:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        return per_pair_means(token_losses(model, batch), batch).float().tolist()
 
     with torch.no_grad():
-        separate = [run(padded_batch([p])) for p in pairs]
-        targets = [len(p) - 1 for p in pairs]
-        expected = sum(loss * n for (loss, _), n in zip(separate, targets)) / sum(targets)
-        packed = packed_batch([pairs], flatten=lowp)
-        packed_loss, packed_logits = run(packed)
-        separate_logits = torch.cat([logits[0] for _, logits in separate])
-        logits_diff = (packed_logits.reshape(-1, packed_logits.shape[-1]) - separate_logits).abs().max().item()
-        padded_loss, _ = run(padded_batch(pairs))
-        control = dict(packed.inputs)
-        for key in ("position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"):
-            control.pop(key, None)
-        control_loss, _ = run(Batch(control, 0, 0, []))
-    loss_tol, logits_tol = (2e-2, 1e-1) if lowp else (1e-4, 1e-3)
-    ok = (abs(packed_loss - expected) < loss_tol and logits_diff < logits_tol
-          and abs(padded_loss - expected) < loss_tol and abs(control_loss - expected) > loss_tol)
-    return {"ok": ok, "attn": attn, "dtype": str(dtype).removeprefix("torch."), "pair_lengths": [len(p) for p in pairs],
-            "loss_separate_token_weighted": expected, "loss_packed": packed_loss, "loss_padded": padded_loss,
-            "max_abs_logits_diff_packed_vs_separate": logits_diff,
-            "loss_packed_without_position_ids_control": control_loss, "tolerance_loss": loss_tol}
+        alone = [losses(packed_micro_batch(split, [[i]]))[0] for i in pairs]
+        packed_row = packed_micro_batch(split, [pairs])
+        packed = losses(packed_row)
+        padded = losses(padded_micro_batch(split, [[i] for i in pairs]))
+        control = losses({k: v for k, v in packed_row.items() if k != "position_ids"})
+    del model
+    gc.collect()
+    tolerance = 2e-2 if lowp else 1e-4
+    diff = lambda xs: max(abs(x - y) for x, y in zip(xs, alone))  # noqa: E731
+    ok = diff(packed) < tolerance and diff(padded) < tolerance and diff(control) > tolerance
+    return {"ok": ok, "attn": attn, "dtype": str(dtype).removeprefix("torch."), "pair_lengths": lengths.tolist(),
+            "loss_alone": alone, "loss_packed": packed, "loss_padded": padded,
+            "loss_packed_without_position_ids_control": control, "tolerance": tolerance,
+            "max_diff_packed": diff(packed), "max_diff_padded": diff(padded), "max_diff_control": diff(control)}
 
 
-# ---------------------------------------------------------------------------------------------------- benchmark
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
+# ---------------------------------------------------------------------------------------------------- one run
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def make_batches(args, config) -> Iterator[Batch]:
-    pairs = synthetic_pairs(args.seed, config.vocab_size, args.min_pair_len, args.max_pair_len)
-    if args.packing:
-        return packed_batches(pairs, args.batch_size, args.seq_len, flatten=args.attn == "flash_attention_2")
-    return padded_batches(pairs, args.batch_size)
-
-
-def flops_summary(args, config, counts: dict, segments: list[int], tokens: int) -> dict:
-    """Total and per-token FLOPs of `tokens` real tokens whose sequences have the given segment lengths."""
-    n_layers, d_attn = config.num_hidden_layers, config.num_attention_heads * config.head_dim
-    ctx = token_weighted_ctx(segments)
-    n_base, n_lora = counts["params_matmul_base"], counts["params_lora"]
-    per_token_6n = flops_per_token_6n(n_base, n_layers, d_attn, ctx)
-    per_token_hw = flops_per_token_hw(n_base, n_lora, n_layers, d_attn, ctx, args.full_finetune,
-                                      args.gradient_checkpointing)
-    return {"ctx": ctx, "flops_per_token_6n": per_token_6n, "flops_per_token_hw": per_token_hw,
-            "flops_6n": per_token_6n * tokens, "flops_hw": per_token_hw * tokens,
-            "flops_formula_6n": FORMULA_6N,
-            "flops_formula_hw": formula_hw(args.full_finetune, args.gradient_checkpointing)}
 
 
 def versions() -> dict:
@@ -359,128 +313,288 @@ def versions() -> dict:
     return out
 
 
-def dry_run(args, config) -> dict:
-    """Build on the meta device (no memory): parameter counts and FLOPs/token for this data shape."""
-    model = build_model(config, "meta", torch.bfloat16, None if args.full_finetune else args.lora_r,
-                        False, args.lora_dtype == "fp32")
-    counts = param_counts(model)
-    batches = make_batches(args, config)
-    sample = [next(batches) for _ in range(args.warmup + args.steps)][args.warmup:]
-    segments = [n for b in sample for n in b.segments]
-    tokens = sum(b.real_tokens for b in sample)
-    flops = flops_summary(args, config, counts, segments, tokens)
-    return {"dry_run": True, **counts, **{k: v for k, v in flops.items() if k not in ("flops_6n", "flops_hw")},
-            "real_tokens_per_step": tokens / len(sample),
-            "padding_efficiency": tokens / sum(b.slots for b in sample)}
+def resolved_attention(args, device: torch.device) -> str:
+    from trainables.model_loading import resolve_attention
+
+    if device.type == "meta":  # a dry run describes the GPU run: flash only where asked for
+        return "sdpa" if args.attn == "auto" else args.attn
+    try:
+        return resolve_attention(args.attn, device)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+
+
+def flops(throughput: Throughput, counts: dict, ctx: float, gradient_checkpointing: bool) -> dict:
+    return {"flops_per_token": flops_per_token(throughput.matmul_params, throughput.layers,
+                                               throughput.attention_width, ctx),
+            "flops_formula": FLOPS_FORMULA,
+            "hardware_flops_per_token": hardware_flops_per_token(
+                throughput.matmul_params, counts["params_lora"], counts["params_lm_head"], throughput.layers,
+                throughput.attention_width, ctx, gradient_checkpointing),
+            "hardware_formula": HARDWARE_FORMULA}
 
 
 def run(args) -> dict:
-    device = pick_device(args.device)
-    config = llama_config(args.model, args.seq_len, args.attn)
+    """One configuration: build, train warmup + steps micro-batches, measure."""
+    from trainables.model_loading import training_dtype
+    from trainables.out_of_memory import is_out_of_memory, out_of_memory_reason
+
+    device = torch.device("meta") if args.dry_run else (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else
+        torch.device(args.device))
+    attn = resolved_attention(args, device)
+    config = llama_config(args.model, args.seq_len, attn)
+    on_gpu = device.type in ("cuda", "meta")  # the dry run describes the GPU run
+    dtype = torch.bfloat16 if device.type == "meta" else training_dtype(device)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    result = {"card": card, "device": str(device), **versions(), "config": vars(args).copy(),
+    split, rows = step_pairs(args, config.vocab_size)
+    batches = micro_batches(args, split, rows, attn)
+    estimate = memory_estimate(config, args, batches, 2 if dtype == torch.bfloat16 else 4, attn,
+                               "cuda" if on_gpu else "cpu")
+    result = {"card": card, "device": str(device), **versions(),
+              "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "model_shape": {k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers",
                               "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
-                              "vocab_size")}}
+                              "vocab_size", "tie_word_embeddings")},
+              "attn_implementation": attn, "gradient_checkpointing": args.gradient_checkpointing,
+              "packing": args.packing, "batch_size": None if args.packing else args.batch_size,
+              "memory_estimate_gb": estimate.total_bytes / GB,
+              "memory_estimate_parts_gb": {k: v / GB for k, v in estimate.parts.items()},
+              **data_summary(split, rows[args.warmup:], batches[args.warmup:])}  # the timed steps
+    timed = batches[args.warmup:]
+    timed_ctx = result["ctx"]
+
     if args.dry_run:
-        return {**result, **dry_run(args, config)}
-    if args.model == "1b" and device.type == "cpu":
-        raise SystemExit("--model 1b on CPU is not a meaningful benchmark: use --model tiny, or --dry_run")
-    if args.attn == "flash_attention_2":
-        from transformers.utils import is_flash_attn_2_available
-        if device.type != "cuda" or not is_flash_attn_2_available():
-            raise SystemExit("--attn flash_attention_2 needs CUDA and the flash-attn package (pip install flash-attn)")
+        model = build_model(config, device, dtype, args.lora_r, args.gradient_checkpointing)
+        counts = param_counts(model)
+        return {**result, "dry_run": True, **counts, "matmul_params": Throughput.of(model, device).matmul_params,
+                **flops(Throughput.of(model, device), counts, timed_ctx, args.gradient_checkpointing)}
+    if args.model != "tiny" and device.type == "cpu":
+        raise SystemExit(f"--model {args.model} on the CPU is not a meaningful benchmark: use --model tiny, "
+                         f"or --dry_run")
 
     if args.check_packing:
-        result["packing_check"] = check_packing(args.attn, device, args.seed)
-
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        result["packing_check"] = check_packing(attn, device, args.seed)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     torch.manual_seed(args.seed)
-    model = build_model(config, device, dtype, None if args.full_finetune else args.lora_r,
-                        args.gradient_checkpointing, args.lora_dtype == "fp32")
-    model.train()
-    counts = param_counts(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01)
-    batches = make_batches(args, config)
-    batches = [next(batches) for _ in range(args.warmup + args.steps)]
-    inputs = [to_device(b.inputs, device) for b in batches]  # on the device before timing
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     losses, times = [], []
-    for i, batch in enumerate(inputs):
-        sync(device)
-        start = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        times.append(time.perf_counter() - start)
-        losses.append(loss.detach())
+    try:
+        model = build_model(config, device, dtype, args.lora_r, args.gradient_checkpointing)
+        train_steps(model, rows, batches, device, losses, times)
+    except Exception as error:  # noqa: BLE001: running out of memory is a result; the rest re-raise
+        if not is_out_of_memory(error):
+            raise
+        result["out_of_memory"] = out_of_memory_reason(len(times) + 1, batches[len(times)]["input_ids"].numel(),
+                                                       device, estimate.total_bytes / GB)
+        if device.type == "cuda":
+            result["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / GB
+        return result
 
-    timed = batches[args.warmup:]
+    throughput = Throughput.of(model, device)
+    if args.peak_tflops:
+        throughput = dataclasses.replace(throughput, peak_flops=args.peak_tflops * 1e12)
     elapsed = sum(times[args.warmup:])
-    tokens = sum(b.real_tokens for b in timed)
-    flops = flops_summary(args, config, counts, [n for b in timed for n in b.segments], tokens)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else (peak_bf16_flops(card) if device.type == "cuda" else None)
-    losses = [l.float().item() for l in losses]
+    tokens = sum(real_tokens(b) for b in timed)
+    tokens_per_s = tokens / elapsed
+    counts = param_counts(model)
+    work = flops(throughput, counts, timed_ctx, args.gradient_checkpointing)
+    peak = torch.cuda.max_memory_allocated(device) / GB if device.type == "cuda" else None
+    mfu = throughput.mfu(tokens_per_s, timed_ctx)
     result.update(counts)
     result.update({
-        "attn_implementation": model.config._attn_implementation,
-        "dtype": str(dtype).removeprefix("torch."),
-        "lora_dtype": None if args.full_finetune else str(next(
-            p.dtype for n, p in model.named_parameters() if "lora_" in n)).removeprefix("torch."),
-        "tokens_per_s": tokens / elapsed,
+        "matmul_params": throughput.matmul_params,
+        "base_dtype": str(dtype).removeprefix("torch."),
+        "lora_dtype": str(next(p.dtype for n, p in model.named_parameters() if "lora_" in n)).removeprefix("torch."),
+        "tokens_per_s": tokens_per_s,
         "step_s": elapsed / len(timed),
         "step_s_median": statistics.median(times[args.warmup:]),
-        "real_tokens_per_step": tokens / len(timed),
-        "padding_efficiency": tokens / sum(b.slots for b in timed),
-        "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
-        "peak_tflops_bf16": peak / 1e12 if peak else None,
-        "peak_tflops_source": ("--peak_tflops" if args.peak_tflops else
-                               "approximate datasheet table" if peak else None),
-        "mfu_6n": flops["flops_6n"] / elapsed / peak if peak else None,
-        "mfu_hw": flops["flops_hw"] / elapsed / peak if peak else None,
-        "achieved_tflops_6n": flops["flops_6n"] / elapsed / 1e12,
-        "achieved_tflops_hw": flops["flops_hw"] / elapsed / 1e12,
-        **{k: v for k, v in flops.items() if k not in ("flops_6n", "flops_hw")},
-        "loss_first": losses[0], "loss_last": losses[-1],
-        "finite_losses": all(math.isfinite(l) for l in losses),
+        "step_s_all": times,
+        **work,
+        "peak_tflops_bf16": throughput.peak_flops / 1e12 if throughput.peak_flops else None,
+        "peak_tflops_source": ("--peak_tflops" if args.peak_tflops else "trainables.throughput's table (approximate "
+                               "datasheet values)" if throughput.peak_flops else None),
+        "mfu": mfu,
+        "mfu_hardware": (tokens_per_s * work["hardware_flops_per_token"] / throughput.peak_flops
+                         if throughput.peak_flops else None),
+        "achieved_tflops": tokens_per_s * work["flops_per_token"] / 1e12,
+        "peak_mem_gb": peak,
+        "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / GB if device.type == "cuda" else None,
+        "estimate_over_measured": estimate.total_bytes / GB / peak if peak else None,
+        "losses": losses,
+        "finite_losses": all(math.isfinite(x) for x in losses),
     })
     return result
 
 
+def train_steps(model, rows: list[np.ndarray], batches: list[dict], device: torch.device, losses: list[float],
+                times: list[float]) -> None:
+    """The product's training step (trainables.lora_trial._train) for steps of one micro-batch each: the
+    validators' loss over the micro-batch's pairs, backward, AdamW; each step's mean pair loss and seconds are
+    appended as they finish. Peak memory counts from here: the model built, the batches on the device."""
+    from trainables.lora_trial import backward_micro_batch
+
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]  # on the device before timing
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for pairs, batch in zip(rows, batches):
+        sync(device)
+        start = time.perf_counter()
+        loss_sum = backward_micro_batch(model, batch, len(pairs))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        times.append(time.perf_counter() - start)
+        losses.append(loss_sum / len(pairs))
+
+
+# ---------------------------------------------------------------------------------------------------- matrix
+
+def matrix_rows(args) -> list[dict]:
+    return [dict(model=m, seq_len=s, packing=p, gradient_checkpointing=g)
+            for m in args.matrix_models for s in args.matrix_seq_lens for p in (True, False) for g in (False, True)]
+
+
+def row_flags(args, row: dict, first: bool) -> list[str]:
+    flags = ["--model", row["model"], "--seq_len", str(row["seq_len"]),
+             "--packing" if row["packing"] else "--no-packing",
+             "--gradient_checkpointing" if row["gradient_checkpointing"] else "--no-gradient_checkpointing",
+             "--warmup", str(args.warmup), "--steps", str(args.steps), "--attn", args.attn,
+             "--lora_r", str(args.lora_r), "--seed", str(args.seed)]
+    if args.peak_tflops:
+        flags += ["--peak_tflops", str(args.peak_tflops)]
+    if args.dry_run:
+        flags.append("--dry_run")
+    elif first:
+        flags.append("--check_packing")
+    return flags
+
+
+def memory_budget(args) -> tuple[str | None, float | None]:
+    """(card, bytes a trial may use): --memory_gb, else the GPU nvidia-smi shows less the product's CUDA reserve
+    (read without torch, which would hold a CUDA context here while the rows run)."""
+    from orchestrator.memory_budget import CUDA_RESERVE_BYTES, gpus_here
+
+    gpus = gpus_here()
+    card = gpus[0][0] if gpus else None
+    if args.memory_gb:
+        return card, args.memory_gb * 2**30 - CUDA_RESERVE_BYTES
+    return card, (gpus[0][1] - CUDA_RESERVE_BYTES if gpus else None)
+
+
+def planned_estimate(args, row: dict) -> MemoryEstimate:
+    """The planner's estimate of a row on the GPU, made here without running it."""
+    from transformers.utils import is_flash_attn_2_available
+
+    row_args = parse_args(row_flags(args, row, first=False))
+    attn = row_args.attn if row_args.attn != "auto" else (
+        "flash_attention_2" if not args.dry_run and is_flash_attn_2_available() else "sdpa")
+    config = llama_config(row_args.model, row_args.seq_len, attn)
+    split, rows = step_pairs(row_args, config.vocab_size)
+    return memory_estimate(config, row_args, micro_batches(row_args, split, rows, attn), 2, attn, "cuda")
+
+
+def run_matrix(args) -> dict:
+    started = time.perf_counter()
+    card, budget = memory_budget(args)
+    results = []
+    for k, row in enumerate(matrix_rows(args)):
+        name = f"{row['model']} {row['seq_len']} {'packed' if row['packing'] else 'padded'} " \
+               f"checkpointing {'on' if row['gradient_checkpointing'] else 'off'}"
+        estimate = planned_estimate(args, row)
+        entry = {**row, "flags": row_flags(args, row, first=False), "memory_estimate_gb": estimate.total_bytes / GB}
+        if budget is not None and estimate.total_bytes > budget:
+            entry.update(status="skipped", reason=f"the planner estimates {estimate.describe()}, over the "
+                                                  f"{budget / GB:.1f} GB a trial may use on {card or 'this card'}")
+            print(f"[matrix] {name}: skipped ({entry['reason']})", file=sys.stderr, flush=True)
+            results.append(entry)
+            continue
+        first = all(r["status"] == "skipped" for r in results)  # the first row run also checks the packing
+        command = [sys.executable, str(SCRIPT), *row_flags(args, row, first)]
+        t0 = time.perf_counter()
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=args.row_timeout)
+            output = done.stdout.strip().splitlines()
+            measured = json.loads(output[-1]) if output and output[-1].startswith("{") else None
+            if measured is None:
+                entry.update(status="failed", reason=f"exit {done.returncode}: {done.stderr[-1500:]}")
+            else:
+                entry.update(measured, status="out_of_memory" if "out_of_memory" in measured else "ok")
+        except subprocess.TimeoutExpired:
+            entry.update(status="timed_out", reason=f"over --row_timeout {args.row_timeout} s")
+        entry["row_wall_s"] = time.perf_counter() - t0
+        print(f"[matrix] {name}: {entry['status']} in {entry['row_wall_s']:.0f} s  "
+              f"{json.dumps(summarise(entry))}", file=sys.stderr, flush=True)
+        results.append(entry)
+    summary = [summarise(r) for r in results]
+    return {"matrix": True, "card": card, "memory_budget_gb": budget / GB if budget else None,
+            "flops_formula": FLOPS_FORMULA, "hardware_formula": HARDWARE_FORMULA,
+            "goal": goal(results), "summary": summary, "rows": results, "wall_s": time.perf_counter() - started}
+
+
+SUMMARY_KEYS = ("model", "seq_len", "packing", "gradient_checkpointing", "status", "tokens_per_s", "mfu",
+                "mfu_hardware", "padding_efficiency", "peak_mem_gb", "memory_estimate_gb", "estimate_over_measured",
+                "attn_implementation", "reason", "out_of_memory")
+
+
+def summarise(row: dict) -> dict:
+    return {k: (round(row[k], 4) if isinstance(row[k], float) else row[k])
+            for k in SUMMARY_KEYS if row.get(k) is not None}
+
+
+def goal(rows: list[dict]) -> dict:
+    """The issue's two goals, from the rows that ran."""
+    target = [r for r in rows if r["model"] == "3b" and r["seq_len"] == 16384 and r["packing"]
+              and r.get("mfu") is not None]
+    ratios = [r["estimate_over_measured"] for r in rows if r.get("estimate_over_measured")]
+    best = max((r["mfu"] for r in target), default=None)
+    worst = max((abs(x - 1) for x in ratios), default=None)
+    return {"mfu_3b_16k_packed": best, "mfu_goal": GOAL_MFU, "mfu_met": best is not None and best >= GOAL_MFU,
+            "worst_estimate_error": worst, "estimate_goal": GOAL_ESTIMATE_ERROR,
+            "estimate_met": worst is not None and worst <= GOAL_ESTIMATE_ERROR}
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=["1b", "tiny"], default="1b")
-    p.add_argument("--attn", choices=["sdpa", "flash_attention_2", "eager"], default="sdpa")
+    p.add_argument("--model", choices=sorted(SHAPES), default="1b")
+    p.add_argument("--attn", choices=["auto", "sdpa", "flash_attention_2", "eager"], default="auto",
+                   help="auto: as the product, flash_attention_2 on a GPU with flash-attn installed, else sdpa")
     p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--gradient_checkpointing", action="store_true")
-    p.add_argument("--seq_len", type=int, default=2048)
-    p.add_argument("--batch_size", type=int, default=None, help="rows (packed) or pairs (padded) per step; "
-                   "default 8 for 1b, 2 for tiny")
-    p.add_argument("--min_pair_len", type=int, default=64)
-    p.add_argument("--max_pair_len", type=int, default=None, help="default seq_len // 2")
-    p.add_argument("--steps", type=int, default=20, help="timed steps")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--seq_len", type=int, default=2048, help="tokens a packed row holds at most; pairs are clipped "
+                                                             "to it")
+    p.add_argument("--batch_size", type=int, default=None,
+                   help="pairs per padded micro-batch; default: as many as a packed row holds on average")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 10; --matrix: 5)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2)")
     p.add_argument("--lora_r", type=int, default=64)
-    p.add_argument("--lora_dtype", choices=["fp32", "bf16"], default="fp32",
-                   help="fp32: peft's default upcast of adapters (what the product runs); bf16: keep base dtype")
-    p.add_argument("--full_finetune", action="store_true", help="no LoRA: train every weight (ceiling reference)")
-    p.add_argument("--peak_tflops", type=float, default=None, help="override the card's peak dense bf16 TFLOP/s")
+    p.add_argument("--peak_tflops", type=float, default=None, help="the card's dense bf16 peak, over the table")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check_packing", action="store_true",
-                   help="first verify packed loss == per-pair loss on a small model (same attention, same device)")
-    p.add_argument("--dry_run", action="store_true", help="meta device only: param counts and FLOPs/token, exit")
+                   help="first check packed losses == per-pair losses on a tiny model (same attention and device)")
+    p.add_argument("--dry_run", action="store_true",
+                   help="meta device: parameter counts, FLOPs per token and the planner's estimate, no training")
+    p.add_argument("--matrix", action="store_true", help="the issue-12 matrix, one fresh process per row")
+    p.add_argument("--matrix_models", type=lambda s: s.split(","), default=list(MATRIX_MODELS))
+    p.add_argument("--matrix_seq_lens", type=lambda s: [int(x) for x in s.split(",")], default=list(MATRIX_SEQ_LENS))
+    p.add_argument("--memory_gb", type=float, default=None,
+                   help="--matrix: the card's memory in GiB (default: nvidia-smi's); rows over it less 1.5 GiB are "
+                        "skipped")
+    p.add_argument("--row_timeout", type=int, default=120, help="--matrix: seconds a row may take")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = 5 if args.matrix else 10
+    if args.warmup is None:
+        args.warmup = 2
     if args.batch_size is None:
-        args.batch_size = 8 if args.model == "1b" else 2
-    if args.max_pair_len is None:
-        args.max_pair_len = args.seq_len // 2
-    args.min_pair_len = min(args.min_pair_len, args.max_pair_len)
+        args.batch_size = default_batch_size(args.seq_len)
     return args
 
 
@@ -488,8 +602,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run(args)
-    print(json.dumps(result))
+    result = run_matrix(args) if args.matrix else run(args)
+    text = json.dumps(result)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    if "out_of_memory" in result:
+        return 3
     return 0 if result.get("packing_check", {"ok": True})["ok"] else 1
 
 

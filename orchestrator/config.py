@@ -234,8 +234,10 @@ def read_yaml_settings(path: Path) -> dict:
     unknown = sorted(set(settings) - set(KEYS))
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in {path}; known keys are the flags listed by --help")
-    for key, value in settings.items():
+    for key, value in list(settings.items()):
         kind = _scalar_type(KEYS[key])
+        if kind is str and isinstance(value, bool):  # YAML 1.1 reads `packing: on` as true
+            settings[key] = value = "on" if value else "off"
         if value is None or isinstance(value, kind) or (kind is float and isinstance(value, int) and not isinstance(value, bool)):
             continue
         raise ConfigError(f"{key} in {path} must be {kind.__name__}, not {value!r}")

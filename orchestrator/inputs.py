@@ -202,7 +202,9 @@ def trial_settings(config: SweepConfig, model_dir: Path) -> TrialSettings:
     return TrialSettings(model_dir=str(model_dir), training=config.training, seed=config.search.seed,
                          cpus_per_trial=config.run.cpus_per_trial,
                          device="cpu" if config.run.device == "cpu" else "auto",
-                         embedded_model=config.data.embedded_model, hub_endpoint=os.environ.get("HF_ENDPOINT"))
+                         embedded_model=config.data.embedded_model, hub_endpoint=os.environ.get("HF_ENDPOINT"),
+                         # `on` as asked; `auto` is decided by the memory planner once the budget is known
+                         gradient_checkpointing=config.training.gradient_checkpointing == "on")
 
 
 def check_publishing(config: SweepConfig, model_dir: Path) -> PublishSetup:

@@ -10,6 +10,7 @@ from orchestrator.config import ConfigError, load_config
 from orchestrator.experiment import choose_experiment
 from orchestrator.inputs import (check_device, check_publishing, check_tracking, prepare_data, resolve_model_dir, resolve_opponent,
                                  trial_settings)
+from orchestrator.memory_budget import local_budget, plan_trial_memory
 from orchestrator.search_space import load_search_space
 from publishing.subnet.competitions import competitions_table, load_competitions
 
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = resolve_model_dir(config)
         data = prepare_data(config, model_dir)
         settings = trial_settings(config, model_dir)
+        if config.run.address is None:  # a cluster's GPUs are known once Ray is joined (run_sweep plans there)
+            settings = plan_trial_memory(config, settings, space, data, local_budget(config))
         publishing = check_publishing(config, model_dir)
         opponent = resolve_opponent(config)
     except ConfigError as e:

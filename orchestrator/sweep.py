@@ -190,7 +190,7 @@ def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Ex
     from ray import tune
 
     reporter = tune.CLIReporter(
-        parameter_columns=list(NAMES), metric_columns=["step", METRIC, "train_loss", "tokens_per_s"],
+        parameter_columns=list(NAMES), metric_columns=["step", METRIC, "train_loss", "tokens_per_s", "mfu"],
         max_report_frequency=10, sort_by_metric=True, max_progress_rows=30, print_intermediate_tables=True)
     return tune.Tuner(
         trainable,  # no param_space: the searcher holds the space, and each trial's config is its suggestion
@@ -296,6 +296,10 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     started = time.perf_counter()
     experiment = experiment or choose_experiment(config)
     plan = plan or plan_cluster(config)
+    if config.run.address is not None:  # joined a cluster: plan memory against its smallest GPU (or node)
+        from orchestrator.memory_budget import cluster_budget, plan_trial_memory
+
+        settings = plan_trial_memory(config, settings, space, data, cluster_budget(config, "gpu" in plan.resources))
     max_reports = planned_reports(settings, data.train)
     comparison, publishing = measure_opponent(config, opponent, settings, data, plan, publishing)
     trainable = tune.with_resources(tune.with_parameters(trial_function, settings=settings, data=data),

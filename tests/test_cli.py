@@ -85,6 +85,10 @@ def bad_inputs(tmp_path, model_dir):
         "model needs its own code": (["--load_model_dir", str(remote_model)], "needs the folder's own code"),
         "tokenizer needs its own code": (["--load_model_dir", str(remote_tokenizer)],
                                          "only the folder's own code builds"),
+        # 50M tokens a forward pass: far past this machine's memory, checkpointing or not
+        "a trial that cannot fit": (["--micro_batch_tokens", "50000000"], "with gradient checkpointing"),
+        "a trial that cannot fit without checkpointing": (
+            ["--micro_batch_tokens", "50000000", "--gradient_checkpointing", "off"], "--gradient_checkpointing on"),
     }
 
 
@@ -98,7 +102,8 @@ def bad_inputs(tmp_path, model_dir):
                                   "starting model outside the competition", "unknown competition",
                                   "weight decay nan", "flag prefix", "experiment outside storage", "storage is a file",
                                   "storage cannot be written", "resume a missing experiment", "dataset not UTF-8",
-                                  "model needs its own code", "tokenizer needs its own code"])
+                                  "model needs its own code", "tokenizer needs its own code",
+                                  "a trial that cannot fit", "a trial that cannot fit without checkpointing"])
 def test_bad_input_fails_at_the_edge(case, tmp_path, capsys, monkeypatch, model_dir):
     def ray_must_not_start(_config):
         raise AssertionError("Ray started for bad input")

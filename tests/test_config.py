@@ -20,6 +20,14 @@ def test_flags_override_yaml_and_yaml_overrides_defaults(tmp_path):
     assert config.training.accumulation_steps == SweepConfig().training.accumulation_steps  # untouched: the dataclass default
 
 
+def test_on_and_off_read_from_yaml_as_words_not_booleans(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("packing: off\ngradient_checkpointing: on\n")  # YAML 1.1 parses both as booleans
+    config = load_config(["--config", str(path)])
+    assert (config.training.packing, config.training.gradient_checkpointing) == ("off", "on")
+    assert load_config([]).training.packing == "on"  # the shipped default.yaml says `packing: on`
+
+
 def test_boolean_flags():
     assert load_config(["--no-dashboard"]).run.dashboard is False
     assert load_config(["--offline"]).publishing.offline is True
@@ -35,6 +43,10 @@ def test_boolean_flags():
     (["--eval_fraction", "1.5"], "--eval_fraction must be between 0 and 1"),
     (["--max_concurrent_trials", "0"], "--max_concurrent_trials must be at least 1"),
     (["--config", "/nonexistent.yaml"], "does not exist"),
+    (["--packing", "yes"], "--packing must be one of on, off"),
+    (["--gradient_checkpointing", "always"], "--gradient_checkpointing must be one of auto, on, off"),
+    (["--attn_implementation", "flash"], "--attn_implementation must be one of auto, sdpa"),
+    (["--micro_batch_tokens", "-5"], "--micro_batch_tokens must be 0 (automatic) or more"),
 ])
 def test_bad_flags_raise_one_clear_line(argv, fragment):
     with pytest.raises(ConfigError) as info:

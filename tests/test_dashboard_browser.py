@@ -253,7 +253,8 @@ def test_the_dashboard_shows_trial_ids_hyperparameters_and_eval_losses(head, tmp
     print(f"first evaluation {time.time() - started:.0f} s after submission: {line.group(0)}")
 
     # while it trains, its gauges are in the node's Prometheus export under the names the Grafana dashboard uses
-    expected = prometheus_names() - {"ray_" + GAUGES["peak_gpu_mem_gb"]}  # CPU trials report no GPU memory
+    # CPU trials report no GPU memory and no MFU (no GPU peak to divide by)
+    expected = prometheus_names() - {"ray_" + GAUGES["peak_gpu_mem_gb"], "ray_" + GAUGES["mfu"]}
     exported = wait_for("the trial gauges in the Prometheus export", lambda: (
         lambda found: set(found) >= expected and found)(exported_trial_metrics(head.metrics_port)), 60)
     assert set(exported) <= prometheus_names()

@@ -131,7 +131,7 @@ def test_empty_strings_keep_a_finite_loss(tokenizer, capsys):
              {"question": "", "response": ""}]
     split = tokenize_split(tokenizer, pairs, max_length=64)
     assert len(split) == 3 and capsys.readouterr().out == ""
-    batch = padded_micro_batch(split, range(3))
+    batch = padded_micro_batch(split, [[0], [1], [2]])
     logits = torch.randn(*batch["input_ids"].shape, len(tokenizer))
     token_losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["targets"], reduction="none")
     losses = per_pair_means(token_losses, batch)
@@ -140,7 +140,7 @@ def test_empty_strings_keep_a_finite_loss(tokenizer, capsys):
 
 def test_padded_batches_pad_right_and_target_only_response_tokens(sweep_data):
     split = sweep_data.train
-    batch = padded_micro_batch(split, [0, 1, 2])
+    batch = padded_micro_batch(split, [[0], [1], [2]])
     for row in range(3):
         ids, prompt_len = split.pair(row)
         n = len(ids)

@@ -32,18 +32,20 @@ def alone(model, sweep_data):
 def test_padded_and_packed_eval_match_the_validators_per_pair_loss(model, sweep_data, alone):
     split = sweep_data.eval
     padded = pair_losses(model, split, torch.device("cpu"), batch_size=5, packing=False)
-    packed = pair_losses(model, split, torch.device("cpu"), packing=True, row_tokens=1024)
-    assert np.allclose(padded, alone, atol=1e-4) and np.allclose(packed, alone, atol=1e-4)
-    # packing really shared rows: more pairs than rows
-    assert len(evaluation.eval_rows(split, True, 1024, 5)) < len(split) / 2
+    packed = pair_losses(model, split, torch.device("cpu"), packing=True, row_tokens=100, micro_batch_tokens=400)
+    one_row = pair_losses(model, split, torch.device("cpu"), packing=True, row_tokens=1024, micro_batch_tokens=1024)
+    assert all(np.allclose(losses, alone, atol=1e-4) for losses in (padded, packed, one_row))
+    # packing really shared rows and micro-batches: fewer forward passes than pairs
+    micro_batches = evaluation.eval_micro_batches(split, True, 100, 400, 5)
+    assert len(micro_batches) < len(split) / 4 and max(len(rows) for rows in micro_batches) == 4
     # the average of per-pair means, not a mean over all tokens
-    assert math.isclose(eval_loss(model, split, torch.device("cpu"), packing=True, row_tokens=1024),
-                        sum(alone) / len(alone), rel_tol=1e-5)
+    assert math.isclose(eval_loss(model, split, torch.device("cpu"), packing=True, row_tokens=100,
+                                  micro_batch_tokens=400), sum(alone) / len(alone), rel_tol=1e-5)
 
 
 def test_a_packed_row_without_restarting_positions_is_not_the_pairs_alone(model, sweep_data, alone):
     """The control: the same row with position ids 0..n (one long sequence) lets pairs attend to earlier ones."""
-    batch = packed_micro_batch(sweep_data.eval, range(4))
+    batch = packed_micro_batch(sweep_data.eval, [range(4)])
     with torch.no_grad():
         ok = per_pair_means(token_losses(model, batch), batch)
         batch["position_ids"] = torch.arange(batch["input_ids"].shape[1])[None]
@@ -54,7 +56,7 @@ def test_a_packed_row_without_restarting_positions_is_not_the_pairs_alone(model,
 
 def test_the_chunked_loss_is_the_full_logits_loss_with_its_gradients(model_dir, sweep_data, monkeypatch):
     model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).train()
-    batch = packed_micro_batch(sweep_data.train, range(6))
+    batch = packed_micro_batch(sweep_data.train, [range(3), range(3, 6)])
     monkeypatch.setattr(evaluation, "LOSS_CHUNK_TOKENS", 50)  # several slices in one row
     chunked = per_pair_means(token_losses(model, batch), batch).mean()
     chunked.backward()

@@ -13,15 +13,17 @@ from trainables.packing import micro_batch, plan_steps, steps_of_epoch
 
 def test_each_epoch_is_a_seeded_shuffle_cut_into_steps_of_the_token_budget():
     lengths = np.array([5, 50, 7, 300, 12, 40, 9, 90, 3, 60])
-    plan = plan_steps(lengths, tokens_per_step=100, epochs=2, seed=1, packing=True, micro_batch_tokens=128,
-                      batch_size=4)
-    assert as_lists(plan) == as_lists(plan_steps(lengths, 100, 2, 1, True, 128, 4))  # resumes see the same steps
-    seen = [i for step in plan.steps for row in step for i in row.tolist()]
+    plan = plan_steps(lengths, tokens_per_step=100, epochs=2, seed=1, packing=True, micro_batch_tokens=256,
+                      batch_size=4, row_tokens=128)
+    assert as_lists(plan) == as_lists(plan_steps(lengths, 100, 2, 1, True, 256, 4, 128))  # resumes see the same
+    seen = [i for step in plan.steps for mb in step for row in mb for i in row.tolist()]
     epochs = [seen[:10], seen[10:]]
     assert len(seen) == 20 and [sorted(e) for e in epochs] == [list(range(10))] * 2 and epochs[0] != epochs[1]
     for step in plan.steps:
-        for row in step:  # every row within the budget, unless one pair alone is longer
-            assert lengths[row].sum() <= 128 or len(row) == 1
+        for mb in step:
+            assert len(mb) <= 2  # 256 tokens a micro-batch hold two rows of 128
+            for row in mb:  # every row within the budget, unless one pair alone is longer
+                assert lengths[row].sum() <= 128 or len(row) == 1
     steps = steps_of_epoch(np.random.default_rng([1, 0]).permutation(10), lengths, 100)
     # every step but the last reaches the budget, and would not without its last pair
     for step in steps[:-1]:
@@ -29,21 +31,28 @@ def test_each_epoch_is_a_seeded_shuffle_cut_into_steps_of_the_token_budget():
 
 
 def as_lists(plan) -> list:
-    return [[row.tolist() for row in step] for step in plan.steps]
+    return [[[row.tolist() for row in mb] for mb in step] for step in plan.steps]
 
 
-def test_padded_steps_hold_the_same_pairs_in_batches_of_batch_size():
+def step_pairs(step) -> list[int]:
+    return sorted(i for mb in step for row in mb for i in row.tolist())
+
+
+def test_the_layout_never_changes_which_pairs_make_a_step():
     lengths = np.arange(1, 41)
-    packed = plan_steps(lengths, 200, 1, 0, True, 400, 3)
-    padded = plan_steps(lengths, 200, 1, 0, False, 400, 3)
-    assert [sorted(np.concatenate(s)) for s in packed.steps] == [sorted(np.concatenate(s)) for s in padded.steps]
-    assert all(len(m) <= 3 for s in padded.steps for m in s)
-    assert all(len(s) == 1 for s in packed.steps)  # first-fit decreasing: each step's pairs fill one row
+    packed = plan_steps(lengths, 200, 1, 0, True, 400, 3, row_tokens=400)    # flash-attention: one long row
+    rows = plan_steps(lengths, 200, 1, 0, True, 400, 3, row_tokens=40)       # sdpa: rows of the longest pair
+    padded = plan_steps(lengths, 200, 1, 0, False, 400, 3, row_tokens=40)
+    assert [step_pairs(s) for s in packed.steps] == [step_pairs(s) for s in rows.steps] == \
+        [step_pairs(s) for s in padded.steps]
+    assert all(len(mb) <= 3 and all(len(row) == 1 for row in mb) for s in padded.steps for mb in s)
+    assert all(len(s) == 1 and len(s[0]) == 1 for s in packed.steps)  # each step's pairs fill one row
+    assert all(len(mb) <= 10 for s in rows.steps for mb in s)  # 400 tokens a micro-batch: 10 rows of 40
 
 
 def test_a_packed_row_keeps_pairs_apart_and_scores_only_responses(sweep_data):
     split = sweep_data.train
-    batch = micro_batch(split, [3, 0, 7], packing=True)
+    batch = micro_batch(split, [[3, 0, 7], [5]], packing=True)
     offsets = np.cumsum([0] + [split.pair(i)[0].size for i in (3, 0, 7)])
     for k, i in enumerate((3, 0, 7)):
         ids, prompt_len = split.pair(i)
@@ -56,6 +65,12 @@ def test_a_packed_row_keeps_pairs_apart_and_scores_only_responses(sweep_data):
         assert targets[prompt_len - 1:-1].tolist() == ids[prompt_len:].tolist()
         assert (targets[:prompt_len - 1] == -100).all() and targets[-1] == -100
     assert "attention_mask" not in batch
+    # the shorter second row is filled with padding that is a sequence of its own, with no target and no pair
+    n = split.pair(5)[0].size
+    assert batch["input_ids"].shape == (2, offsets[-1]) and (batch["segments"][1, :n] == 3).all()
+    pad = slice(n, offsets[-1])
+    assert (batch["segments"][1, pad] == -1).all() and (batch["targets"][1, pad] == -100).all()
+    assert batch["position_ids"][1, pad].tolist() == list(range(offsets[-1] - n))
 
 
 def settings(model_dir, **training) -> TrialSettings:
@@ -71,8 +86,8 @@ def losses(settings_, data, hp=None) -> list[float]:
 
 def slots(settings_, split) -> int:
     packing = settings_.training.packing == "on"
-    return sum(micro_batch(split, pairs, packing)["input_ids"].numel()
-               for step in step_plan(settings_, split).steps for pairs in step)
+    return sum(micro_batch(split, rows, packing)["input_ids"].numel()
+               for step in step_plan(settings_, split).steps for rows in step)
 
 
 def test_packed_and_padded_training_learn_the_same_curve_and_packing_computes_fewer_tokens(model_dir, sweep_data):
@@ -81,8 +96,9 @@ def test_packed_and_padded_training_learn_the_same_curve_and_packing_computes_fe
     assert len(packed_curve) == len(padded_curve) >= 3
     assert packed_curve[-1] < 0.9 * packed_curve[0]  # it learns
     assert np.allclose(packed_curve, padded_curve, rtol=2e-3)  # the same steps of the same pairs, the same loss
-    # packed rows hold real tokens only; padded ones also compute padding
-    assert slots(packed, sweep_data.train) == 2 * sweep_data.train.num_tokens < slots(padded, sweep_data.train)
+    # packed rows (as long as the longest pair, for sdpa) compute less padding than padded batches
+    real = 2 * sweep_data.train.num_tokens
+    assert real <= slots(packed, sweep_data.train) < slots(padded, sweep_data.train)
 
 
 def test_a_tiny_model_trains_16k_token_pairs_on_the_cpu_with_checkpointing(model_dir):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from trainables.data import TokenizedSplit
-from trainables.packing import IGNORE, eval_rows, micro_batch
+from trainables.packing import IGNORE, eval_micro_batches, micro_batch
 
 # Architectures whose causal-LM head is exactly `lm_head(model(...).last_hidden_state)`.
 CHUNKED_LOSS_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2"})
@@ -31,7 +31,7 @@ def _causal_lm(model):
 
 def _scored(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = head(hidden).float()
-    return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
                            reduction="none").view(targets.shape)
 
 
@@ -42,16 +42,18 @@ def token_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if causal_lm.config.model_type not in CHUNKED_LOSS_MODEL_TYPES:
         return _scored(lambda logits: logits, model(**inputs, use_cache=False).logits, batch["targets"])
     hidden = causal_lm.model(**inputs, use_cache=False).last_hidden_state
+    # slices of the flattened tokens, so a padded batch of many rows holds LOSS_CHUNK_TOKENS logits at a time too
+    flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), batch["targets"].reshape(-1)
     head = causal_lm.lm_head
     parts = []
-    for start in range(0, hidden.shape[1], LOSS_CHUNK_TOKENS):
-        h = hidden[:, start:start + LOSS_CHUNK_TOKENS]
-        t = batch["targets"][:, start:start + LOSS_CHUNK_TOKENS]
+    for start in range(0, flat_hidden.shape[0], LOSS_CHUNK_TOKENS):
+        h = flat_hidden[start:start + LOSS_CHUNK_TOKENS]
+        t = flat_targets[start:start + LOSS_CHUNK_TOKENS]
         if torch.is_grad_enabled():  # keep only the hidden slice; its logits are made again in the backward pass
             parts.append(checkpoint(_scored, head, h, t, use_reentrant=False))
         else:
             parts.append(_scored(head, h, t))
-    return torch.cat(parts, dim=1)
+    return torch.cat(parts).view(batch["targets"].shape)
 
 
 def per_pair_means(losses: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -66,7 +68,7 @@ def per_pair_means(losses: torch.Tensor, batch: dict[str, torch.Tensor]) -> torc
 
 @torch.no_grad()
 def pair_losses(model, split: TokenizedSplit, device: torch.device, batch_size: int = 8, packing: bool = False,
-                row_tokens: int = 0) -> list[float]:
+                row_tokens: int = 0, micro_batch_tokens: int = 0) -> list[float]:
     """Every pair's loss, in split order: what head-to-head comparisons count wins over.
 
     Packed rows give each pair exactly the loss it gets alone (its own positions, no attention across pairs).
@@ -74,15 +76,15 @@ def pair_losses(model, split: TokenizedSplit, device: torch.device, batch_size: 
     was_training = model.training
     model.eval()
     losses = []
-    for pairs in eval_rows(split, packing, row_tokens, batch_size):
-        batch = {k: v.to(device) for k, v in micro_batch(split, pairs, packing).items()}
+    for rows in eval_micro_batches(split, packing, row_tokens, micro_batch_tokens, batch_size):
+        batch = {k: v.to(device) for k, v in micro_batch(split, rows, packing).items()}
         losses.extend(per_pair_means(token_losses(model, batch), batch).tolist())
     model.train(was_training)
     return losses
 
 
 def eval_loss(model, split: TokenizedSplit, device: torch.device, batch_size: int = 8, packing: bool = False,
-              row_tokens: int = 0) -> float:
+              row_tokens: int = 0, micro_batch_tokens: int = 0) -> float:
     """Average of the per-pair losses over the whole split (the number trials are ranked by)."""
-    loss = sum(pair_losses(model, split, device, batch_size, packing, row_tokens)) / len(split)
+    loss = sum(pair_losses(model, split, device, batch_size, packing, row_tokens, micro_batch_tokens)) / len(split)
     return loss if math.isfinite(loss) else math.inf

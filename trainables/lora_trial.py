@@ -30,7 +30,8 @@ from trainables.hyperparameters import Hyperparameters
 from trainables.model_loading import (ATTENTION_CHOICES, ensure_model_here, load_causal_lm, pick_device,
                                       release_accelerator_memory, resolve_attention, training_dtype, use_cpus)
 from trainables.out_of_memory import AllocationFailure, is_out_of_memory, out_of_memory_reason
-from trainables.packing import StepPlan, auto_tokens_per_step, micro_batch, plan_steps, real_tokens
+from trainables.packing import (StepPlan, auto_tokens_per_step, micro_batch, pairs_of, plan_steps, real_tokens,
+                               rows_per_micro_batch)
 from trainables.throughput import Throughput
 
 TRAINER_STATE = "trainer_state.json"
@@ -53,7 +54,8 @@ class TrainingSettings:
     attn_implementation: str = setting("auto", "auto: flash_attention_2 on a GPU where flash-attn is installed, "
                                                "else sdpa; sdpa; flash_attention_2; eager")
     eval_steps: int = setting(10, "optimizer steps between evaluations, checkpoints and reports")
-    eval_batch_size: int = setting(8, "pairs per evaluation batch")
+    eval_batch_size: int = setting(8, "pairs per padded evaluation batch (packed evaluation rows are as large as "
+                                      "training's micro-batches)")
     warmup_ratio: float = setting(0.05, "share of the steps spent warming the learning rate up")
     weight_decay: float = setting(0.01, "AdamW weight decay")
     lora_dropout: float = setting(0.0, "dropout on the LoRA layers")
@@ -109,11 +111,29 @@ def micro_batch_tokens(training: TrainingSettings, lengths: np.ndarray) -> int:
     return max(training.micro_batch_tokens or training.batch_size * int(lengths.max()), int(lengths.max()))
 
 
-def step_plan(settings: TrialSettings, split: TokenizedSplit) -> StepPlan:
-    """Every optimizer step of the trial (a pure function of the settings and data: resumes see the same)."""
+def row_tokens(training: TrainingSettings, lengths: np.ndarray, attention: str) -> int:
+    """A packed row's length. sdpa and eager compute every row's whole T x T, the blocks that keep pairs apart
+    included, so their rows are no longer than the longest pair; flash-attention 2 skips those blocks, so its
+    micro-batch is one row."""
+    budget = micro_batch_tokens(training, lengths)
+    return budget if attention == "flash_attention_2" else min(budget, int(lengths.max()))
+
+
+def micro_batch_shape(training: TrainingSettings, lengths: np.ndarray, attention: str) -> tuple[int, int]:
+    """(rows, tokens a row) of the largest micro-batch a trial runs: what the memory planner sizes."""
+    if training.packing != "on":
+        return training.batch_size, int(lengths.max())
+    width = row_tokens(training, lengths, attention)
+    return rows_per_micro_batch(micro_batch_tokens(training, lengths), width), width
+
+
+def step_plan(settings: TrialSettings, split: TokenizedSplit, attention: str = "sdpa") -> StepPlan:
+    """Every optimizer step of the trial (a pure function of the settings and data: resumes see the same).
+    The attention implementation shapes the rows, never which pairs make a step."""
     training, lengths = settings.training, pair_lengths(split)
     return plan_steps(lengths, tokens_per_step(training, lengths), training.num_epochs, settings.seed,
-                      training.packing == "on", micro_batch_tokens(training, lengths), training.batch_size)
+                      training.packing == "on", micro_batch_tokens(training, lengths), training.batch_size,
+                      row_tokens(training, lengths, attention))
 
 
 def planned_reports(settings: TrialSettings, split: TokenizedSplit) -> int:
@@ -186,11 +206,10 @@ def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # the worker is reused: count this trial's peak only
     torch.manual_seed(settings.seed)
-    plan = step_plan(settings, data.train)
     progress = {"step": 0, "micro_batch_tokens": 0}
     try:
         with settings.fail_allocation.armed(hyperparameters) if settings.fail_allocation else contextlib.nullcontext():
-            _train(hyperparameters, settings, data, report, resume_from, device, plan, progress)
+            _train(hyperparameters, settings, data, report, resume_from, device, progress)
         return
     except Exception as error:  # noqa: BLE001: only running out of memory is an outcome; the rest re-raise
         if not is_out_of_memory(error):
@@ -203,11 +222,13 @@ def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, 
 
 
 def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, report: Report, resume_from: Path | None,
-           device: torch.device, plan: StepPlan, progress: dict) -> None:
+           device: torch.device, progress: dict) -> None:
     from transformers import get_cosine_with_min_lr_schedule_with_warmup  # imports peft and the Trainer's helpers
 
     chosen = Hyperparameters.from_mapping(hyperparameters)
     model = load_lora_model(settings, chosen.r, chosen.alpha, device)
+    attention = model.config._attn_implementation
+    plan = step_plan(settings, data.train, attention)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=chosen.learning_rate,
                                   weight_decay=settings.training.weight_decay)
     total_steps = len(plan)
@@ -217,25 +238,27 @@ def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, repo
     step = restore_checkpoint(resume_from, model, optimizer, scheduler) if resume_from else 0
     packing = settings.training.packing == "on"
     untrained = untrained_eval_loss(model, settings, data.eval, device)
+    layout = eval_layout(settings, data.eval, attention)
     throughput = Throughput.of(model, device)
     model.train()
     window = _Window()
     while step < total_steps:
         progress["step"] = step
         micro_batches = plan.steps[step]
-        pairs_in_step = sum(len(pairs) for pairs in micro_batches)
-        for pairs in micro_batches:  # one optimizer step: gradients accumulate over its micro-batches
-            batch = {k: v.to(device) for k, v in micro_batch(data.train, pairs, packing).items()}
+        pairs_in_step = sum(len(pairs_of(rows)) for rows in micro_batches)
+        for rows in micro_batches:  # one optimizer step: gradients accumulate over its micro-batches
+            batch = {k: v.to(device) for k, v in micro_batch(data.train, rows, packing).items()}
             progress["micro_batch_tokens"] = batch["input_ids"].numel()
             loss_sum = backward_micro_batch(model, batch, pairs_in_step)
-            window.add(loss_sum, len(pairs), real_tokens(batch), np.diff(data.train.offsets)[pairs])
+            pairs = pairs_of(rows)
+            window.add(loss_sum, len(pairs), real_tokens(batch), pair_lengths(data.train)[pairs])
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         if step % settings.training.eval_steps == 0 or step == total_steps:
             trained = window.metrics(throughput)  # read before evaluating: tokens_per_s is the training throughput
-            metrics = {"eval_loss": eval_loss(model, data.eval, device, **eval_layout(settings, data.eval)),
+            metrics = {"eval_loss": eval_loss(model, data.eval, device, **layout),
                        **trained, "step": step, "learning_rate_now": scheduler.get_last_lr()[0],
                        "base_eval_loss": untrained, **memory_metrics(device, settings.memory_estimate_gb)}
             with tempfile.TemporaryDirectory() as folder:
@@ -244,11 +267,13 @@ def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, repo
             window = _Window()
 
 
-def eval_layout(settings: TrialSettings, split: TokenizedSplit) -> dict:
-    """How evaluation batches pairs: packed like training (rows of eval_batch_size longest pairs), or padded."""
-    longest = int(pair_lengths(split).max())
+def eval_layout(settings: TrialSettings, split: TokenizedSplit, attention: str) -> dict:
+    """How evaluation batches pairs: packed like training (micro-batches no larger than training's, so what the
+    memory planner allowed for training covers evaluation), or padded batches of eval_batch_size pairs."""
+    lengths = pair_lengths(split)
     return {"batch_size": settings.training.eval_batch_size, "packing": settings.training.packing == "on",
-            "row_tokens": settings.training.eval_batch_size * longest}
+            "row_tokens": row_tokens(settings.training, lengths, attention),
+            "micro_batch_tokens": micro_batch_tokens(settings.training, lengths)}
 
 
 # (model folder, eval set digest) -> the base model's eval loss; filled once per worker process
@@ -267,7 +292,8 @@ def untrained_eval_loss(model, settings: TrialSettings, eval_split: TokenizedSpl
         with model.disable_adapter():
             if settings.training.packing == "on":
                 check_packing_is_kept_apart(model, eval_split, device)
-            _UNTRAINED_LOSSES[key] = eval_loss(model, eval_split, device, **eval_layout(settings, eval_split))
+            _UNTRAINED_LOSSES[key] = eval_loss(model, eval_split, device,
+                                               **eval_layout(settings, eval_split, model.config._attn_implementation))
     return _UNTRAINED_LOSSES[key]
 
 
@@ -275,7 +301,8 @@ def check_packing_is_kept_apart(model, split: TokenizedSplit, device: torch.devi
     """A few pairs packed into one row must score as they do padded. An architecture whose attention ignores
     restarting position ids would let pairs attend to each other and train on a different loss, silently."""
     pairs = np.argsort(pair_lengths(split))[:3]
-    packed = pair_losses(model, _subset(split, pairs), device, packing=True, row_tokens=split.num_tokens)
+    packed = pair_losses(model, _subset(split, pairs), device, packing=True, row_tokens=split.num_tokens,
+                         micro_batch_tokens=split.num_tokens)
     padded = pair_losses(model, _subset(split, pairs), device, batch_size=len(pairs), packing=False)
     if not np.allclose(packed, padded, rtol=2e-2, atol=2e-2):
         raise ValueError(f"{model.config.model_type} with {model.config._attn_implementation} attention does not keep "
@@ -296,7 +323,7 @@ def memory_metrics(device: torch.device, estimate_gb: float | None = None) -> di
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
     metrics = {"peak_rss_mb": round(peak_rss, 1)}
     if device.type == "cuda":
-        metrics["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+        metrics["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 3)  # GB, as the planner
     if estimate_gb is not None:
         metrics["memory_estimate_gb"] = round(estimate_gb, 3)
     return metrics
@@ -335,7 +362,8 @@ def model_pair_losses(model_dir: str, settings: TrialSettings, eval_split: Token
     model = load_causal_lm(model_dir, training_dtype(device),
                            resolve_attention(settings.training.attn_implementation, device)).to(device)
     try:
-        return pair_losses(model, eval_split, device, **eval_layout(settings, eval_split))
+        return pair_losses(model, eval_split, device, **eval_layout(settings, eval_split,
+                                                                    model.config._attn_implementation))
     finally:
         del model
         release_accelerator_memory()

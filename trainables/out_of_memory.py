@@ -25,8 +25,8 @@ def out_of_memory_reason(step: int, micro_batch_tokens: int, device: torch.devic
     memory it had reached, against the planner's estimate."""
     parts = [f"out of memory at step {step} with {micro_batch_tokens:,}-token micro-batches"]
     if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory / 2**30
-        parts.append(f"peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GB of {total:.1f} GB")
+        total = torch.cuda.get_device_properties(device).total_memory / 1e9
+        parts.append(f"peak {torch.cuda.max_memory_allocated(device) / 1e9:.1f} GB of {total:.1f} GB")
     if estimate_gb is not None:
         parts.append(f"the planner estimated {estimate_gb:.1f} GB")
     return "; ".join(parts)

@@ -4,9 +4,11 @@ An optimizer step is a number of *tokens* (`tokens_per_step`), not of rows: each
 (seeded) and taken in that order until their tokens reach the budget. Within a step the pairs go into
 micro-batches one of two ways:
 
-- packed (the default): pairs share one row of at most `micro_batch_tokens` tokens, each pair's position ids
-  starting at 0. transformers turns restarting position ids into a block-diagonal causal mask (sdpa, eager)
-  or varlen boundaries (flash-attention 2), so no pair attends to another and no padding is computed;
+- packed (the default): pairs share rows, each pair's position ids starting at 0, and rows share a micro-batch
+  of at most `micro_batch_tokens` tokens. transformers turns restarting position ids into a block-diagonal
+  causal mask (sdpa, eager) or varlen boundaries (flash-attention 2), so no pair attends to another. sdpa and
+  eager compute a row's whole T x T, masked blocks included, so their rows are as long as the longest pair;
+  flash-attention 2 skips the masked blocks, so its micro-batch is one long row;
 - padded (`--packing off`): `batch_size` pairs a micro-batch, right-padded to the longest.
 
 Either way a micro-batch carries `targets` already shifted (position t is labelled with token t+1 when that
@@ -27,8 +29,9 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class StepPlan:
-    """Every optimizer step of a trial, as micro-batches of pair indices, over all epochs."""
-    steps: list[list[np.ndarray]]
+    """Every optimizer step of a trial, over all epochs: a step is a list of micro-batches (one forward pass each),
+    a micro-batch a list of rows, a row an array of pair indices (packed: several pairs; padded: one)."""
+    steps: list[list[list[np.ndarray]]]
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -71,16 +74,23 @@ def pack_first_fit(pairs: np.ndarray, lengths: np.ndarray, row_tokens: int) -> l
     return [np.array(row, dtype=np.int64) for row in rows]
 
 
+def rows_per_micro_batch(micro_batch_tokens: int, row_tokens: int) -> int:
+    return max(1, micro_batch_tokens // row_tokens)
+
+
 def plan_steps(lengths: np.ndarray, tokens_per_step: int, epochs: int, seed: int, packing: bool,
-               micro_batch_tokens: int, batch_size: int) -> StepPlan:
-    """The whole trial's steps. A pure function of its arguments: a resumed trial sees exactly the same steps."""
+               micro_batch_tokens: int, batch_size: int, row_tokens: int) -> StepPlan:
+    """The whole trial's steps. A pure function of its arguments: a resumed trial sees exactly the same steps.
+
+    Which pairs make a step depends only on the token budget, never on the layout, so the number of steps (the
+    scheduler's horizon) is the same whatever the rows.
+    """
+    per_micro_batch = rows_per_micro_batch(micro_batch_tokens, row_tokens) if packing else batch_size
     steps = []
     for epoch in range(epochs):
         for step in steps_of_epoch(epoch_order(len(lengths), seed, epoch), lengths, tokens_per_step):
-            if packing:
-                steps.append(pack_first_fit(step, lengths, micro_batch_tokens))
-            else:
-                steps.append([step[k:k + batch_size] for k in range(0, len(step), batch_size)])
+            rows = pack_first_fit(step, lengths, row_tokens) if packing else [step[k:k + 1] for k in range(len(step))]
+            steps.append([rows[k:k + per_micro_batch] for k in range(0, len(rows), per_micro_batch)])
     return StepPlan(steps)
 
 
@@ -98,54 +108,71 @@ def _shifted_targets(ids: np.ndarray, prompt_len: int) -> np.ndarray:
     return targets
 
 
-def packed_micro_batch(split: TokenizedSplit, pairs) -> dict[str, torch.Tensor]:
-    """One row holding every pair; position ids restart at each pair; no attention mask, no padding."""
-    ids, positions, targets, segments = [], [], [], []
-    for k, i in enumerate(pairs):
-        pair_ids, prompt_len = split.pair(int(i))
-        ids.append(pair_ids)
-        positions.append(np.arange(len(pair_ids)))
-        targets.append(_shifted_targets(pair_ids, prompt_len))
-        segments.append(np.full(len(pair_ids), k))
-    as_row = lambda parts: torch.from_numpy(np.concatenate(parts).astype(np.int64))[None]  # noqa: E731
-    return {"input_ids": as_row(ids), "position_ids": as_row(positions), "targets": as_row(targets),
-            "segments": as_row(segments)}
+def packed_micro_batch(split: TokenizedSplit, rows) -> dict[str, torch.Tensor]:
+    """Rows of pairs; position ids restart at each pair; no attention mask.
+
+    Rows shorter than the longest are filled with padding that forms a sequence of its own (its positions
+    restart at 0 too, it has no target and segment -1), so nothing attends to it and it scores nothing.
+    """
+    built = []
+    k = 0
+    for row in rows:
+        ids, positions, targets, segments = [], [], [], []
+        for i in row:
+            pair_ids, prompt_len = split.pair(int(i))
+            ids.append(pair_ids.astype(np.int64))
+            positions.append(np.arange(len(pair_ids)))
+            targets.append(_shifted_targets(pair_ids, prompt_len))
+            segments.append(np.full(len(pair_ids), k))
+            k += 1
+        built.append([np.concatenate(part) for part in (ids, positions, targets, segments)])
+    width = max(len(ids) for ids, *_ in built)
+    batch = {name: torch.full((len(built), width), fill, dtype=torch.long)
+             for name, fill in (("input_ids", 0), ("position_ids", 0), ("targets", IGNORE), ("segments", -1))}
+    for r, parts in enumerate(built):
+        n = len(parts[0])
+        for name, values in zip(("input_ids", "position_ids", "targets", "segments"), parts):
+            batch[name][r, :n] = torch.from_numpy(values)
+        batch["position_ids"][r, n:] = torch.arange(width - n)
+    return batch
 
 
-def padded_micro_batch(split: TokenizedSplit, pairs, pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """One row per pair, right-padded to the longest; padding is masked and has no target."""
-    rows = [split.pair(int(i)) for i in pairs]
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    segments = torch.zeros((len(rows), width), dtype=torch.long)
-    for k, (ids, prompt_len) in enumerate(rows):
+def padded_micro_batch(split: TokenizedSplit, rows, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """One pair a row, right-padded to the longest; padding is masked and has no target."""
+    pairs = [split.pair(int(i)) for row in rows for i in row]
+    width = max(len(ids) for ids, _ in pairs)
+    input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    targets = torch.full((len(pairs), width), IGNORE, dtype=torch.long)
+    segments = torch.full((len(pairs), width), -1, dtype=torch.long)
+    for k, (ids, prompt_len) in enumerate(pairs):
         input_ids[k, :len(ids)] = torch.from_numpy(ids.astype(np.int64))
         attention_mask[k, :len(ids)] = 1
         targets[k, :len(ids)] = torch.from_numpy(_shifted_targets(ids, prompt_len))
-        segments[k] = k
+        segments[k, :len(ids)] = k
     return {"input_ids": input_ids, "attention_mask": attention_mask, "targets": targets, "segments": segments}
 
 
-def micro_batch(split: TokenizedSplit, pairs, packing: bool) -> dict[str, torch.Tensor]:
-    return packed_micro_batch(split, pairs) if packing else padded_micro_batch(split, pairs)
+def micro_batch(split: TokenizedSplit, rows, packing: bool) -> dict[str, torch.Tensor]:
+    return packed_micro_batch(split, rows) if packing else padded_micro_batch(split, rows)
 
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:
     """Input tokens that belong to a pair (padding excluded)."""
-    mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+    return int((batch["segments"] >= 0).sum())
 
 
-def segment_lengths(split: TokenizedSplit, pairs) -> list[int]:
-    return [int(split.offsets[i + 1] - split.offsets[i]) for i in pairs]
+def pairs_of(rows) -> np.ndarray:
+    return np.concatenate([np.asarray(row) for row in rows])
 
 
-def eval_rows(split: TokenizedSplit, packing: bool, row_tokens: int, batch_size: int) -> list[np.ndarray]:
-    """Evaluation batches in split order (packed: consecutive pairs up to row_tokens a row)."""
+def eval_micro_batches(split: TokenizedSplit, packing: bool, row_tokens: int, micro_batch_tokens: int,
+                       batch_size: int) -> list[list[np.ndarray]]:
+    """Evaluation micro-batches in split order (so per-pair losses come back in split order): packed, consecutive
+    pairs fill rows of up to row_tokens and rows fill micro-batches; padded, batch_size pairs a micro-batch."""
     if not packing:
-        return [np.arange(s, min(s + batch_size, len(split))) for s in range(0, len(split), batch_size)]
+        return [[np.array([i]) for i in range(s, min(s + batch_size, len(split)))]
+                for s in range(0, len(split), batch_size)]
     lengths = np.diff(split.offsets)
     rows, start, used = [], 0, 0
     for i, n in enumerate(lengths):
@@ -154,4 +181,5 @@ def eval_rows(split: TokenizedSplit, packing: bool, row_tokens: int, batch_size:
             start, used = i, 0
         used += int(n)
     rows.append(np.arange(start, len(split)))
-    return rows
+    per = rows_per_micro_batch(micro_batch_tokens, row_tokens)
+    return [rows[k:k + per] for k in range(0, len(rows), per)]

@@ -4,7 +4,8 @@ The dashboard names a trial's actor by its class (`ImplicitFunc`) and a repr (`l
 captures once, when the actor is created; Tune reuses actors across trials, so the actor cannot name the
 trial it runs now. The trial's identity therefore travels in what the actor writes:
 
-- `emit` prints `[trial <id>] lr=... r=... alpha=... step=... eval_loss=... train_loss=... tokens/s=...`
+- `emit` prints `[trial <id>] lr=... r=... alpha=... step=... eval_loss=... train_loss=... tokens/s=... mfu=...`
+  (tokens/s counts real tokens only; mfu on GPUs whose peak is known; peak memory beside the planner's estimate)
   to the worker's stderr: the tab the dashboard's actor page opens its logs on (the driver's console and a
   Ray job's driver log show it too, deduplicated by Ray);
 - it sets `ray.util.metrics` gauges tagged with the trial id, the experiment and the hyperparameters, which
@@ -24,13 +25,15 @@ GAUGES = {
     "step": "lora_trial_step",
     "peak_rss_mb": "lora_trial_peak_rss_mb",
     "peak_gpu_mem_gb": "lora_trial_peak_gpu_mem_gb",
+    "memory_estimate_gb": "lora_trial_memory_estimate_gb",
+    "mfu": "lora_trial_mfu",
 }
 PROMETHEUS_PREFIX = "ray_"
 TAG_KEYS = ("trial_id", "experiment", *NAMES)
 # (report metric, label in the log line, format)
 LINE_FIELDS = [("step", "step", "d"), ("eval_loss", "eval_loss", ".4f"), ("train_loss", "train_loss", ".4f"),
-               ("tokens_per_s", "tokens/s", ".0f"), ("peak_rss_mb", "peak_rss_mb", ".0f"),
-               ("peak_gpu_mem_gb", "peak_gpu_mem_gb", ".2f")]
+               ("tokens_per_s", "tokens/s", ".0f"), ("mfu", "mfu", ".1%"), ("peak_rss_mb", "peak_rss_mb", ".0f"),
+               ("peak_gpu_mem_gb", "peak_gpu_mem_gb", ".2f"), ("memory_estimate_gb", "estimated_gb", ".2f")]
 
 _gauges: dict = {}  # metric -> Gauge, created once per worker process (workers run many trials)
 

@@ -1,0 +1,130 @@
+"""Will a trial fit? The memory a trial has (the smallest GPU of the cluster, or on CPUs a share of a node's
+memory), and the planner's verdict for the largest r of the search space, decided before any trial starts.
+
+The decision itself is `trainables.memory_plan.plan` (pure); this module only finds the budget and the inputs.
+GPU memory is read with nvidia-smi, never through torch: torch would create a CUDA context on the driver,
+holding memory on a GPU that a trial then uses.
+"""
+
+import dataclasses
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from orchestrator.config import ConfigError, SweepConfig
+from orchestrator.search_space import SearchSpace
+from trainables.data import SweepData
+from trainables.lora_trial import TrialSettings, micro_batch_shape, pair_lengths
+
+GIB = 2**30
+GB = 1e9  # what messages say: the planner's unit
+# What a GPU gives a trial beyond max_memory_allocated: the CUDA context and kernels (~0.5 GB), and the caching
+# allocator's fragmentation. The planner's estimate is compared against the card's memory less this.
+CUDA_RESERVE_BYTES = int(1.5 * GIB)
+
+
+@dataclass(frozen=True)
+class Budget:
+    device_type: str     # "cuda" or "cpu"
+    bytes: int           # what one trial may use
+    where: str           # for the messages: "the smallest GPU (NVIDIA H100 80GB HBM3, 79.6 GiB)"
+    bf16: bool = False   # the GPU computes in bf16 (compute capability 8.0 or later)
+
+
+def gpus_here() -> list[tuple[str, int, float]]:
+    """(name, memory bytes, compute capability) of every GPU this machine's CUDA_VISIBLE_DEVICES shows."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.total,compute_cap",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = [[part.strip() for part in line.split(",")] for line in out.strip().splitlines() if line.count(",") == 3]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        wanted = {v.strip() for v in visible.split(",") if v.strip()}
+        rows = [row for row in rows if row[0] in wanted]
+    return [(name, int(float(mib)) * 2**20, float(cap)) for _, name, mib, cap in rows]
+
+
+def gpu_budget(gpus: list[tuple[str, int, float]], where: str) -> Budget:
+    name, memory, cap = min(gpus, key=lambda gpu: gpu[1])
+    return Budget("cuda", memory - CUDA_RESERVE_BYTES, f"the smallest GPU {where}: {name}, {memory / GB:.1f} GB",
+                  bf16=all(c >= 8.0 for _, _, c in gpus))
+
+
+def cpu_budget(available_bytes: int, trials_at_once: int, where: str) -> Budget:
+    share = available_bytes // max(1, trials_at_once)
+    return Budget("cpu", share, f"{where}: {available_bytes / GB:.1f} GB free, shared by {trials_at_once} "
+                                f"trial(s) at once")
+
+
+def local_budget(config: SweepConfig) -> Budget:
+    """The budget of a sweep that runs on this machine (no --address)."""
+    import psutil
+
+    gpus = gpus_here() if config.run.device != "cpu" else []
+    if gpus:
+        return gpu_budget(gpus, "here")
+    at_once = config.search.max_concurrent_trials or max(1, (os.cpu_count() or 1) // config.run.cpus_per_trial)
+    return cpu_budget(psutil.virtual_memory().available, at_once, "this machine")
+
+
+def _node_gpus() -> list[tuple[str, int, float]]:
+    return gpus_here()
+
+
+def cluster_budget(config: SweepConfig, uses_gpus: bool) -> Budget:
+    """The budget on a cluster this driver joined: each GPU node's cards, read on the node itself; else the
+    smallest node memory Ray reports, shared by the trials that node runs at once."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if uses_gpus:
+        probe = ray.remote(_node_gpus)
+        found = []
+        for node in (n for n in nodes if n["Resources"].get("GPU", 0) >= 1):
+            pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+            found += ray.get(probe.options(num_cpus=0, scheduling_strategy=pinned).remote(), timeout=120)
+        if found:
+            return gpu_budget(found, "of the cluster")
+    smallest = min(nodes, key=lambda n: n["Resources"].get("memory", 0))
+    at_once = max(1, int(smallest["Resources"].get("CPU", 1)) // config.run.cpus_per_trial)
+    return cpu_budget(int(smallest["Resources"].get("memory", 0)), at_once, "the smallest node")
+
+
+def largest_r(space: SearchSpace) -> int:
+    return max(space.distributions["r"].choices)  # r is always a list of values
+
+
+def plan_trial_memory(config: SweepConfig, settings: TrialSettings, space: SearchSpace, data: SweepData,
+                      budget: Budget) -> TrialSettings:
+    """The trial settings with checkpointing decided and the estimate recorded; ConfigError when nothing fits."""
+    from transformers import AutoConfig
+
+    from trainables.memory_plan import MemoryPlanError, ModelShape, plan
+
+    model_config = AutoConfig.from_pretrained(settings.model_dir, local_files_only=True, trust_remote_code=False)
+    try:
+        shape = ModelShape.from_config(model_config)
+    except (AttributeError, TypeError, ValueError) as e:  # not a decoder the planner knows: nothing is decided
+        print(f"memory plan: skipped, {model_config.model_type} is not a shape the planner knows ({e}); "
+              f"--gradient_checkpointing auto means off")
+        return dataclasses.replace(settings, gradient_checkpointing=settings.training.gradient_checkpointing == "on")
+    # auto picks flash-attention where a worker has it; sdpa's packed mask (T x T bytes) is the larger estimate
+    attention = "sdpa" if settings.training.attn_implementation == "auto" else settings.training.attn_implementation
+    rows, width = micro_batch_shape(settings.training, pair_lengths(data.train), attention)
+    try:
+        decided = plan(shape, weight_bytes=2 if budget.bf16 else 4, lora_r=largest_r(space), tokens=rows * width,
+                       row_tokens=width, attn_implementation=attention, device_type=budget.device_type,
+                       budget_bytes=budget.bytes, gradient_checkpointing=settings.training.gradient_checkpointing)
+    except MemoryPlanError as e:
+        raise ConfigError(f"{e} (budget: {budget.where})") from None
+    print(f"memory plan: {decided.estimate.describe()} per trial at r={largest_r(space)}, {rows} x {width} tokens "
+          f"a micro-batch; {budget.bytes / GB:.1f} GB a trial ({budget.where}); activation checkpointing "
+          f"{'on' if decided.gradient_checkpointing else 'off'}")
+    return dataclasses.replace(settings, gradient_checkpointing=decided.gradient_checkpointing,
+                               memory_estimate_gb=decided.estimate.total_bytes / GB)
