@@ -34,9 +34,10 @@ CUDA synchronisations. `--warmup` steps are run first, untimed.
 
 The data: synthetic pairs (random token ids, a prompt of 8-32 tokens masked from the loss) whose lengths follow a
 long-tailed log-normal mix, median 384 tokens and sigma 1 (95th percentile ~2,000), clipped to [64, --seq_len].
-  packed  (`--packing`, the product's default) each step is one `packed_micro_batch` row of at most --seq_len tokens:
-          the pairs of (steps + 1) rows' worth of tokens are put into rows by the product's `pack_first_fit`, and
-          the first rows are used. No padding: padding_efficiency is 1.
+  packed  (`--packing`, the product's default) each step is one micro-batch of at most --seq_len tokens, laid out
+          as a trial lays it out: flash-attention 2, one `packed_micro_batch` row; sdpa and eager (which compute a
+          row's whole T x T), rows as long as the step's longest pair, first-fit by the product's `pack_first_fit`.
+          Only the shorter rows are topped up with padding (padding_efficiency near 1).
   padded  (`--no-packing`) each step is one `padded_micro_batch` of --batch_size consecutive pairs, right-padded to
           the longest; --batch_size defaults to the pairs a packed row holds on average (--seq_len / mean length),
           so both modes put the same real tokens through a forward pass and differ in the padding computed.

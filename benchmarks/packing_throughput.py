@@ -3,23 +3,17 @@
     .venv/bin/python benchmarks/packing_throughput.py --model tiny --out benchmarks/measured/packing_tiny.json
     .venv/bin/python benchmarks/packing_throughput.py --model 86m --out benchmarks/measured/packing_86m.json
     .venv/bin/python benchmarks/packing_throughput.py --quick    # seconds; what tests/test_packing_benchmark.py runs
-    # rows no longer than the longest pair (see below):
-    .venv/bin/python benchmarks/packing_throughput.py --model tiny --micro_batch_tokens 2048 \
-        --out benchmarks/measured/packing_tiny_rows2048.json
-    .venv/bin/python benchmarks/packing_throughput.py --model 86m --micro_batch_tokens 2048 --repeats 2 \
-        --out benchmarks/measured/packing_86m_rows2048.json
 
 The first two take about 1.5 and 7 minutes on a 2-vCPU VM (8.5 minutes together).
 
 Both modes run the product's trial function, `train_lora`, in this process (no Ray), on the same synthetic pairs
 and the same optimizer steps: `tokens_per_step` 0, so a step is 8 pairs of average length in tokens (batch size 8,
 accumulation 1), cut from the same seeded order. Padded (`--packing off`) puts a step's pairs in micro-batches of
-8, right-padded to the longest, so a step of 9 or more pairs takes two. Packed (`--packing on`) puts them in rows
-of `micro_batch_tokens`, left at the product's default (0: 8 x the longest pair, 16,384 tokens when a pair reaches
-max_length 2048), because that is what a trial runs unless told otherwise; a step (its budget plus at most one
-pair) always fits, so each step is one row. `--micro_batch_tokens 2048` measures rows no longer than the longest
-pair instead: torch's sdpa computes the whole T x T of a packed row, the blocks its mask hides included, so one
-long row costs attention a padded batch doesn't. One thread (`cpus_per_trial` 1). `eval_steps` is larger than
+8, right-padded to the longest, so a step of 9 or more pairs takes two. Packed (`--packing on`) lays them out as a
+trial does under sdpa: rows no longer than the longest pair (torch's sdpa computes a row's whole T x T, the blocks
+its mask hides included), up to `micro_batch_tokens` a micro-batch, left at the product's default (0: 8 x the
+longest pair). The `packing_*_rows2048.json` files were measured before that layout, with one long row a step
+and `--micro_batch_tokens 2048`. One thread (`cpus_per_trial` 1). `eval_steps` is larger than
 the trial, so the trial reports once, at its end, and its `tokens_per_s` (real tokens over the training window,
 which excludes loading, evaluation and checkpointing) covers the whole of its training.
 

@@ -62,6 +62,7 @@ def one_trial(model_dir: Path, args, out: Path, run: int) -> dict:
     result = run_orchestrator(["--search", str(grid), "--scheduler", "fifo", "--load_model_dir", str(model_dir),
                                "--dataset_path", str(DATASET), "--tokenizer", "model", "--num_epochs", str(args.epochs),
                                "--batch_size", str(args.batch_size), "--accumulation_steps", "1",
+                               "--packing", "off",  # the bare loop's padded batches: the same work on both sides
                                "--eval_steps", "1000000", "--cpus_per_trial", str(args.threads)], out, f"trial-{run}")
     [trial] = result["trials"]
     tokens = sum(r["tokens_per_s"] * r["train_s"] for r in trial["reports"])

@@ -105,9 +105,13 @@ class MemoryEstimate:
     peak_phase: str        # where the backward pass peaks: "loss" or "decoder layer"
 
     def describe(self) -> str:
-        """e.g. 'weights 6.4 GB + LoRA/optimizer 1.6 GB + activations 2.8 GB + ... = 16.9 GB'"""
-        shown = [f"{LABELS[name]} {size / GB:.1f} GB" for name, size in self.parts.items() if size >= 0.05 * GB]
-        return f"{' + '.join(shown) or 'nothing over 0.05 GB'} = {self.total_bytes / GB:.1f} GB"
+        """e.g. 'weights 6.4 GB + LoRA/optimizer 1.6 GB + activations 2.8 GB + ... = 16.9 GB' (MB for small ones)"""
+        shown = [f"{LABELS[name]} {_size(size)}" for name, size in self.parts.items() if size >= 0.01 * self.total_bytes]
+        return f"{' + '.join(shown)} = {_size(self.total_bytes)}"
+
+
+def _size(size: float) -> str:
+    return f"{size / GB:.1f} GB" if size >= 0.1 * GB else f"{size / 1e6:.1f} MB"
 
 
 @dataclass(frozen=True)
