@@ -207,8 +207,24 @@ def trial_settings(config: SweepConfig, model_dir: Path) -> TrialSettings:
                          gradient_checkpointing=config.training.gradient_checkpointing == "on")
 
 
+def check_scoring(competition_id: str) -> None:
+    """Trials compute the original validators' response loss; a competition scored another way is refused rather
+    than swept for the wrong objective (its reference loss reaches trials with the rest of issue 13)."""
+    from publishing.subnet.competitions import CompetitionError, get_competition
+
+    try:
+        competition = get_competition(competition_id)
+    except CompetitionError:
+        return  # check_publishing names the unknown competition
+    unscored = [t.method for t in competition.tasks if t.method != "response_loss"]
+    if unscored:
+        raise ConfigError(f"competition {competition.id} scores {unscored[0]}, which trials do not compute yet; "
+                          f"sweep for m1 or g1 (--list_competitions shows what each scores)")
+
+
 def check_publishing(config: SweepConfig, model_dir: Path) -> PublishSetup:
     """Repo id, competition, token, wallet and registration: all checked before any training."""
+    check_scoring(config.publishing.competition_id)
     try:
         return prepare_publishing(config.publishing, model_dir)
     except SetupError as e:

@@ -68,8 +68,25 @@ def test_competitions_are_data():
     competitions = load_competitions()
     assert competitions["m1"].architecture == "LlamaForCausalLM" and competitions["m1"].max_parameters == 7 * 1024**3
     assert competitions["g1"].architecture == "GemmaForCausalLM" and competitions["g1"].max_parameters == 3 * 1024**3
+    # the originals keep the original validators' rules; the later competition carries its own
+    assert {(c.netuid, c.hash, c.epsilon.at(10**9, 0), c.eval_delay_blocks, c.min_parameters)
+            for c in (competitions["m1"], competitions["g1"])} == {(6, "plain", 0.01, 0, 0)}
+    assert [t.method for t in competitions["m1"].tasks] == ["response_loss"]
+    later = competitions["4"]
+    assert (later.netuid, later.hash, later.eval_delay_blocks, later.sequence_length) == (37, "salted", 460, 16384)
+    assert later.epsilon.at(21_600, 0) == pytest.approx(0.01) and later.epsilon.at(0, 0) == 0.05
+    assert (later.min_parameters, later.max_parameters, later.tokenizer) == (3_200_000_000, 3_400_000_000,
+                                                                              "Xenova/gpt-4")
+    assert [(t.name, t.method, t.weight) for t in later.tasks] == [("SYNTHETIC_1_SFT", "reference_loss", 0.5),
+                                                                    ("CODEFORCES_COTS", "reference_loss", 0.5)]
+    assert "LlamaForCausalLM" in later.architectures and "Qwen2ForCausalLM" not in later.architectures
     with pytest.raises(CompetitionError, match="unknown competition 'x9'"):
         get_competition("x9")
+
+
+def test_a_model_under_a_competitions_parameter_floor_is_refused(packaged):
+    with pytest.raises(ModelCheckError, match=r"1,574,144 parameters, under competition 4's 3,200,000,000"):
+        check_model(packaged, get_competition("4"))
 
 
 def test_the_tiny_model_is_within_m1(packaged):

@@ -1,11 +1,22 @@
-"""Competitions are data (configs/competitions.yaml); a user adds one without touching code."""
+"""Competitions are data (configs/competitions.yaml); a user adds one without touching code.
 
-from dataclasses import dataclass
+A competition says what its validators apply: the subnet it runs on, the model classes, parameter bounds, dtype,
+byte and sequence limits, the tokenizer they score with, weight-norm limits, the hash form, epsilon and the
+evaluation delay, and its evaluation tasks (a scoring method, a data source and a weight each). The original
+competitions (m1, g1) keep their values; keys they leave out take the original validators' behaviour.
+"""
+
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from publishing.subnet.constants import VALIDATOR_EPSILON
+from publishing.subnet.epsilon import Epsilon
+
 COMPETITIONS_FILE = Path(__file__).resolve().parents[2] / "configs" / "competitions.yaml"
+SCORING_METHODS = ("response_loss", "reference_loss")
+HASH_FORMS = ("plain", "salted")
 
 
 class CompetitionError(ValueError):
@@ -13,9 +24,20 @@ class CompetitionError(ValueError):
 
 
 @dataclass(frozen=True)
+class Task:
+    name: str
+    method: str       # one of SCORING_METHODS
+    dataset: str      # where validators draw the samples
+    weight: float
+
+
+ORIGINAL_TASKS = (Task("response", "response_loss", "cortex", 1.0),)
+
+
+@dataclass(frozen=True)
 class Competition:
     id: str
-    architecture: str
+    architectures: tuple[str, ...]
     max_parameters: int
     tokenizer: str
     reward_share: float
@@ -24,11 +46,50 @@ class Competition:
     max_weight_norm: float
     high_norm: float
     max_high_norm_share: float
+    netuid: int = 6
+    min_parameters: int = 0
+    dtype: str | None = None
+    hash: str = "plain"
+    epsilon: Epsilon = Epsilon(VALIDATOR_EPSILON)
+    eval_delay_blocks: int = 0
+    tasks: tuple[Task, ...] = field(default=ORIGINAL_TASKS)
+
+    @property
+    def architecture(self) -> str:
+        """The first allowed class: what a model of this competition is usually built as."""
+        return self.architectures[0]
+
+
+def _competition(cid: str, fields: dict, path: Path) -> Competition:
+    where = f"competition {cid} in {path.name}"
+    fields = dict(fields)
+    architectures = fields.pop("architectures", None) or fields.pop("architecture", None)
+    if isinstance(architectures, str):
+        architectures = [architectures]
+    if not architectures:
+        raise CompetitionError(f"{where} names no architecture; add `architectures: [LlamaForCausalLM, ...]`")
+    epsilon = fields.pop("epsilon", VALIDATOR_EPSILON)
+    if isinstance(epsilon, dict):
+        epsilon = Epsilon(float(epsilon["start"]), float(epsilon["end"]), int(epsilon["decay_blocks"]))
+    else:
+        epsilon = Epsilon(float(epsilon))
+    tasks = tuple(Task(t["name"], t["method"], t["dataset"], float(t["weight"])) for t in fields.pop("tasks", []))
+    for task in tasks:
+        if task.method not in SCORING_METHODS:
+            raise CompetitionError(f"{where}: task {task.name} has method {task.method!r}; use one of "
+                                   f"{', '.join(SCORING_METHODS)}")
+    if fields.get("hash", "plain") not in HASH_FORMS:
+        raise CompetitionError(f"{where}: hash must be plain or salted, got {fields['hash']!r}")
+    try:
+        return Competition(id=cid, architectures=tuple(architectures), epsilon=epsilon,
+                           tasks=tasks or ORIGINAL_TASKS, **fields)
+    except TypeError as e:
+        raise CompetitionError(f"{where} is not a competition ({e}); see the keys of m1") from None
 
 
 def load_competitions(path: Path = COMPETITIONS_FILE) -> dict[str, Competition]:
     raw = yaml.safe_load(Path(path).read_text())["competitions"]
-    return {cid: Competition(id=cid, **fields) for cid, fields in raw.items()}
+    return {str(cid): _competition(str(cid), fields, Path(path)) for cid, fields in raw.items()}
 
 
 def get_competition(competition_id: str, path: Path = COMPETITIONS_FILE) -> Competition:
@@ -41,11 +102,28 @@ def get_competition(competition_id: str, path: Path = COMPETITIONS_FILE) -> Comp
     return competitions[competition_id]
 
 
+def _epsilon_text(epsilon: Epsilon) -> str:
+    if epsilon.end is None:
+        return f"{epsilon.start:g}"
+    return f"{epsilon.start:g} -> {epsilon.end:g} over {epsilon.decay_blocks:,} blocks"
+
+
+def describe(c: Competition) -> list[str]:
+    """Every rule of a competition, one line each, for --list_competitions."""
+    scoring = " + ".join(f"{t.weight:g} x {t.method}({t.dataset})" for t in c.tasks)
+    return [
+        f"competition {c.id} (netuid {c.netuid}, reward share {c.reward_share:g})",
+        f"  architectures:   {', '.join(c.architectures)}",
+        f"  parameters:      {c.min_parameters:,} to {c.max_parameters:,}" + (f", {c.dtype}" if c.dtype else ""),
+        f"  tokenizer:       {c.tokenizer} (validators score with it)",
+        f"  sequence length: {c.sequence_length:,}; repo at most {c.max_repo_bytes / 1024**3:g} GiB",
+        f"  weight norms:    none above {c.max_weight_norm:g}, at most {c.max_high_norm_share:.0%} above "
+        f"{c.high_norm:g}",
+        f"  hash:            {c.hash}; epsilon {_epsilon_text(c.epsilon)}; evaluated after "
+        f"{c.eval_delay_blocks} blocks",
+        f"  score:           {scoring}",
+    ]
+
+
 def competitions_table(competitions: dict[str, Competition]) -> str:
-    rows = [("id", "architecture", "max parameters", "tokenizer", "reward share")]
-    rows += [(c.id, c.architecture, f"{c.max_parameters:,}", c.tokenizer, f"{c.reward_share:.2f}")
-             for c in competitions.values()]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return "\n".join(line for c in competitions.values() for line in describe(c))

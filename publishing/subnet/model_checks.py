@@ -60,13 +60,17 @@ def check_model(folder: str | Path, competition: Competition, weight_norms: bool
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     architecture = (config.get("architectures") or ["<none>"])[0]
-    if architecture != competition.architecture:
+    if architecture not in competition.architectures:
         raise ModelCheckError(f"the model is a {architecture}, but competition {competition.id} takes "
-                              f"{competition.architecture}; pick the competition that matches (--competition_id)")
+                              f"{', '.join(competition.architectures)}; pick the competition that matches "
+                              f"(--competition_id)")
     parameters = sum(safetensors_parameter_count(p) for p in folder.glob("*.safetensors"))
     if parameters > competition.max_parameters:
         raise ModelCheckError(f"the model has {parameters:,} parameters, over competition {competition.id}'s "
                               f"{competition.max_parameters:,}")
+    if parameters < competition.min_parameters:
+        raise ModelCheckError(f"the model has {parameters:,} parameters, under competition {competition.id}'s "
+                              f"{competition.min_parameters:,}")
     total_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     if total_bytes > competition.max_repo_bytes:
         raise ModelCheckError(f"the model's files total {total_bytes / 1024**3:.2f} GiB, over the "
