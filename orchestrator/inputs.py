@@ -86,11 +86,11 @@ def load_tokenizer(model_dir: Path):
 def read_only_chain(config: SweepConfig):
     """The chain for reading other miners' commitments; a wallet is used when given, never required."""
     if config.publishing.wallet_name and config.publishing.wallet_hotkey:
-        return open_bittensor_chain(config.publishing.subtensor_network, config.publishing.netuid, config.publishing.wallet_name,
+        return open_bittensor_chain(config.publishing.subtensor_network, config.publishing.subnet(), config.publishing.wallet_name,
                                     config.publishing.wallet_hotkey, config.publishing.wallet_path)
     from publishing.subnet.bittensor_chain import BittensorChain
 
-    return BittensorChain(config.publishing.subtensor_network, config.publishing.netuid, None)
+    return BittensorChain(config.publishing.subtensor_network, config.publishing.subnet(), None)
 
 
 def resolve_opponent(config: SweepConfig, chain_factory=None, hub_endpoint: str | None = None):

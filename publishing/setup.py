@@ -46,12 +46,16 @@ class PublishOptions:
     use_hotkey_in_hash: bool = setting(False, "commit the hotkey-salted hash of later subnet versions")
     wait_for_publish: bool = setting(False, "at the end, wait for the 20-minute window to publish the best model")
     subtensor_network: str = setting("finney", "finney, test, local, or a ws:// address", flag="subtensor.network")
-    netuid: int = setting(6, "the subnet's uid")
+    netuid: int | None = setting(None, "the subnet's uid; default: the competition's (6 for m1 and g1, 37 for 4)")
     wallet_name: str | None = setting(None, "coldkey (wallet) name of the miner", flag="wallet.name")
     wallet_hotkey: str | None = setting(None, "hotkey name of the miner, registered on the subnet",
                                         flag="wallet.hotkey")
     wallet_path: str = setting("~/.bittensor/wallets", "folder of bittensor wallets", flag="wallet.path")
     env_file: str = setting(".env", "file with HF_ACCESS_TOKEN (or HF_TOKEN) and WANDB_API_KEY")
+
+    def subnet(self) -> int:
+        """--netuid, else the subnet the competition runs on."""
+        return self.netuid if self.netuid is not None else get_competition(self.competition_id).netuid
 
     def check(self) -> None:
         """Raise ValueError naming the flag to fix (what needs no files, network or wallet)."""
@@ -111,13 +115,13 @@ def prepare_publishing(config: PublishOptions, model_dir: Path, chain_factory: C
         raise SetupError("publishing needs --wallet.name and --wallet.hotkey (the hotkey registered on the subnet); "
                           "or run with --offline")
     chain_factory = chain_factory or functools.partial(
-        open_bittensor_chain, config.subtensor_network, config.netuid, config.wallet_name, config.wallet_hotkey,
+        open_bittensor_chain, config.subtensor_network, config.subnet(), config.wallet_name, config.wallet_hotkey,
         config.wallet_path)
     try:
         chain = chain_factory()
         if not chain.is_registered(chain.hotkey_ss58):
             raise SetupError(f"hotkey {config.wallet_hotkey} ({chain.hotkey_ss58}) is not registered on subnet "
-                              f"{config.netuid} of {config.subtensor_network}; register it with btcli "
+                              f"{config.subnet()} of {config.subtensor_network}; register it with btcli "
                               f"subnet register, or run with --offline")
     except ChainError as e:
         raise SetupError(str(e)) from None

@@ -84,6 +84,14 @@ def test_competitions_are_data():
         get_competition("x9")
 
 
+def test_the_subnet_follows_the_competition_unless_netuid_is_given():
+    from publishing.setup import PublishOptions
+
+    assert PublishOptions().subnet() == 6 and PublishOptions(competition_id="g1").subnet() == 6
+    assert PublishOptions(competition_id="4").subnet() == 37
+    assert PublishOptions(competition_id="4", netuid=9).subnet() == 9
+
+
 def test_a_model_under_a_competitions_parameter_floor_is_refused(packaged):
     with pytest.raises(ModelCheckError, match=r"1,574,144 parameters, under competition 4's 3,200,000,000"):
         check_model(packaged, get_competition("4"))
