@@ -102,7 +102,7 @@ def resolve_opponent(config: SweepConfig, chain_factory=None, hub_endpoint: str 
     try:
         competition = get_competition(config.publishing.competition_id)
         chain = (chain_factory or (lambda: read_only_chain(config)))()
-        model_id = committed_model_id(chain, config.comparison.comparison_uid)
+        model_id = committed_model_id(chain, config.comparison.comparison_uid, competition.id)
         hotkey = {n.uid: n.hotkey for n in chain.neurons()}[config.comparison.comparison_uid]
         block = chain.read_commitment(hotkey).block
         hub = HubClient(load_hf_token(config.publishing.env_file), endpoint=hub_endpoint)
@@ -128,8 +128,8 @@ def resolve_model_dir(config: SweepConfig, chain_factory=None, hub_endpoint: str
                 raise RemoteModelError(f"--load_repo {repo_id!r} must be namespace/name")
         else:
             chain = (chain_factory or (lambda: read_only_chain(config)))()
-            uid = best_uid(chain) if config.data.load_best else config.data.load_uid
-            model_id = committed_model_id(chain, uid)
+            uid = best_uid(chain, competition.id) if config.data.load_best else config.data.load_uid
+            model_id = committed_model_id(chain, uid, competition.id)
             repo_id, commit = model_id.repo_id, model_id.commit
             print(f"starting from uid {uid}'s model {repo_id}@{commit[:8]}")
         folder = fetch_model(hub, repo_id, commit, competition.max_repo_bytes)

@@ -58,6 +58,20 @@ def test_load_uid_and_load_best_follow_the_chain(local_hub, published):
     assert by_uid == best and (best / "model.safetensors").is_file()
 
 
+def test_load_best_and_load_uid_skip_other_competitions(local_hub, published):
+    ours = ModelId("other", "tiny", commit=published, hash="h" * 44, competition_id="m1").to_compressed_str()
+    theirs = ModelId("else", "gemma", commit=published, hash="h" * 44, competition_id="g1").to_compressed_str()
+    # uid 2 ranks first, but for g1: --load_best for m1 takes uid 1
+    chain = chain_with({"hotkey-1": ours, "hotkey-2": theirs}, {0: 0.1, 1: 0.2, 2: 0.7})
+    best = resolve_model_dir(load_config(["--load_best"]), chain_factory=lambda: chain, hub_endpoint=local_hub.url)
+    assert (best / "model.safetensors").is_file()
+    with pytest.raises(ConfigError, match="uid 2's model is committed for competition g1, not m1"):
+        resolve_model_dir(load_config(["--load_uid", "2"]), chain_factory=lambda: chain, hub_endpoint=local_hub.url)
+    with pytest.raises(ConfigError, match="no uid on the subnet has a model committed for competition m1"):
+        resolve_model_dir(load_config(["--load_best"]), chain_factory=lambda: chain_with({"hotkey-2": theirs},
+                          {1: 0.2, 2: 0.7}), hub_endpoint=local_hub.url)
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["--load_uid", "9"], "uid 9 is not on the subnet (uids 0..2)"),
     (["--load_uid", "0"], "uid 0 has no model committed"),

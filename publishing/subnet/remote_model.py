@@ -43,7 +43,8 @@ def fetch_model(hub: HubClient, repo_id: str, commit: str, max_bytes: int, cache
     return hub.download(repo_id, commit, cache_dir or default_model_cache(), allow_patterns=wanted)
 
 
-def committed_model_id(chain: Chain, uid: int) -> ModelId:
+def committed_model_id(chain: Chain, uid: int, competition_id: str | None = None) -> ModelId:
+    """uid's committed ModelId; with competition_id, one committed for that competition only."""
     neurons = {n.uid: n for n in chain.neurons()}
     if uid not in neurons:
         top = max(neurons, default=-1)
@@ -57,12 +58,25 @@ def committed_model_id(chain: Chain, uid: int) -> ModelId:
         raise RemoteModelError(f"uid {uid}'s commitment is not a ModelId: {e}") from None
     if not model_id.commit:
         raise RemoteModelError(f"uid {uid}'s ModelId {commitment.data} names no commit")
+    if competition_id is not None and model_id.competition_id != competition_id:
+        raise RemoteModelError(f"uid {uid}'s model is committed for competition {model_id.competition_id}, not "
+                               f"{competition_id}; pick a uid of competition {competition_id} (or --competition_id "
+                               f"{model_id.competition_id})")
     return model_id
 
 
-def best_uid(chain: Chain) -> int:
-    """The uid with the highest incentive: the model validators currently rank first."""
-    neurons = chain.neurons()
+def best_uid(chain: Chain, competition_id: str | None = None) -> int:
+    """The uid with the highest incentive (the model validators currently rank first); with competition_id, the
+    highest whose commitment is for that competition, skipping the others'."""
+    neurons = sorted(chain.neurons(), key=lambda n: (-n.incentive, n.uid))
     if not neurons:
         raise RemoteModelError("the subnet has no neurons to load from")
-    return max(neurons, key=lambda n: (n.incentive, -n.uid)).uid
+    if competition_id is None:
+        return neurons[0].uid
+    for neuron in neurons:
+        try:
+            committed_model_id(chain, neuron.uid, competition_id)
+        except RemoteModelError:
+            continue  # no commitment, not a ModelId, or another competition's
+        return neuron.uid
+    raise RemoteModelError(f"no uid on the subnet has a model committed for competition {competition_id}")
