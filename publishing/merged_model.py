@@ -25,15 +25,18 @@ def import_merge_libraries() -> None:
     from transformers import AutoModelForCausalLM  # noqa: F401
 
 
-def merge_adapter(base_model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+def merge_adapter(base_model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path,
+                  dtype: str = "auto") -> Path:
+    """The base with the adapter merged in, saved in `dtype` ("auto": the base's own; a competition that takes one
+    dtype gets it: peft adds the fp32 delta to each weight, and the sum is stored in that dtype either way)."""
     # Imported here, not at the top: the coordinator actor imports this module when the sweep starts, and
     # importing peft and transformers there (seconds of CPU) would slow the first trials' start for nothing.
     from peft import PeftModel
 
     from trainables.model_loading import load_causal_lm
 
-    # the base model's own dtype; load_causal_lm never runs a folder's code, and none is passed on (below)
-    base = load_causal_lm(base_model_dir, dtype="auto")
+    # load_causal_lm never runs a folder's code, and none is passed on (below)
+    base = load_causal_lm(base_model_dir, dtype=dtype)
     merged = PeftModel.from_pretrained(base, adapter_dir, trust_remote_code=False).merge_and_unload()
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -46,7 +49,7 @@ def merge_adapter(base_model_dir: str | Path, adapter_dir: str | Path, out_dir: 
     return out_dir
 
 
-def merge_checkpoint(base_model_dir: str, checkpoint, out_dir: str) -> str:
+def merge_checkpoint(base_model_dir: str, checkpoint, out_dir: str, dtype: str = "auto") -> str:
     """Merge a Ray Tune checkpoint's adapter; `as_directory` fetches it when it lives in remote storage."""
     # The adapter is copied out first (it is small): Tune may delete the checkpoint while the base model loads.
     adapter = Path(out_dir).parent / f".adapter-{Path(out_dir).name}"
@@ -60,6 +63,6 @@ def merge_checkpoint(base_model_dir: str, checkpoint, out_dir: str) -> str:
         shutil.rmtree(adapter, ignore_errors=True)
         raise CheckpointGone(f"checkpoint {checkpoint.path} is gone ({e})") from None
     try:
-        return str(merge_adapter(base_model_dir, adapter, out_dir))
+        return str(merge_adapter(base_model_dir, adapter, out_dir, dtype))
     finally:
         shutil.rmtree(adapter, ignore_errors=True)

@@ -117,7 +117,8 @@ class Publisher:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.work_dir) as scratch:
             merged = candidate.model_dir or merge_checkpoint(self.base_model_dir, candidate.checkpoint,
-                                                             str(Path(scratch) / "merged"))
+                                                             str(Path(scratch) / "merged"),
+                                                             self.competition.dtype or "auto")
             package_model(merged, folder)
         card = model_card(self.base_model, candidate.hyperparameters, candidate.eval_loss, self.sweep_id,
                           self.competition.id)

@@ -43,7 +43,8 @@ class PublishOptions:
     avg_loss_upload_threshold: float | None = setting(None, "publish only a model whose eval loss is at most this")
     publish_min_improvement: float = setting(VALIDATOR_EPSILON, "publish only a model this much better than the "
                                                                 "hotkey's committed one (the validators' epsilon)")
-    use_hotkey_in_hash: bool = setting(False, "commit the hotkey-salted hash of later subnet versions")
+    use_hotkey_in_hash: bool = setting(False, "commit the hotkey-salted hash of later subnet versions (always, for a "
+                                              "competition whose hash is salted, such as 4)")
     wait_for_publish: bool = setting(False, "at the end, wait for the 20-minute window to publish the best model")
     subtensor_network: str = setting("finney", "finney, test, local, or a ws:// address", flag="subtensor.network")
     netuid: int | None = setting(None, "the subnet's uid; default: the competition's (6 for m1 and g1, 37 for 4)")
@@ -98,7 +99,8 @@ def prepare_publishing(config: PublishOptions, model_dir: Path, chain_factory: C
         raise SetupError(f"--competition_id: {e}") from None
     check_starting_model(model_dir, competition)
     threshold = config.avg_loss_upload_threshold if config.avg_loss_upload_threshold is not None else float("inf")
-    target = PublishTarget(repo_id=None, competition_id=competition.id, use_hotkey_in_hash=config.use_hotkey_in_hash,
+    target = PublishTarget(repo_id=None, competition_id=competition.id,
+                           use_hotkey_in_hash=config.use_hotkey_in_hash or competition.hash == "salted",
                            threshold=threshold, min_improvement=config.publish_min_improvement)
     if config.offline or config.hf_repo_id is None:
         return PublishSetup(target=target)

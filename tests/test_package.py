@@ -97,6 +97,32 @@ def test_a_model_under_a_competitions_parameter_floor_is_refused(packaged):
         check_model(packaged, get_competition("4"))
 
 
+def test_weights_stored_in_another_dtype_than_the_competitions_are_refused(packaged, tmp_path):
+    import dataclasses as dc
+
+    bf16_only = dc.replace(get_competition("m1"), dtype="bfloat16")
+    with pytest.raises(ModelCheckError, match="stored in float32, but competition m1 takes bfloat16"):
+        check_model(packaged, bf16_only)
+    as_bf16 = tmp_path / "bf16"
+    shutil.copytree(packaged, as_bf16)
+    weights = load_file(as_bf16 / "model.safetensors")
+    save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, as_bf16 / "model.safetensors",
+              metadata={"format": "pt"})
+    assert check_model(as_bf16, bf16_only).parameters == sum(v.numel() for v in weights.values())
+
+
+def test_a_salted_competition_always_commits_the_salted_hash(model_dir, monkeypatch):
+    import dataclasses as dc
+
+    import publishing.setup as setup
+
+    plain = setup.prepare_publishing(setup.PublishOptions(offline=True), model_dir)
+    assert plain.target.use_hotkey_in_hash is False  # m1: plain unless --use_hotkey_in_hash
+    salted_m1 = dc.replace(get_competition("m1"), hash="salted")  # competition 4's form, on a model the tiny one fits
+    monkeypatch.setattr(setup, "get_competition", lambda _id: salted_m1)
+    assert setup.prepare_publishing(setup.PublishOptions(offline=True), model_dir).target.use_hotkey_in_hash
+
+
 def test_the_tiny_model_is_within_m1(packaged):
     stats = check_model(packaged, get_competition("m1"))
     model = AutoModelForCausalLM.from_pretrained(packaged)

@@ -30,19 +30,32 @@ class ModelStats:
     high_norm_share: float
 
 
-def safetensors_parameter_count(path: Path) -> int:
+# safetensors' dtype names -> torch's, for the competitions' `dtype`
+SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
+
+
+def safetensors_header(path: Path) -> dict:
     with open(path, "rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(header_len))
+    header.pop("__metadata__", None)
+    return header
+
+
+def safetensors_parameter_count(path: Path) -> int:
     count = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
+    for info in safetensors_header(path).values():
         n = 1
         for dim in info["shape"]:
             n *= dim
         count += n
     return count
+
+
+def stored_dtypes(folder: Path) -> set[str]:
+    """The dtypes the weights are stored in (torch's names), from the safetensors headers."""
+    return {SAFETENSORS_DTYPES.get(info["dtype"], info["dtype"]) for path in folder.glob("*.safetensors")
+            for info in safetensors_header(path).values()}
 
 
 def projection_norms(folder: Path) -> list[float]:
@@ -71,6 +84,11 @@ def check_model(folder: str | Path, competition: Competition, weight_norms: bool
     if parameters < competition.min_parameters:
         raise ModelCheckError(f"the model has {parameters:,} parameters, under competition {competition.id}'s "
                               f"{competition.min_parameters:,}")
+    if competition.dtype is not None:
+        other = sorted(stored_dtypes(folder) - {competition.dtype})
+        if other:
+            raise ModelCheckError(f"the model's weights are stored in {', '.join(other)}, but competition "
+                                  f"{competition.id} takes {competition.dtype}; save them as {competition.dtype}")
     total_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     if total_bytes > competition.max_repo_bytes:
         raise ModelCheckError(f"the model's files total {total_bytes / 1024**3:.2f} GiB, over the "
