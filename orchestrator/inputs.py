@@ -105,12 +105,13 @@ def resolve_opponent(config: SweepConfig, chain_factory=None, hub_endpoint: str 
         model_id = committed_model_id(chain, config.comparison.comparison_uid, competition.id)
         hotkey = {n.uid: n.hotkey for n in chain.neurons()}[config.comparison.comparison_uid]
         block = chain.read_commitment(hotkey).block
+        epsilon = competition.epsilon.at(chain.current_block(), block)
         hub = HubClient(load_hf_token(config.publishing.env_file), endpoint=hub_endpoint)
         folder = fetch_model(hub, model_id.repo_id, model_id.commit, competition.max_repo_bytes)
     except (RemoteModelError, ChainError, CompetitionError) as e:
         raise ConfigError(f"--comparison_uid: {e}") from None
     return Opponent(uid=config.comparison.comparison_uid, model_id=model_id.to_compressed_str(), block=block,
-                    model_dir=str(check_model_dir(folder)))
+                    model_dir=str(check_model_dir(folder)), epsilon=epsilon)
 
 
 def resolve_model_dir(config: SweepConfig, chain_factory=None, hub_endpoint: str | None = None) -> Path:

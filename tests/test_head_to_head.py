@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from publishing.subnet.epsilon import Epsilon
+
 from orchestrator.config import load_config
 from orchestrator.inputs import resolve_opponent, trial_settings
 from orchestrator.search_space import parse_search_space
@@ -37,6 +39,15 @@ def test_win_rate_counts_pairs():
     assert result.our_loss == pytest.approx(1.625) and "win rate 50.0%" in result.line()
     with pytest.raises(ValueError):
         compare([1.0], [1.0, 2.0], 1, 2, 3, "m")
+
+
+def test_the_competitions_epsilon_decides_close_pairs():
+    ours, theirs = [0.97, 0.96], [1.0, 1.0]  # 3% and 4% better, committed later
+    assert compare(ours, theirs, float("inf"), 1, 3, "m").wins == 2  # m1's constant 1%
+    fresh = Epsilon(0.05, 0.01, 21_600).at(current_block=100, model_block=100)  # competition 4, just committed
+    assert compare(ours, theirs, float("inf"), 1, 3, "m", epsilon=fresh).wins == 0
+    halfway = Epsilon(0.05, 0.01, 21_600).at(current_block=10_900, model_block=100)  # 3% after 10,800 blocks
+    assert compare(ours, theirs, float("inf"), 1, 3, "m", epsilon=halfway).wins == 1
 
 
 def test_require_win_keeps_a_losing_model_off_the_hub(model_dir, tmp_path):

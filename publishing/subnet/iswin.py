@@ -33,10 +33,11 @@ class Comparison:
 
 
 def compare(ours: list[float], theirs: list[float], our_block: float, their_block: float, uid: int,
-            their_model: str) -> Comparison:
-    """Our model not yet committed counts as committed later: theirs gets the 1% advantage."""
+            their_model: str, epsilon: float = VALIDATOR_EPSILON) -> Comparison:
+    """Our model not yet committed counts as committed later: theirs gets the epsilon advantage (the competition's,
+    at the current block)."""
     if len(ours) != len(theirs) or not ours:
         raise ValueError("head-to-head needs the same, non-empty set of pairs for both models")
-    wins = sum(iswin(a, b, our_block, their_block) for a, b in zip(ours, theirs))
+    wins = sum(iswin(a, b, our_block, their_block, epsilon) for a, b in zip(ours, theirs))
     return Comparison(uid=uid, their_model=their_model, pairs=len(ours), wins=wins, win_rate=wins / len(ours),
                       our_loss=sum(ours) / len(ours), their_loss=sum(theirs) / len(theirs))
