@@ -28,6 +28,7 @@ from publishing.publish_state import STATE_FILE, PublishedModel, PublishState, U
 from publishing.publisher import Candidate, CommitFailed, Prepared, Publisher, UploadFailed
 from publishing.rules import Action, Decision, decide, last_commit_time
 from publishing.subnet.constants import BLOCK_SECONDS
+from publishing.subnet.epsilon import worth_restarting_the_wait
 from publishing.subnet.model_checks import ModelCheckError
 from publishing.subnet.model_id import ModelId
 
@@ -156,10 +157,33 @@ class PublishCoordinator:
         local = self.published.committed_at if self.published else None
         return last_commit_time(now, local, chain_block, current_block, BLOCK_SECONDS)
 
+    def _evaluation_hold(self, candidate: Candidate, published_loss: float | None, now: float) -> tuple[float | None, str]:
+        """Until when our commitment is kept because validators have not evaluated it yet and the candidate is not
+        worth restarting their wait (competitions with an evaluation delay); (None, why) when it may be replaced."""
+        chain, competition = self.publisher.chain, self.publisher.competition
+        if chain is None or competition.eval_delay_blocks <= 0 or published_loss is None:
+            return None, ""
+        commitment = chain.read_commitment(chain.hotkey_ss58)
+        if commitment is None:
+            return None, ""
+        current = chain.current_block()
+        worth, why = worth_restarting_the_wait(published_loss, candidate.eval_loss, commitment.block, current,
+                                               competition.eval_delay_blocks, competition.epsilon)
+        if worth:
+            return None, why
+        evaluated_at = now + (commitment.block + competition.eval_delay_blocks - current) * BLOCK_SECONDS
+        return evaluated_at, why
+
     def decision(self, candidate: Candidate, now: float) -> Decision:
-        return decide(candidate.eval_loss, threshold=self.target.threshold, published_loss=self._published_loss(),
-                      min_improvement=self.target.min_improvement, now=now,
-                      last_committed_at=self._last_committed_at(now), interval_s=self.target.interval_s)
+        published_loss = self._published_loss()
+        hold_until, why = self._evaluation_hold(candidate, published_loss, now)
+        decision = decide(candidate.eval_loss, threshold=self.target.threshold, published_loss=published_loss,
+                          min_improvement=self.target.min_improvement, now=now,
+                          last_committed_at=self._last_committed_at(now), interval_s=self.target.interval_s,
+                          hold_until=hold_until, hold_reason=why)
+        if why and decision.action is Action.PUBLISH:  # say why an unevaluated commitment is being replaced
+            decision = Decision(decision.action, f"{decision.reason}; {why}", decision.not_before)
+        return decision
 
     # -- feeding -------------------------------------------------------------------------------
     def offer(self, candidate: Candidate) -> bool:

@@ -46,7 +46,10 @@ def last_commit_time(now: float, local_committed_at: float | None, chain_block: 
 
 
 def decide(candidate_loss: float, *, threshold: float, published_loss: float | None, min_improvement: float,
-           now: float, last_committed_at: float | None, interval_s: float = PUBLISH_INTERVAL_S) -> Decision:
+           now: float, last_committed_at: float | None, interval_s: float = PUBLISH_INTERVAL_S,
+           hold_until: float | None = None, hold_reason: str = "") -> Decision:
+    """`hold_until`: our commitment that validators have not evaluated yet is kept until then (a later
+    competition's evaluation delay, when the new model's margin is not worth restarting the wait)."""
     if not math.isfinite(candidate_loss):
         return Decision(Action.SKIP, f"eval loss {candidate_loss} is not a number")
     if candidate_loss > threshold:
@@ -54,6 +57,8 @@ def decide(candidate_loss: float, *, threshold: float, published_loss: float | N
     if not beats(candidate_loss, published_loss, min_improvement):
         return Decision(Action.SKIP, f"eval loss {candidate_loss:.4f} does not beat the published {published_loss:.4f} "
                                 f"by more than {min_improvement:.0%}")
+    if hold_until is not None and now < hold_until:
+        return Decision(Action.WAIT, hold_reason, not_before=hold_until)
     if last_committed_at is not None and now < last_committed_at + interval_s:
         opens = last_committed_at + interval_s
         return Decision(Action.WAIT, f"the 20-minute window opens in {opens - now:.0f} s", not_before=opens)

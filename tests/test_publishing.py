@@ -246,6 +246,27 @@ def test_a_restart_inside_the_window_does_not_commit_again(world, candidate):
     assert len(world.chain.history) == 1
 
 
+def test_an_unevaluated_commitment_is_replaced_only_by_a_model_worth_the_restarted_wait(world, candidate):
+    """Competition 4's rules on the tiny model: 460 blocks before validators evaluate a commitment, epsilon 5%."""
+    import dataclasses
+
+    from publishing.subnet.epsilon import Epsilon
+
+    coordinator = world.coordinator()
+    coordinator.publisher.competition = dataclasses.replace(coordinator.publisher.competition, eval_delay_blocks=460,
+                                                            epsilon=Epsilon(0.05, 0.01, 21_600))
+    coordinator.offer(candidate(4.0, "a"))
+    assert coordinator.step().action is Action.PUBLISH
+    world.clock.now += 21 * 60  # the 20-minute window is open, but 105 of 460 blocks have passed
+    coordinator.offer(candidate(3.9, "b"))  # 2.5% better: under epsilon, not worth restarting the wait
+    held = coordinator.step()
+    assert held.action is Action.WAIT and "keeping it" in held.reason and "105 of 460 blocks" in held.reason
+    coordinator.offer(candidate(3.6, "c"))  # 10% better: worth it
+    replaced = coordinator.step()
+    assert replaced.action is Action.PUBLISH and "worth restarting the 460-block wait" in replaced.reason
+    assert len(world.chain.history) == 2
+
+
 def test_hotkey_salted_hash(world, candidate):
     coordinator = world.coordinator(use_hotkey_in_hash=True)
     coordinator.offer(candidate(4.0))

@@ -39,3 +39,10 @@ def test_the_later_of_chain_and_local_state_counts():
     # the chain's record is older than our own (e.g. the read lagged): local state wins
     assert last_commit_time(NOW, NOW - 60, chain_block=900, current_block=1000) == NOW - 60
     assert last_commit_time(NOW, None, None, None) is None
+
+
+def test_an_unevaluated_commitment_is_held_until_validators_evaluate_it():
+    held = rule(3.9, published_loss=4.0, hold_until=NOW + 600, hold_reason="keeping it")
+    assert held.action is Action.WAIT and held.not_before == NOW + 600 and held.reason == "keeping it"
+    assert rule(3.9, published_loss=4.0, hold_until=NOW).action is Action.PUBLISH  # evaluated now: the usual rule
+    assert rule(4.5, published_loss=4.0, hold_until=NOW + 600).action is Action.SKIP  # a worse one is never held
