@@ -240,6 +240,7 @@ def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, repo
     untrained = untrained_eval_loss(model, settings, data.eval, device)
     layout = eval_layout(settings, data.eval, attention)
     throughput = Throughput.of(model, device)
+    lengths = pair_lengths(data.train)  # once: the loop below reads it every micro-batch
     model.train()
     window = _Window()
     while step < total_steps:
@@ -251,7 +252,7 @@ def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, repo
             progress["micro_batch_tokens"] = batch["input_ids"].numel()
             loss_sum = backward_micro_batch(model, batch, pairs_in_step)
             pairs = pairs_of(rows)
-            window.add(loss_sum, len(pairs), real_tokens(batch), pair_lengths(data.train)[pairs])
+            window.add(loss_sum, len(pairs), real_tokens(batch), lengths[pairs])
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
