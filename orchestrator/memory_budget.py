@@ -32,8 +32,9 @@ class Budget:
     bf16: bool = False   # the GPU computes in bf16 (compute capability 8.0 or later)
 
 
-def gpus_here() -> list[tuple[str, int, float]]:
-    """(name, memory bytes, compute capability) of every GPU this machine's CUDA_VISIBLE_DEVICES shows."""
+def gpus_here(only_visible: bool = True) -> list[tuple[str, int, float]]:
+    """(name, memory bytes, compute capability) of every GPU this machine's CUDA_VISIBLE_DEVICES shows (all of
+    them with only_visible=False: Ray hides every GPU from a task that asks for none)."""
     if not shutil.which("nvidia-smi"):
         return []
     try:
@@ -42,7 +43,7 @@ def gpus_here() -> list[tuple[str, int, float]]:
     except (OSError, subprocess.SubprocessError):
         return []
     rows = [[part.strip() for part in line.split(",")] for line in out.strip().splitlines() if line.count(",") == 3]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if only_visible else None
     if visible is not None:
         wanted = {v.strip() for v in visible.split(",") if v.strip()}
         rows = [row for row in rows if row[0] in wanted]
@@ -72,10 +73,6 @@ def local_budget(config: SweepConfig) -> Budget:
     return cpu_budget(psutil.virtual_memory().available, at_once, "this machine")
 
 
-def _node_gpus() -> list[tuple[str, int, float]]:
-    return gpus_here()
-
-
 def cluster_budget(config: SweepConfig, uses_gpus: bool) -> Budget:
     """The budget on a cluster this driver joined: each GPU node's cards, read on the node itself; else the
     smallest node memory Ray reports, shared by the trials that node runs at once."""
@@ -84,11 +81,11 @@ def cluster_budget(config: SweepConfig, uses_gpus: bool) -> Budget:
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if uses_gpus:
-        probe = ray.remote(_node_gpus)
+        probe = ray.remote(gpus_here)  # run on each GPU node: its own nvidia-smi
         found = []
         for node in (n for n in nodes if n["Resources"].get("GPU", 0) >= 1):
             pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-            found += ray.get(probe.options(num_cpus=0, scheduling_strategy=pinned).remote(), timeout=120)
+            found += ray.get(probe.options(num_cpus=0, scheduling_strategy=pinned).remote(False), timeout=120)
         if found:
             return gpu_budget(found, "of the cluster")
     smallest = min(nodes, key=lambda n: n["Resources"].get("memory", 0))
