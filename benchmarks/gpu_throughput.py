@@ -382,7 +382,7 @@ def run(args) -> dict:
     losses, times = [], []
     try:
         model = build_model(config, device, dtype, args.lora_r, args.gradient_checkpointing)
-        train_steps(model, rows, batches, device, losses, times)
+        train_steps(model, rows, batches, device, losses, times, args.profile, args.bf16_adapters)
     except Exception as error:  # noqa: BLE001: running out of memory is a result; the rest re-raise
         if not is_out_of_memory(error):
             raise
@@ -429,7 +429,7 @@ def run(args) -> dict:
 
 
 def train_steps(model, rows: list[np.ndarray], batches: list[dict], device: torch.device, losses: list[float],
-                times: list[float]) -> None:
+                times: list[float], profile: Path | None = None, bf16_adapters: bool = True) -> None:
     """The product's training step (trainables.lora_trial._train) for steps of one micro-batch each: the
     validators' loss over the micro-batch's pairs, backward, AdamW; each step's mean pair loss and seconds are
     appended as they finish. Peak memory counts from here: the model built, the batches on the device."""
@@ -440,15 +440,23 @@ def train_steps(model, rows: list[np.ndarray], batches: list[dict], device: torc
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]  # on the device before timing
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for pairs, batch in zip(rows, batches):
-        sync(device)
-        start = time.perf_counter()
-        loss_sum = backward_micro_batch(model, batch, len(pairs))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        times.append(time.perf_counter() - start)
+    for i, (pairs, batch) in enumerate(zip(rows, batches)):
+        last = profile is not None and i == len(batches) - 1
+        profiler = (torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                       torch.profiler.ProfilerActivity.CUDA]) if last
+                    else contextlib.nullcontext())
+        with profiler:
+            sync(device)
+            start = time.perf_counter()
+            loss_sum = backward_micro_batch(model, batch, len(pairs), bf16_adapters)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync(device)
+            times.append(time.perf_counter() - start)
         losses.append(loss_sum / len(pairs))
+        if last:  # where the last step's time went, by kernel (the profiler slows that step: read its shares)
+            sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            profile.write_text(profiler.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90))
 
 
 # ---------------------------------------------------------------------------------------------------- matrix
@@ -476,7 +484,7 @@ def row_flags(args, row: dict, first: bool) -> list[str]:
 def memory_budget(args) -> tuple[str | None, float | None]:
     """(card, bytes a trial may use): --memory_gb, else the GPU nvidia-smi shows less the product's CUDA reserve
     (read without torch, which would hold a CUDA context here while the rows run)."""
-    from orchestrator.memory_budget import CUDA_RESERVE_BYTES, gpus_here
+    from trainables.gpu_cards import CUDA_RESERVE_BYTES, gpus_here
 
     gpus = gpus_here()
     card = gpus[0][0] if gpus else None
@@ -589,6 +597,10 @@ def parse_args(argv=None):
                         "skipped")
     p.add_argument("--row_timeout", type=int, default=120, help="--matrix: seconds a row may take")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument("--bf16_adapters", action=argparse.BooleanOptionalAction, default=True,
+                   help="the product's LoRA matmuls in bf16 over a bf16 base (--no-bf16_adapters: peft's fp32 path)")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="write torch.profiler's table of the last step's kernels here (that step runs slower)")
     args = p.parse_args(argv)
     if args.steps is None:
         args.steps = 5 if args.matrix else 10

@@ -8,20 +8,16 @@ holding memory on a GPU that a trial then uses.
 
 import dataclasses
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 from orchestrator.config import ConfigError, SweepConfig
 from orchestrator.search_space import SearchSpace
 from trainables.data import SweepData
+from trainables.gpu_cards import CUDA_RESERVE_BYTES, gpus_here
 from trainables.lora_trial import TrialSettings, micro_batch_shape, pair_lengths
 
 GIB = 2**30
 GB = 1e9  # what messages say: the planner's unit
-# What a GPU gives a trial beyond max_memory_allocated: the CUDA context and kernels (~0.5 GB), and the caching
-# allocator's fragmentation. The planner's estimate is compared against the card's memory less this.
-CUDA_RESERVE_BYTES = int(1.5 * GIB)
 
 
 @dataclass(frozen=True)
@@ -30,24 +26,6 @@ class Budget:
     bytes: int           # what one trial may use
     where: str           # for the messages: "the smallest GPU (NVIDIA H100 80GB HBM3, 79.6 GiB)"
     bf16: bool = False   # the GPU computes in bf16 (compute capability 8.0 or later)
-
-
-def gpus_here(only_visible: bool = True) -> list[tuple[str, int, float]]:
-    """(name, memory bytes, compute capability) of every GPU this machine's CUDA_VISIBLE_DEVICES shows (all of
-    them with only_visible=False: Ray hides every GPU from a task that asks for none)."""
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.total,compute_cap",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    rows = [[part.strip() for part in line.split(",")] for line in out.strip().splitlines() if line.count(",") == 3]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if only_visible else None
-    if visible is not None:
-        wanted = {v.strip() for v in visible.split(",") if v.strip()}
-        rows = [row for row in rows if row[0] in wanted]
-    return [(name, int(float(mib)) * 2**20, float(cap)) for _, name, mib, cap in rows]
 
 
 def gpu_budget(gpus: list[tuple[str, int, float]], where: str) -> Budget:

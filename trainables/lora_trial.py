@@ -167,12 +167,30 @@ def load_lora_model(settings: TrialSettings, r: int, alpha: int, device: torch.d
     return build_lora_model(base, r, alpha, settings.training.lora_dropout, settings.gradient_checkpointing).to(device)
 
 
-def backward_micro_batch(model, batch: dict[str, torch.Tensor], pairs_in_step: int) -> float:
+def backward_micro_batch(model, batch: dict[str, torch.Tensor], pairs_in_step: int,
+                         bf16_adapters: bool = True) -> float:
     """Add this micro-batch's share of the step's loss (the mean of per-pair means) to the gradients; return the
     sum of its pairs' losses."""
-    means = per_pair_means(token_losses(model, batch), batch)
+    with adapter_compute(model, bf16_adapters):
+        means = per_pair_means(token_losses(model, batch), batch)
     (means.sum() / pairs_in_step).backward()
     return means.sum().item()
+
+
+@contextlib.contextmanager
+def adapter_compute(model, bf16: bool = True):
+    """Over a bf16 base, run the LoRA matmuls in bf16 too, from the fp32 adapter weights (which stay the master
+    copy that AdamW updates). Without this peft casts each layer's activations up to fp32 and multiplies there:
+    on an H200 (3B Llama shape, 16k packed tokens) the fp32 adapter path, its casts and fp32 elementwise work were
+    over half of a training step (BENCHMARKS.md §5). Over an fp32 base (CPUs) nothing changes."""
+    base = model.get_base_model().get_input_embeddings().weight
+    if not bf16 or base.dtype != torch.bfloat16:
+        yield
+        return
+    from peft.helpers import disable_input_dtype_casting
+
+    with torch.autocast(base.device.type, dtype=torch.bfloat16), disable_input_dtype_casting(model):
+        yield
 
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, hyperparameters: dict,
