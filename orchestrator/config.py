@@ -79,7 +79,14 @@ class DataConfig:
                                      "validators score with (downloaded once); auto: the competition's, but the "
                                      "embedded model's own")
     eval_fraction: float = setting(0.15, "share of the pairs held out as the eval set every trial is scored on")
-    max_length: int = setting(2048, "tokens per pair after truncation (validators use 2048)")
+    max_length: int | None = setting(None, "tokens per training pair (longer ones are truncated, or dropped for "
+                                           "reference_loss); default: the competition's sequence length (2048 for "
+                                           "m1 and g1, 16384 for 4)")
+    task_data: str | None = setting(None, "local rows for a competition's tasks, NAME=PATH[,NAME=PATH] (.jsonl or "
+                                          ".parquet in the data set's own schema); default: each task's Hub data set")
+    eval_samples_per_task: int = setting(120, "held-out samples drawn per task of a reference_loss competition "
+                                              "(validators draw 120)")
+    train_samples_per_task: int = setting(20000, "at most this many training samples read per task")
 
     @property
     def embedded_model(self) -> bool:
@@ -108,8 +115,23 @@ class DataConfig:
             raise ValueError(f"--tokenizer must be auto, model or competition, got {self.tokenizer!r}")
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"--eval_fraction must be between 0 and 1, got {self.eval_fraction}")
-        if self.max_length < 1:
+        if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"--max_length must be at least 1, got {self.max_length}")
+        if self.eval_samples_per_task < 1 or self.train_samples_per_task < 1:
+            raise ValueError("--eval_samples_per_task and --train_samples_per_task must be at least 1")
+        self.task_sources()  # a malformed --task_data fails here
+
+    def task_sources(self) -> dict[str, str]:
+        """--task_data as {task name: path}."""
+        sources = {}
+        for item in (self.task_data or "").split(","):
+            if not item.strip():
+                continue
+            name, sep, path = item.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(f"--task_data takes NAME=PATH pairs separated by commas, got {item.strip()!r}")
+            sources[name.strip()] = path.strip()
+        return sources
 
 
 @dataclass(frozen=True)

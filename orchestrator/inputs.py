@@ -12,16 +12,17 @@ from transformers import AutoTokenizer
 
 from orchestrator.config import ConfigError, SweepConfig
 from publishing.subnet.chain import ChainError
-from publishing.subnet.competitions import CompetitionError, get_competition
+from publishing.subnet.competitions import COMPETITIONS_FILE, Competition, CompetitionError, Task, get_competition
 from publishing.subnet.hub import HubClient
 from publishing.subnet.remote_model import RemoteModelError, best_uid, committed_model_id, default_model_cache, fetch_model
 from publishing.subnet.secrets import load_hf_token
 from publishing.setup import (PublishSetup, SetupError, open_bittensor_chain,
                               prepare_publishing)
-from trainables.data_sources import fetch_cortex_pairs, load_hub_dataset, read_local_dataset
+from trainables.data_sources import download_parquet_files, fetch_cortex_pairs, load_hub_dataset, read_local_dataset
 from trainables.data import DataError, SweepData, read_pairs, split_pairs, tokenize_split
 from trainables.embedded_model import DATASET, ensure_embedded_model
 from trainables.lora_trial import TrialSettings
+from trainables.task_data import TaskSamples, draw_task_samples, eval_tasks, mixture, parser_for, tokenize_references
 
 
 def check_model_dir(path: str | Path) -> Path:
@@ -100,7 +101,7 @@ def resolve_opponent(config: SweepConfig, chain_factory=None, hub_endpoint: str 
     if config.comparison.comparison_uid is None:
         return None
     try:
-        competition = get_competition(config.publishing.competition_id)
+        competition = get_competition(config.publishing.competition_id, config.publishing.competitions_file)
         chain = (chain_factory or (lambda: read_only_chain(config)))()
         model_id = committed_model_id(chain, config.comparison.comparison_uid, competition.id)
         hotkey = {n.uid: n.hotkey for n in chain.neurons()}[config.comparison.comparison_uid]
@@ -121,7 +122,7 @@ def resolve_model_dir(config: SweepConfig, chain_factory=None, hub_endpoint: str
     if config.data.embedded_model:
         return ensure_embedded_model()
     try:
-        competition = get_competition(config.publishing.competition_id)
+        competition = get_competition(config.publishing.competition_id, config.publishing.competitions_file)
         hub = HubClient(load_hf_token(config.publishing.env_file), endpoint=hub_endpoint)
         if config.data.load_repo:
             repo_id, commit = config.data.load_repo, config.data.download_repo_latest_commit
@@ -158,8 +159,13 @@ COMPETITION_TOKENIZER_PATTERNS = ["tokenizer*", "special_tokens_map.json", "adde
 
 
 def competition_tokenizer_dir(config: SweepConfig, hub_endpoint: str | None = None) -> Path:
-    """The competition's tokenizer files, downloaded once into this node's cache."""
-    competition = get_competition(config.publishing.competition_id)
+    """The competition's tokenizer files: a local folder when the competition names one (absolute, or relative to
+    its competitions file), else its Hub repo's tokenizer files, downloaded once into this node's cache."""
+    competition = get_competition(config.publishing.competition_id, config.publishing.competitions_file)
+    competitions_dir = Path(config.publishing.competitions_file or COMPETITIONS_FILE).expanduser().resolve().parent
+    for folder in (Path(competition.tokenizer).expanduser(), competitions_dir / competition.tokenizer):
+        if folder.is_dir():
+            return folder
     hub = HubClient(load_hf_token(config.publishing.env_file), endpoint=hub_endpoint)
     return hub.download(competition.tokenizer, None, default_model_cache(), allow_patterns=COMPETITION_TOKENIZER_PATTERNS)
 
@@ -188,14 +194,68 @@ def choose_tokenizer(config: SweepConfig, model_dir: Path, hub_endpoint: str | N
 
 
 def prepare_data(config: SweepConfig, model_dir: Path, hub_endpoint: str | None = None) -> SweepData:
+    """Tokenized once, here: the training pairs and the held-out set every trial is scored on, the competition's
+    way (the original competitions: response loss on a held-out share of the training data; a competition with
+    reference_loss tasks: each task's samples drawn from its own data set, the score their weighted mean)."""
+    try:
+        competition = get_competition(config.publishing.competition_id, config.publishing.competitions_file)
+    except CompetitionError as e:
+        raise ConfigError(f"--competition_id: {e}") from None
+    max_length = config.data.max_length or competition.sequence_length
     try:
         tokenizer = choose_tokenizer(config, model_dir, hub_endpoint)
+        if competition.scored_by_reference:
+            return prepare_task_data(config, competition, tokenizer, max_length, hub_endpoint)
         pairs = read_training_pairs(config, hub_endpoint)
         train, held_out = split_pairs(pairs, config.data.eval_fraction, config.search.seed)
-        return SweepData(train=tokenize_split(tokenizer, train, config.data.max_length),
-                         eval=tokenize_split(tokenizer, held_out, config.data.max_length))
+        return SweepData(train=tokenize_split(tokenizer, train, max_length),
+                         eval=tokenize_split(tokenizer, held_out, max_length))
     except DataError as e:
         raise ConfigError(str(e)) from None
+
+
+def task_files(task: Task, sources: dict[str, str], config: SweepConfig, hub_endpoint: str | None) -> list[Path]:
+    """A task's rows: the local file --task_data names, else its data set's parquet files from the Hub."""
+    if task.name in sources:
+        path = Path(sources[task.name]).expanduser()
+        if not path.is_file():
+            raise DataError(f"--task_data {task.name}={sources[task.name]} does not exist; pass a .jsonl or .parquet "
+                            f"file of {task.dataset} rows")
+        return [path]
+    token = load_hf_token(config.publishing.env_file)
+    try:
+        return download_parquet_files(task.dataset, endpoint=hub_endpoint or os.environ.get("HF_ENDPOINT"),
+                                      token=token.reveal() if token else None)
+    except DataError as e:
+        raise DataError(f"task {task.name}: {e} (or pass --task_data {task.name}=PATH)") from None
+
+
+def prepare_task_data(config: SweepConfig, competition: Competition, tokenizer, max_length: int,
+                      hub_endpoint: str | None = None) -> SweepData:
+    """Each task's held-out samples drawn the validators' way; training on the tasks' other samples mixed by task
+    weight, or on one task's data set (--dataset_repo_id naming it), or on the pairs --dataset_path,
+    --dataset_repo_id or --use_cortex choose (each pair's response scored as a reference)."""
+    sources = config.data.task_sources()
+    unknown = set(sources) - {t.name for t in competition.tasks}
+    if unknown:
+        raise DataError(f"--task_data names {', '.join(sorted(unknown))}, not a task of competition {competition.id} "
+                        f"(its tasks: {', '.join(t.name for t in competition.tasks)})")
+    samples = []
+    for task in competition.tasks:
+        held_out, pool = draw_task_samples(task_files(task, sources, config, hub_endpoint), parser_for(task.dataset),
+                                           competition.sequence_length, config.data.eval_samples_per_task,
+                                           config.data.train_samples_per_task, config.search.seed, task.name)
+        samples.append(TaskSamples(task.name, task.weight, held_out, pool))
+        print(f"task {task.name}: {len(held_out)} held-out samples, {len(pool)} for training")
+    eval_split, tasks = eval_tasks(samples, tokenizer)
+    one_task = [s for s, t in zip(samples, competition.tasks) if t.dataset == config.data.dataset_repo_id]
+    if one_task:
+        train = mixture(one_task, config.search.seed)
+    elif config.data.dataset_path or config.data.dataset_repo_id or config.data.use_cortex:
+        train = [(p["question"], p["response"]) for p in read_training_pairs(config, hub_endpoint)]
+    else:
+        train = mixture(samples, config.search.seed)
+    return SweepData(train=tokenize_references(tokenizer, train, max_length), eval=eval_split, tasks=tasks)
 
 
 def trial_settings(config: SweepConfig, model_dir: Path) -> TrialSettings:
@@ -208,24 +268,8 @@ def trial_settings(config: SweepConfig, model_dir: Path) -> TrialSettings:
                          gradient_checkpointing=config.training.gradient_checkpointing == "on")
 
 
-def check_scoring(competition_id: str) -> None:
-    """Trials compute the original validators' response loss; a competition scored another way is refused rather
-    than swept for the wrong objective (its reference loss reaches trials with the rest of issue 13)."""
-    from publishing.subnet.competitions import CompetitionError, get_competition
-
-    try:
-        competition = get_competition(competition_id)
-    except CompetitionError:
-        return  # check_publishing names the unknown competition
-    unscored = [t.method for t in competition.tasks if t.method != "response_loss"]
-    if unscored:
-        raise ConfigError(f"competition {competition.id} scores {unscored[0]}, which trials do not compute yet; "
-                          f"sweep for m1 or g1 (--list_competitions shows what each scores)")
-
-
 def check_publishing(config: SweepConfig, model_dir: Path) -> PublishSetup:
     """Repo id, competition, token, wallet and registration: all checked before any training."""
-    check_scoring(config.publishing.competition_id)
     try:
         return prepare_publishing(config.publishing, model_dir)
     except SetupError as e:

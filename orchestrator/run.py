@@ -12,7 +12,7 @@ from orchestrator.inputs import (check_device, check_publishing, check_tracking,
                                  trial_settings)
 from orchestrator.memory_budget import local_budget, plan_trial_memory
 from orchestrator.search_space import load_search_space
-from publishing.subnet.competitions import competitions_table, load_competitions
+from publishing.subnet.competitions import CompetitionError, competitions_table, load_competitions
 
 INTERRUPTED_EXIT = 130  # the shell's code for a program ended by Ctrl-C
 
@@ -22,23 +22,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(argv)
         if config.command.list_competitions:
-            print(competitions_table(load_competitions()))
+            try:
+                print(competitions_table(load_competitions(config.publishing.competitions_file)))
+            except CompetitionError as e:
+                raise ConfigError(f"--competitions_file: {e}") from None
             return 0
         check_tracking(config)
         check_device(config)
         experiment = choose_experiment(config)
         space = load_search_space(config.search.search)
         model_dir = resolve_model_dir(config)
+        publishing = check_publishing(config, model_dir)  # a model outside the competition fails before data is read
         data = prepare_data(config, model_dir)
         settings = trial_settings(config, model_dir)
         if config.run.address is None:  # a cluster's GPUs are known once Ray is joined (run_sweep plans there)
             settings = plan_trial_memory(config, settings, space, data, local_budget(config))
-        publishing = check_publishing(config, model_dir)
         opponent = resolve_opponent(config)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"model: {model_dir}\ndata: {len(data.train)} training pairs, {len(data.eval)} held-out eval pairs")
+    tasks = f" ({', '.join(f'{t.name} {t.stop - t.start}' for t in data.tasks)})" if data.tasks else ""
+    print(f"model: {model_dir}\ndata: {len(data.train)} training pairs, {len(data.eval)} held-out eval pairs{tasks}")
 
     # Ray is imported only now, so bad input never pays for starting it.
     from orchestrator.summary import render_interrupted, render_summary, resume_command

@@ -133,6 +133,7 @@ class SweepOutcome:
     comparison: Comparison | None   # the head-to-head against --comparison_uid
     publish: CoordinatorReport  # the coordinator's report: what it published and merged, one line per outcome
     trials_csv: str = ""
+    best_task_losses: dict = dataclasses.field(default_factory=dict)  # a competition of weighted tasks: each one's
 
     @property
     def best_model_dir(self) -> str | None:
@@ -250,7 +251,7 @@ def measure_opponent(config: SweepConfig, opponent, settings: TrialSettings, dat
         return None, publishing
     their_losses = remote_pair_losses(opponent.model_dir, settings, data.eval, plan.task_options)
     if config.comparison.require_win:
-        gate = WinGate(opponent, their_losses, settings, data.eval, plan.task_options)
+        gate = WinGate(opponent, their_losses, settings, data.eval, plan.task_options, data.tasks)
         publishing = dataclasses.replace(publishing, gate=gate)
     return HeadToHead(opponent, their_losses), publishing
 
@@ -346,12 +347,13 @@ def collect_outcome(config: SweepConfig, experiment: Experiment, records: list[T
     versus = None
     if comparison is not None and best is not None:
         versus = head_to_head(comparison.opponent, comparison.their_losses, best.model_dir, settings, data.eval,
-                              plan.task_options, experiment.path)
+                              plan.task_options, experiment.path, data.tasks)
     return SweepOutcome(experiment.path, experiment.name, records, interrupted=False,
                         best_trial=next((r for r in records if best and r.trial_id == best.trial_id), None),
                         base_eval_loss=_base_eval_loss(results), wall_s=wall_s,
                         plots=[str(p) for p in write_plots(results.experiment_path)], comparison=versus,
-                        publish=report, trials_csv=trials_csv)
+                        publish=report, trials_csv=trials_csv,
+                        best_task_losses=_task_losses(results, best.trial_id, best.step) if best else {})
 
 
 def _base_eval_loss(results) -> float:
@@ -359,11 +361,24 @@ def _base_eval_loss(results) -> float:
     return next((r.metrics["base_eval_loss"] for r in results if "base_eval_loss" in (r.metrics or {})), math.nan)
 
 
+def _task_losses(results, trial_id: str, step: int) -> dict[str, float]:
+    """Each task's loss at the merged checkpoint (Tune flattens the reported task_losses dict into columns)."""
+    for result in results:
+        history = result.metrics_dataframe
+        if (result.metrics or {}).get("trial_id") != trial_id or history is None or "step" not in history:
+            continue
+        at_step = history[history["step"] == step]
+        return {column.split("/", 1)[1]: float(at_step[column].iloc[-1])
+                for column in history.columns if column.startswith("task_losses/") and len(at_step)}
+    return {}
+
+
 def summary_record(outcome: SweepOutcome) -> dict:
     """The outcome as plain values, for W&B's summary run (nothing secret is in it)."""
     published = outcome.publish.published
     return {"best_hyperparameters": outcome.best_hyperparameters, "best_eval_loss": outcome.best_eval_loss,
             "base_eval_loss": outcome.base_eval_loss, "best_step": outcome.best_step,
+            "best_task_losses": outcome.best_task_losses,
             "best_trial": outcome.best_trial.trial_id if outcome.best_trial else None,
             "num_trials": outcome.num_trials, "stopped_early": outcome.stopped_early, "errored": outcome.errored,
             "out_of_memory": outcome.out_of_memory,

@@ -9,8 +9,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from publishing.subnet.iswin import Comparison, compare
-from trainables.data import TokenizedSplit
+from publishing.subnet.iswin import Comparison, compare, compare_scores
+from trainables.data import EvalTask, TokenizedSplit
+from trainables.scoring import competition_score
 from trainables.lora_trial import TrialSettings, model_pair_losses
 
 NOT_COMMITTED = float("inf")  # our model would be committed after theirs: theirs gets epsilon's advantage
@@ -33,6 +34,14 @@ def remote_pair_losses(model_dir: str, settings: TrialSettings, split: Tokenized
     return ray.get(ray.remote(model_pair_losses).options(**options).remote(model_dir, settings, split))
 
 
+def versus(ours: list[float], theirs: list[float], opponent: Opponent, tasks: tuple[EvalTask, ...]) -> Comparison:
+    """The original competitions: per-pair wins with epsilon; a competition of weighted tasks: whole scores."""
+    if tasks:
+        return compare_scores(competition_score(ours, tasks)[0], competition_score(theirs, tasks)[0], len(ours),
+                              opponent.uid, opponent.model_id, opponent.epsilon)
+    return compare(ours, theirs, NOT_COMMITTED, opponent.block, opponent.uid, opponent.model_id, opponent.epsilon)
+
+
 @dataclass(frozen=True)
 class WinGate:
     """Lets the coordinator publish a model only if it beats the opponent on more than half of the pairs."""
@@ -41,19 +50,19 @@ class WinGate:
     settings: TrialSettings
     eval_split: TokenizedSplit
     options: dict
+    tasks: tuple[EvalTask, ...] = ()
 
     def __call__(self, model_dir: str) -> tuple[bool, str]:
         ours = remote_pair_losses(model_dir, self.settings, self.eval_split, self.options)
-        result = compare(ours, self.their_losses, NOT_COMMITTED, self.opponent.block, self.opponent.uid,
-                         self.opponent.model_id, self.opponent.epsilon)
+        result = versus(ours, self.their_losses, self.opponent, self.tasks)
         return result.win_rate > 0.5, result.line()
 
 
 def head_to_head(opponent: Opponent, their_losses: list[float], best_model_dir: str, settings: TrialSettings,
-                 eval_split: TokenizedSplit, options: dict, experiment_dir: str) -> Comparison:
+                 eval_split: TokenizedSplit, options: dict, experiment_dir: str,
+                 tasks: tuple[EvalTask, ...] = ()) -> Comparison:
     ours = remote_pair_losses(best_model_dir, settings, eval_split, options)
-    result = compare(ours, their_losses, NOT_COMMITTED, opponent.block, opponent.uid, opponent.model_id,
-                     opponent.epsilon)
+    result = versus(ours, their_losses, opponent, tasks)
     record = {**result.record(), "our_block": None, "their_block": opponent.block,
               "our_pair_losses": ours, "their_pair_losses": their_losses}
     (Path(experiment_dir) / "comparison.json").write_text(json.dumps(record, indent=2))

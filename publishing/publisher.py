@@ -54,6 +54,8 @@ class PublishTarget:
     """Where and how to publish; None repo_id means offline: prepare everything, upload nothing."""
     repo_id: str | None = None
     competition_id: str = "m1"
+    competitions_file: str | None = None  # None: the shipped configs/competitions.yaml
+    hotkey_ss58: str | None = None  # offline: the wallet's hotkey, to salt the hash as it would be committed
     use_hotkey_in_hash: bool = False
     threshold: float = math.inf
     min_improvement: float = VALIDATOR_EPSILON
@@ -95,7 +97,7 @@ class Publisher:
         self.target, self.base_model_dir, self.work_dir = target, base_model_dir, Path(work_dir)
         self.sweep_id, self.hub, self.chain, self.sleep = sweep_id, hub, chain, sleep
         self._base_model = base_model
-        self.competition = get_competition(target.competition_id)
+        self.competition = get_competition(target.competition_id, target.competitions_file)
         self._prepared: tuple[str, Prepared] | None = None
 
     @property
@@ -124,8 +126,8 @@ class Publisher:
                           self.competition.id)
         stats = check_model(folder, self.competition)
         plain = hash_directory(folder)
-        salted = (hash_with_hotkey(plain, self.chain.hotkey_ss58)
-                  if self.target.use_hotkey_in_hash and self.chain is not None else plain)
+        hotkey = self.chain.hotkey_ss58 if self.chain is not None else self.target.hotkey_ss58
+        salted = hash_with_hotkey(plain, hotkey) if self.target.use_hotkey_in_hash and hotkey else plain
         prepared = Prepared(model_dir=str(folder), hash=salted, files=hashed_files(folder), stats=stats,
                             model_card=card)
         self._prepared = (candidate.key, prepared)

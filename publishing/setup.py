@@ -40,6 +40,8 @@ class PublishOptions:
     hf_repo_id: str | None = setting(None, "Hugging Face repo to publish to (namespace/name, at most 38 characters); "
                                            "without it the sweep runs offline")
     competition_id: str = setting("m1", "competition to publish for (see configs/competitions.yaml)")
+    competitions_file: str | None = setting(None, "YAML of competitions to read instead of the shipped "
+                                                  "configs/competitions.yaml (same form; add your own)")
     avg_loss_upload_threshold: float | None = setting(None, "publish only a model whose eval loss is at most this")
     publish_min_improvement: float = setting(VALIDATOR_EPSILON, "publish only a model this much better than the "
                                                                 "hotkey's committed one (the validators' epsilon)")
@@ -56,7 +58,7 @@ class PublishOptions:
 
     def subnet(self) -> int:
         """--netuid, else the subnet the competition runs on."""
-        return self.netuid if self.netuid is not None else get_competition(self.competition_id).netuid
+        return self.netuid if self.netuid is not None else get_competition(self.competition_id, self.competitions_file).netuid
 
     def check(self) -> None:
         """Raise ValueError naming the flag to fix (what needs no files, network or wallet)."""
@@ -82,6 +84,16 @@ class PublishSetup:
                          base_model=base_model)
 
 
+def offline_hotkey(config: PublishOptions) -> str:
+    """The wallet hotkey's ss58 address, read from its file (no chain needed)."""
+    from publishing.subnet.bittensor_chain import hotkey_keypair, load_wallet
+
+    try:
+        return hotkey_keypair(load_wallet(config.wallet_name, config.wallet_hotkey, config.wallet_path)).ss58_address
+    except ChainError as e:
+        raise SetupError(str(e)) from None
+
+
 def check_starting_model(model_dir: Path, competition: Competition) -> None:
     """Architecture, parameter count and size: LoRA merging changes none of them, so check them before training."""
     try:
@@ -94,15 +106,23 @@ def prepare_publishing(config: PublishOptions, model_dir: Path, chain_factory: C
                        hub_endpoint: str | None = None) -> PublishSetup:
     """Check every publishing input; offline (or without --hf_repo_id) only the competition is checked."""
     try:
-        competition = get_competition(config.competition_id)
+        competition = get_competition(config.competition_id, config.competitions_file)
     except CompetitionError as e:
         raise SetupError(f"--competition_id: {e}") from None
     check_starting_model(model_dir, competition)
     threshold = config.avg_loss_upload_threshold if config.avg_loss_upload_threshold is not None else float("inf")
-    target = PublishTarget(repo_id=None, competition_id=competition.id,
+    # an absolute path: the coordinator reads it again from a Ray worker, whose working directory may differ
+    competitions_file = str(Path(config.competitions_file).expanduser().resolve()) if config.competitions_file else None
+    target = PublishTarget(repo_id=None, competition_id=competition.id, competitions_file=competitions_file,
                            use_hotkey_in_hash=config.use_hotkey_in_hash or competition.hash == "salted",
                            threshold=threshold, min_improvement=config.publish_min_improvement)
     if config.offline or config.hf_repo_id is None:
+        if target.use_hotkey_in_hash and config.wallet_name and config.wallet_hotkey:
+            # offline, the hash publish.json shows is still the one that would be committed: salted by the hotkey
+            target = PublishTarget(**{**target.__dict__, "hotkey_ss58": offline_hotkey(config)})
+        elif target.use_hotkey_in_hash:
+            print(f"note: competition {competition.id} commits the hotkey-salted hash; without --wallet.name and "
+                  f"--wallet.hotkey, publish.json shows the plain one")
         return PublishSetup(target=target)
 
     try:

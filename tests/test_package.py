@@ -119,7 +119,7 @@ def test_a_salted_competition_always_commits_the_salted_hash(model_dir, monkeypa
     plain = setup.prepare_publishing(setup.PublishOptions(offline=True), model_dir)
     assert plain.target.use_hotkey_in_hash is False  # m1: plain unless --use_hotkey_in_hash
     salted_m1 = dc.replace(get_competition("m1"), hash="salted")  # competition 4's form, on a model the tiny one fits
-    monkeypatch.setattr(setup, "get_competition", lambda _id: salted_m1)
+    monkeypatch.setattr(setup, "get_competition", lambda _id, _file=None: salted_m1)
     assert setup.prepare_publishing(setup.PublishOptions(offline=True), model_dir).target.use_hotkey_in_hash
 
 

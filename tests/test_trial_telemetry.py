@@ -24,6 +24,11 @@ def test_the_line_leaves_out_what_the_report_lacks_and_shows_gpu_memory_when_rep
     assert line == "[trial abc] lr=2.10e-04 r=16 alpha=32 step=10 eval_loss=4.0000 peak_gpu_mem_gb=1.23"
 
 
+def test_a_task_competitions_line_shows_each_tasks_loss_beside_the_score():
+    line = format_line("abc", HYPERPARAMETERS, {"step": 5, "eval_loss": 2.5, "task_losses": {"MATH": 2.0, "CODE": 3.0}})
+    assert "eval_loss=2.5000 MATH=2.0000 CODE=3.0000" in line
+
+
 def test_emit_prints_one_flushed_line_to_stderr_without_a_running_ray(capsys):
     emit("abc", HYPERPARAMETERS, METRICS)
     captured = capsys.readouterr()

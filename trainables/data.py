@@ -133,16 +133,32 @@ def tokenize_split(tokenizer, pairs: list[dict], max_length: int) -> TokenizedSp
     if len(kept) < len(pairs):
         print(f"note: dropped {len(pairs) - len(kept)} of {len(pairs)} pairs whose response does not fit in "
               f"--max_length ({max_length})")
-    lengths = np.array([len(ids) for ids, _ in kept], dtype=np.int64)
+    return splits_of(kept)
+
+
+def splits_of(samples: list[tuple[list[int], int]]) -> TokenizedSplit:
+    """A split of (ids, length of the unscored prefix) samples."""
+    lengths = np.array([len(ids) for ids, _ in samples], dtype=np.int64)
     return TokenizedSplit(
-        tokens=np.fromiter((t for ids, _ in kept for t in ids), dtype=np.int32, count=int(lengths.sum())),
+        tokens=np.fromiter((t for ids, _ in samples for t in ids), dtype=np.int32, count=int(lengths.sum())),
         offsets=np.concatenate([[0], np.cumsum(lengths)]),
-        prompt_lens=np.array([p for _, p in kept], dtype=np.int32),
+        prompt_lens=np.array([p for _, p in samples], dtype=np.int32),
     )
 
 
 @dataclass(frozen=True)
+class EvalTask:
+    """One of a competition's evaluation tasks: its samples are pairs [start, stop) of the eval split."""
+    name: str
+    weight: float
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
 class SweepData:
-    """What every trial trains and evaluates on: the same pairs, the same held-out set."""
+    """What every trial trains and evaluates on: the same pairs, the same held-out set. `tasks` splits the held-out
+    set into a competition's weighted tasks; empty, the held-out set is one task (the original competitions)."""
     train: TokenizedSplit
     eval: TokenizedSplit
+    tasks: tuple[EvalTask, ...] = ()

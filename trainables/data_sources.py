@@ -180,8 +180,20 @@ def load_hub_dataset(repo_id: str, question_column: str = "question", response_c
     return pairs
 
 
+def download_parquet_files(repo_id: str, endpoint: str | None = None, token: str | None = None,
+                           cache_dir: str | Path | None = None) -> list[Path]:
+    """The parquet data files of a dataset repo (its train split where files name splits), downloaded once into
+    the Hub cache: nothing else of the repo is fetched."""
+    folder = _download_data_files(repo_id, endpoint, token, cache_dir, patterns=["*.parquet"])
+    files = sorted(folder.rglob("*.parquet"))
+    train = [f for f in files if "train" in f.relative_to(folder).as_posix()]
+    if not files:
+        raise DataError(f"dataset repo {repo_id} has no parquet data files; pass the task's rows with --task_data")
+    return train or files
+
+
 def _download_data_files(repo_id: str, endpoint: str | None, token: str | None,
-                         cache_dir: str | Path | None) -> Path:
+                         cache_dir: str | Path | None, patterns: list[str] | None = None) -> Path:
     """The repo's snapshot folder, holding only its data files (no weights, scripts, images)."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
@@ -190,7 +202,7 @@ def _download_data_files(repo_id: str, endpoint: str | None, token: str | None,
     where = endpoint or constants.ENDPOINT
     try:
         folder = snapshot_download(repo_id, repo_type="dataset", endpoint=endpoint, token=token,
-                                   cache_dir=cache_dir, allow_patterns=_HUB_DATA_PATTERNS)
+                                   cache_dir=cache_dir, allow_patterns=patterns or _HUB_DATA_PATTERNS)
     except (RepositoryNotFoundError, RevisionNotFoundError):  # gated repos land here too
         raise DataError(f"dataset repo {repo_id} was not found on {where} (a private or gated one needs a "
                         f"token with access); check --dataset_repo_id") from None

@@ -25,8 +25,9 @@ from safetensors.torch import load_file
 
 from trainables.data import SweepData, TokenizedSplit
 from trainables.documented import setting
-from trainables.evaluation import eval_loss, pair_losses, per_pair_means, token_losses
+from trainables.evaluation import pair_losses, per_pair_means, token_losses
 from trainables.hyperparameters import Hyperparameters
+from trainables.scoring import competition_score
 from trainables.model_loading import (ATTENTION_CHOICES, ensure_model_here, load_causal_lm, pick_device,
                                       release_accelerator_memory, resolve_attention, training_dtype, use_cpus)
 from trainables.out_of_memory import AllocationFailure, is_out_of_memory, out_of_memory_reason
@@ -255,7 +256,7 @@ def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, repo
         min_lr_rate=settings.min_lr_ratio)
     step = restore_checkpoint(resume_from, model, optimizer, scheduler) if resume_from else 0
     packing = settings.training.packing == "on"
-    untrained = untrained_eval_loss(model, settings, data.eval, device)
+    untrained = untrained_eval_loss(model, settings, data, device)
     layout = eval_layout(settings, data.eval, attention)
     throughput = Throughput.of(model, device)
     lengths = pair_lengths(data.train)  # once: the loop below reads it every micro-batch
@@ -277,7 +278,8 @@ def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, repo
         step += 1
         if step % settings.training.eval_steps == 0 or step == total_steps:
             trained = window.metrics(throughput)  # read before evaluating: tokens_per_s is the training throughput
-            metrics = {"eval_loss": eval_loss(model, data.eval, device, **layout),
+            score, per_task = competition_score(pair_losses(model, data.eval, device, **layout), data.tasks)
+            metrics = {"eval_loss": score, **({"task_losses": per_task} if per_task else {}),
                        **trained, "step": step, "learning_rate_now": scheduler.get_last_lr()[0],
                        "base_eval_loss": untrained, **memory_metrics(device, settings.memory_estimate_gb)}
             with tempfile.TemporaryDirectory() as folder:
@@ -295,25 +297,27 @@ def eval_layout(settings: TrialSettings, split: TokenizedSplit, attention: str) 
             "micro_batch_tokens": micro_batch_tokens(settings.training, lengths)}
 
 
-# (model folder, eval set digest) -> the base model's eval loss; filled once per worker process
-_UNTRAINED_LOSSES: dict[tuple[str, str], float] = {}
+# (model folder, eval set digest) -> the base model's per-pair eval losses; filled once per worker process
+_UNTRAINED_LOSSES: dict[tuple[str, str], list[float]] = {}
 
 
-def untrained_eval_loss(model, settings: TrialSettings, eval_split: TokenizedSplit, device: torch.device) -> float:
-    """The base model's eval loss (the adapter switched off): the number every trial must beat.
+def untrained_eval_loss(model, settings: TrialSettings, data: SweepData, device: torch.device) -> float:
+    """The base model's eval loss, scored as the competition scores (the adapter switched off): the number every
+    trial must beat.
 
     Measured here, once per worker process (workers are reused across trials), rather than in a task
     of its own: such a task would start a worker and load the model before any trial could start.
     """
+    eval_split = data.eval
     digest = hashlib.sha1(eval_split.tokens.tobytes() + eval_split.prompt_lens.tobytes()).hexdigest()
     key = (settings.model_dir, digest)
     if key not in _UNTRAINED_LOSSES:
         with model.disable_adapter():
             if settings.training.packing == "on":
                 check_packing_is_kept_apart(model, eval_split, device)
-            _UNTRAINED_LOSSES[key] = eval_loss(model, eval_split, device,
-                                               **eval_layout(settings, eval_split, model.config._attn_implementation))
-    return _UNTRAINED_LOSSES[key]
+            _UNTRAINED_LOSSES[key] = pair_losses(model, eval_split, device,
+                                                 **eval_layout(settings, eval_split, model.config._attn_implementation))
+    return competition_score(_UNTRAINED_LOSSES[key], data.tasks)[0]
 
 
 def check_packing_is_kept_apart(model, split: TokenizedSplit, device: torch.device) -> None:

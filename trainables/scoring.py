@@ -51,3 +51,17 @@ def weighted_score(task_losses: dict[str, float], weights: dict[str, float]) -> 
     if not present or total <= 0:
         return math.inf
     return sum(task_losses[task] * weight / total for task, weight in present.items())
+
+
+def task_losses(pair_losses, tasks) -> dict[str, float]:
+    """Each task's loss: the mean of its samples' losses (`tasks`: `trainables.data.EvalTask`s over the pairs)."""
+    return {t.name: sum(pair_losses[t.start:t.stop]) / (t.stop - t.start) for t in tasks if t.stop > t.start}
+
+
+def competition_score(pair_losses, tasks) -> tuple[float, dict[str, float]]:
+    """(the score validators give these per-pair losses, each task's loss). Without tasks (the original
+    competitions) the score is the mean over all pairs and there are no task losses."""
+    if not tasks:
+        return sum(pair_losses) / len(pair_losses), {}
+    losses = task_losses(pair_losses, tasks)
+    return weighted_score(losses, {t.name: t.weight for t in tasks}), losses

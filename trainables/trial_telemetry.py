@@ -50,6 +50,8 @@ def format_line(trial_id: str, hyperparameters: Hyperparameters, metrics: dict) 
         if value is not None:
             value = int(value) if spec == "d" else float(value)
             parts.append(f"{label}={value:{spec}}")
+        if key == "eval_loss":  # a competition of weighted tasks: each task's loss beside the score
+            parts.extend(f"{task}={loss:.4f}" for task, loss in (metrics.get("task_losses") or {}).items())
     return " ".join(parts)
 
 

@@ -55,6 +55,12 @@ class Competition:
     tasks: tuple[Task, ...] = field(default=ORIGINAL_TASKS)
 
     @property
+    def scored_by_reference(self) -> bool:
+        """Its tasks score reference_loss on their own data sets (the later validators); else the original
+        response loss on the training data's held-out share."""
+        return any(t.method == "reference_loss" for t in self.tasks)
+
+    @property
     def architecture(self) -> str:
         """The first allowed class: what a model of this competition is usually built as."""
         return self.architectures[0]
@@ -78,6 +84,9 @@ def _competition(cid: str, fields: dict, path: Path) -> Competition:
         if task.method not in SCORING_METHODS:
             raise CompetitionError(f"{where}: task {task.name} has method {task.method!r}; use one of "
                                    f"{', '.join(SCORING_METHODS)}")
+    if len({t.method for t in tasks}) > 1:
+        raise CompetitionError(f"{where} mixes scoring methods; a competition's tasks all score response_loss or "
+                               f"all reference_loss")
     if fields.get("hash", "plain") not in HASH_FORMS:
         raise CompetitionError(f"{where}: hash must be plain or salted, got {fields['hash']!r}")
     try:
@@ -87,12 +96,19 @@ def _competition(cid: str, fields: dict, path: Path) -> Competition:
         raise CompetitionError(f"{where} is not a competition ({e}); see the keys of m1") from None
 
 
-def load_competitions(path: Path = COMPETITIONS_FILE) -> dict[str, Competition]:
-    raw = yaml.safe_load(Path(path).read_text())["competitions"]
-    return {str(cid): _competition(str(cid), fields, Path(path)) for cid, fields in raw.items()}
+def load_competitions(path: str | Path | None = None) -> dict[str, Competition]:
+    """The competitions of `path` (default: the shipped configs/competitions.yaml)."""
+    path = Path(path or COMPETITIONS_FILE).expanduser()
+    try:
+        raw = yaml.safe_load(path.read_text())["competitions"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise CompetitionError(f"cannot read competitions from {path} ({type(e).__name__}); pass a YAML file with a "
+                               f"`competitions:` mapping like configs/competitions.yaml") from None
+    return {str(cid): _competition(str(cid), fields, path) for cid, fields in raw.items()}
 
 
-def get_competition(competition_id: str, path: Path = COMPETITIONS_FILE) -> Competition:
+def get_competition(competition_id: str, path: str | Path | None = None) -> Competition:
+    path = Path(path or COMPETITIONS_FILE)
     competitions = load_competitions(path)
     if competition_id not in competitions:
         raise CompetitionError(f"unknown competition {competition_id!r}; known: {', '.join(sorted(competitions))} "

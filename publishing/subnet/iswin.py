@@ -23,8 +23,15 @@ class Comparison:
     win_rate: float
     our_loss: float
     their_loss: float
+    method: str = "per_pair"  # or "score": the later validators compare whole scores
+    epsilon: float = VALIDATOR_EPSILON
 
     def line(self) -> str:
+        if self.method == "score":
+            verdict = "win" if self.wins else "no win"
+            return (f"vs uid {self.uid} ({self.their_model}): score {self.our_loss:.4f} ours vs {self.their_loss:.4f} "
+                    f"theirs over {self.pairs} samples; a win needs below {(1 - self.epsilon) * self.their_loss:.4f} "
+                    f"(epsilon {self.epsilon:.4f}): {verdict}")
         return (f"vs uid {self.uid} ({self.their_model}): win rate {self.win_rate:.1%} over {self.pairs} pairs "
                 f"({self.wins} wins), average loss {self.our_loss:.4f} ours vs {self.their_loss:.4f} theirs")
 
@@ -41,3 +48,12 @@ def compare(ours: list[float], theirs: list[float], our_block: float, their_bloc
     wins = sum(iswin(a, b, our_block, their_block, epsilon) for a, b in zip(ours, theirs))
     return Comparison(uid=uid, their_model=their_model, pairs=len(ours), wins=wins, win_rate=wins / len(ours),
                       our_loss=sum(ours) / len(ours), their_loss=sum(theirs) / len(theirs))
+
+
+def compare_scores(our_score: float, their_score: float, samples: int, uid: int, their_model: str,
+                   epsilon: float) -> Comparison:
+    """The later validators' comparison: whole competition scores, and ours (not yet committed, so later) wins
+    only below (1 - epsilon) x theirs. Reported as one 'pair' won or lost."""
+    win = our_score < their_score * (1 - epsilon)
+    return Comparison(uid=uid, their_model=their_model, pairs=samples, wins=int(win), win_rate=float(win),
+                      our_loss=our_score, their_loss=their_score, method="score", epsilon=epsilon)
