@@ -96,7 +96,7 @@ def render_summary(outcome: SweepOutcome, config: SweepConfig) -> str:
         *([f"best trial dir:  {best.folder}"] if best else []),
         f"eval loss:       {outcome.best_eval_loss:.4f} best vs {outcome.base_eval_loss:.4f} untrained "
         f"({gain:.1%} lower)",
-        *([f"task losses:     " + ", ".join(f"{task} {loss:.4f}" for task, loss in outcome.best_task_losses.items())
+        *(["task losses:     " + ", ".join(f"{task} {loss:.4f}" for task, loss in outcome.best_task_losses.items())
            + " (the eval loss is their weighted mean, as validators score)"] if outcome.best_task_losses else []),
         f"merged model:    {outcome.best_model_dir or 'none (no checkpoint was left to merge; see the lines below)'}",
         *publish_lines(outcome, config),
