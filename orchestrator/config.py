@@ -44,6 +44,13 @@ class SearchConfig:
     grace_period: int = setting(2, "evaluations every trial gets before ASHA may stop it")
     reduction_factor: int = setting(2, "ASHA keeps the best 1/reduction_factor of trials at each rung")
     seed: int = setting(0, "seed of the sampler, the eval split and the data order")
+    pruned_trials: str = setting("complete", "how trials the scheduler stopped reach Optuna: complete (as stock Ray "
+                                             "Tune: their last, partial-budget loss as their value) or pruned (their "
+                                             "losses at their steps; TPE ranks them below finished ones); "
+                                             "BENCHMARKS.md section 2 measured pruned slightly worse")
+    study: str | None = setting(None, "keep the Optuna study in a journal file (a relative path is under "
+                                      "--storage_path) or an Optuna storage URL, and continue it in later sweeps "
+                                      "on the same model, data, search space and competition")
 
     def check(self) -> None:
         if self.num_samples is not None and self.num_samples < 1:
@@ -54,6 +61,8 @@ class SearchConfig:
             raise ValueError(f"--scheduler must be asha or fifo, got {self.scheduler!r}")
         if self.grace_period < 1:
             raise ValueError(f"--grace_period must be at least 1, got {self.grace_period}")
+        if self.pruned_trials not in ("pruned", "complete"):
+            raise ValueError(f"--pruned_trials must be pruned or complete, got {self.pruned_trials!r}")
         if self.reduction_factor < 2:
             raise ValueError(f"--reduction_factor must be at least 2, got {self.reduction_factor}")
 
@@ -145,7 +154,20 @@ class RunConfig:
     resume: bool = setting(False, "continue the experiment --experiment_name (default: the newest unfinished sweep "
                                   "of this miner in --storage_path) after Ctrl-C or a dead driver")
     max_failures: int = setting(2, "times a failing trial is restarted from its last checkpoint")
+    time_budget: str | None = setting(None, "the whole sweep's time, e.g. 45s, 90m, 6h, 1h30m or 5400 (seconds): no "
+                                            "trial starts that would not finish in it, running ones stop at their "
+                                            "next report once it is spent, and the best is still merged and "
+                                            "published; counted from the start (or --resume); default: no limit")
     dashboard: bool = setting(True, "start the Ray dashboard when Ray is started here")
+
+    @property
+    def time_budget_s(self) -> float | None:
+        """--time_budget in seconds (None: no budget)."""
+        if self.time_budget is None:
+            return None
+        from orchestrator.time_budget import parse_duration  # imports Ray's searcher base: only when a budget is set
+
+        return parse_duration(self.time_budget)
 
     def check(self) -> None:
         device = self.device
@@ -161,6 +183,7 @@ class RunConfig:
                              "digits, '.', '_', '-'; no '/' or '..'): it is a folder inside --storage_path")
         if self.max_failures < 0:
             raise ValueError(f"--max_failures must be 0 or more, got {self.max_failures}")
+        self.time_budget_s  # noqa: B018 (a malformed --time_budget fails here)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,11 @@ Every sweep writes `lora_sweep.json` into its folder (its status and the command
 A bare `--resume` continues only a folder with that marker whose sweep did not end, never just the
 newest folder in storage: resuming unpickles Tune's state (`tuner.pkl`), so it must be ours.
 Checked before Ray starts, so a wrong path or name costs one line, not a sweep.
+
+The folder may be in object storage (`s3://bucket/sweeps`, `gs://...`): the marker, the checks and the
+search for an unfinished sweep go through `publishing.storage` (pyarrow's file systems, as Ray Tune's own
+storage does). What needs a file system (the merged best model) and local copies of what is uploaded
+(trials.csv, plots) are kept in `Experiment.local_dir` on the driver's machine.
 """
 
 import json
@@ -14,9 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.config import ConfigError, SweepConfig
+from publishing import storage as store
 
 MARKER = "lora_sweep.json"
 RUNNING, FINISHED, INTERRUPTED = "running", "finished", "interrupted"
+# With --storage_path in object storage: where this machine keeps the experiment's local files (<dir>/<name>)
+LOCAL_DIR_ENV = "LORA_SWEEP_LOCAL_DIR"
+DEFAULT_LOCAL_DIR = "~/ray_results"
 
 
 @dataclass(frozen=True)
@@ -31,11 +40,38 @@ class Experiment:
 
     @property
     def path(self) -> str:
-        return str(Path(self.storage) / self.name) if self.is_local else f"{self.storage.rstrip('/')}/{self.name}"
+        return str(Path(self.storage) / self.name) if self.is_local else store.join(self.storage, self.name)
+
+    @property
+    def local_dir(self) -> str:
+        """A folder on this machine for what needs a file system (best_model/) and for local copies of files kept in
+        the experiment (trials.csv, plots): the experiment folder itself, or, when that is in object storage,
+        $LORA_SWEEP_LOCAL_DIR (default ~/ray_results)/<name>."""
+        if self.is_local:
+            return self.path
+        return str(Path(os.environ.get(LOCAL_DIR_ENV) or DEFAULT_LOCAL_DIR).expanduser().resolve() / self.name)
+
+    def keep(self, local_file: str | Path) -> str:
+        """Put a file written under `local_dir` into the experiment folder too; where it is kept there."""
+        if self.is_local:
+            return str(local_file)
+        relative = Path(local_file).resolve().relative_to(Path(self.local_dir)).as_posix()
+        return store.upload(local_file, store.join(self.path, *relative.split("/")))
+
+    def trial_results_here(self) -> str:
+        """A folder on this machine with each trial's result.json and params.json (for the plots): the experiment
+        folder itself, or a copy of those files from object storage in local_dir (checkpoints are not copied)."""
+        if self.is_local:
+            return self.path
+        for relative in store.files(self.path, recursive=True):
+            parts = relative.split("/")
+            if len(parts) == 2 and parts[1] in ("result.json", "params.json"):
+                store.write_bytes(Path(self.local_dir, *parts), store.read_bytes(store.join(self.path, *parts)))
+        return self.local_dir
 
 
 def is_remote(storage_path: str) -> bool:
-    return "://" in storage_path
+    return store.is_remote(storage_path)
 
 
 def new_experiment_name() -> str:
@@ -58,59 +94,69 @@ def check_local_storage(storage_path: str) -> Path:
     return storage.resolve()
 
 
-def read_marker(folder: Path) -> dict | None:
+def read_marker(folder: Path | str) -> dict | None:
     """The experiment's marker, or None when it has none (not ours) or it cannot be read."""
     try:
-        marker = json.loads((folder / MARKER).read_text())
-    except (OSError, ValueError):
+        marker = json.loads(store.read_text(store.join(folder, MARKER)))
+    except (OSError, ValueError):  # OSError: FileNotFoundError, and object storage that cannot be read
         return None
     return marker if isinstance(marker, dict) and marker.get("status") in (RUNNING, FINISHED, INTERRUPTED) else None
 
 
 def write_marker(experiment: Experiment, status: str, command: list[str] | None = None) -> None:
-    """Record the sweep's status in its folder (local storage only; a URI's folder is Tune's alone)."""
-    if not experiment.is_local:
-        return
-    folder = Path(experiment.path)
-    folder.mkdir(parents=True, exist_ok=True)
-    marker = read_marker(folder) or {"created_at": time.time()}
+    """Record the sweep's status in its folder (beside Tune's files, local or in object storage)."""
+    marker = read_marker(experiment.path) or {"created_at": time.time()}
     marker.update(status=status, updated_at=time.time(), **({"command": command} if command is not None else {}))
-    tmp = folder / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps(marker, indent=2))
-    os.replace(tmp, folder / MARKER)
+    store.write_text(store.join(experiment.path, MARKER), json.dumps(marker, indent=2))
 
 
-def has_tune_state(folder: Path) -> bool:
+def has_tune_state(folder: Path | str) -> bool:
     """Tune's experiment state is there, so `Tuner.restore` can continue it."""
-    return any(folder.glob("experiment_state*.json")) and (folder / "tuner.pkl").is_file()
+    names = store.files(folder)
+    return any(n.startswith("experiment_state") and n.endswith(".json") for n in names) and "tuner.pkl" in names
 
 
-def resumable(storage: Path) -> list[Path]:
-    """Our experiments in storage that did not end (the driver stopped or was interrupted), oldest first."""
-    found = [p for p in storage.iterdir() if p.is_dir() and has_tune_state(p)
-             and (read_marker(p) or {}).get("status") in (RUNNING, INTERRUPTED)]
-    return sorted(found, key=lambda p: p.stat().st_mtime)
+def resumable(storage_path: Path | str) -> list[str]:
+    """Our experiments in storage that did not end (the driver stopped or was interrupted), oldest first: by the
+    folder's time on a file system, by the marker's last write in object storage (which has no folders)."""
+    found = []
+    for name in store.folders(storage_path):
+        folder = store.join(storage_path, name)
+        if (read_marker(folder) or {}).get("status") in (RUNNING, INTERRUPTED) and has_tune_state(folder):
+            when = (Path(folder).stat().st_mtime if not store.is_remote(folder)
+                    else store.mtime(store.join(folder, MARKER)) or 0.0)
+            found.append((when, name))
+    return [name for _, name in sorted(found)]
+
+
+def check_remote_storage(storage_path: str) -> None:
+    """A URI for --storage_path: no credentials in it, and writable with the environment's credentials."""
+    if where := store.credentials_in(storage_path):
+        raise ConfigError(f"--storage_path holds {where}; it would be written into the experiment's files and logs: "
+                          "give credentials the usual way (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+                          "~/.aws, or the machine's role)")
+    if problem := store.writable_problem(storage_path):
+        raise ConfigError(f"--storage_path {storage_path} cannot be written ({problem}); check the bucket and the "
+                          "credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws, or the "
+                          "machine's role; AWS_ENDPOINT_URL for an S3-compatible server)")
 
 
 def choose_experiment(config: SweepConfig) -> Experiment:
     """The folder this sweep writes (or, with --resume, continues); every failure is one line."""
     if is_remote(config.run.storage_path):
-        if config.run.resume and not config.run.experiment_name:
-            raise ConfigError(f"--resume with --storage_path {config.run.storage_path} needs --experiment_name "
-                              "(the folder to continue)")
-        return Experiment(config.run.storage_path, config.run.experiment_name or new_experiment_name(),
-                          config.run.resume)
-    storage = check_local_storage(config.run.storage_path)
+        check_remote_storage(config.run.storage_path)
+        where = config.run.storage_path
+    else:
+        where = str(check_local_storage(config.run.storage_path))
     if not config.run.resume:
-        return Experiment(str(storage), config.run.experiment_name or new_experiment_name(), False)
+        return Experiment(where, config.run.experiment_name or new_experiment_name(), False)
     if config.run.experiment_name:
-        folder = storage / config.run.experiment_name
-        if not has_tune_state(folder):
-            raise ConfigError(f"--resume: no experiment {config.run.experiment_name!r} to continue in {storage}; "
+        if not has_tune_state(store.join(where, config.run.experiment_name)):
+            raise ConfigError(f"--resume: no experiment {config.run.experiment_name!r} to continue in {where}; "
                               "check --experiment_name and --storage_path")
-        return Experiment(str(storage), config.run.experiment_name, True)
-    candidates = resumable(storage)
+        return Experiment(where, config.run.experiment_name, True)
+    candidates = resumable(where)
     if not candidates:
-        raise ConfigError(f"--resume found no unfinished sweep of this miner in {storage}; "
+        raise ConfigError(f"--resume found no unfinished sweep of this miner in {where}; "
                           "pass --experiment_name (and --storage_path) of the one to continue")
-    return Experiment(str(storage), candidates[-1].name, True)
+    return Experiment(where, candidates[-1], True)

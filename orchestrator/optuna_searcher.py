@@ -1,20 +1,72 @@
-"""Tune's OptunaSearch, telling Optuna the truth about trials that ran out of memory.
+"""Tune's OptunaSearch, telling the Optuna study the truth about how each trial ended.
 
-Such a trial ends normally (Tune must not retry it: it would run out again) with a last report whose
-`out_of_memory` says where. Tune hands OptunaSearch that report as a completed result, which Optuna would
-record as a COMPLETE trial with an infinite loss; here it is recorded as FAIL, which TPE leaves out of its
-model of good and bad regions, and which a grid never repeats.
+Tune hands the searcher every ended trial as "complete" with its last result. Stock OptunaSearch then records:
+a trial ASHA stopped after two of eight evaluations as COMPLETE with that partial-budget loss, so TPE models a
+truncated loss as if it were final; a trial that errored after reporting as COMPLETE too; a trial that ran out of
+memory (it ends normally, so Tune does not retry it) as COMPLETE with an infinite loss. Here:
+
+- a trial that made every planned report is COMPLETE with its last eval loss;
+- with `full_reports` given (`--pruned_trials pruned`), a trial that ended earlier without an error (the
+  scheduler stopped it, or the time budget) is PRUNED, with its intermediate losses at their optimizer steps;
+  Optuna then takes its last one as its value and TPE ranks pruned trials below complete ones, by how far they
+  got. Without it (the default: BENCHMARKS.md section 2 measured it slightly better), such a trial is COMPLETE
+  with its last loss, as in stock OptunaSearch;
+- a trial that errored or ran out of memory is FAIL, which TPE leaves out and a grid never repeats.
+
+The intermediate losses are reported at the trial's optimizer step (`step`), the x axis of every other plot.
 """
+
+import logging
+import math
 
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+logger = logging.getLogger(__name__)
 
-class OutOfMemoryAwareOptunaSearch(OptunaSearch):
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if result and result.get("out_of_memory") and trial_id in self._ot_trials:
-            if trial_id not in self._completed_trials:
-                self._ot_study.tell(self._ot_trials[trial_id], None, state=TrialState.FAIL)
-                self._completed_trials.add(trial_id)
+
+def ended_state(result: dict | None, error: bool, full_reports: int | None) -> TrialState:
+    """How a trial that Tune says is over really ended (pure: the rules above)."""
+    if error or not result or result.get("out_of_memory"):
+        return TrialState.FAIL
+    if full_reports is not None and int(result.get("training_iteration", 0)) < full_reports:
+        return TrialState.PRUNED
+    return TrialState.COMPLETE
+
+
+class TruthfulOptunaSearch(OptunaSearch):
+    def __init__(self, *args, full_reports: int | None = None, **kwargs):
+        """full_reports: the evaluations a trial makes when it runs its whole budget (None: every trial that ends
+        without an error is COMPLETE, as in stock OptunaSearch)."""
+        super().__init__(*args, **kwargs)
+        self.full_reports = full_reports
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        super().on_trial_complete(trial_id, result, error)
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        """One evaluation as an intermediate value at its optimizer step (a trial's last result reaches the
+        searcher only through on_trial_complete, so both come here; a step is reported once)."""
+        value, step = result.get(self.metric), result.get("step", result.get("training_iteration"))
+        reported = self.__dict__.setdefault("_reported_steps", {}).setdefault(trial_id, set())
+        if value is None or step is None or int(step) in reported or not math.isfinite(float(value)):
+            return
+        self._ot_trials[trial_id].report(float(value), int(step))
+        reported.add(int(step))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result:
+            self._report(trial_id, result)
+        state = ended_state(result, error, self.full_reports)
+        value = float(result[self.metric]) if state == TrialState.COMPLETE else None
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        except Exception as exc:  # as stock OptunaSearch; the trial's state is stored before the sampler's hook runs
+            if "Study.stop" not in str(exc):  # a GridSampler's study.stop() once its grid is done: expected, no news
+                logger.warning("Optuna could not record trial %s as %s: %s", trial_id, state.name, exc)
+        self._completed_trials.add(trial_id)
+        self.__dict__.get("_reported_steps", {}).pop(trial_id, None)

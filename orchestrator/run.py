@@ -12,6 +12,7 @@ from orchestrator.inputs import (check_device, check_publishing, check_tracking,
                                  trial_settings)
 from orchestrator.memory_budget import local_budget, plan_trial_memory
 from orchestrator.search_space import load_search_space
+from orchestrator.study import choose_study
 from publishing.subnet.competitions import CompetitionError, competitions_table, load_competitions
 
 INTERRUPTED_EXIT = 130  # the shell's code for a program ended by Ctrl-C
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = resolve_model_dir(config)
         publishing = check_publishing(config, model_dir)  # a model outside the competition fails before data is read
         data = prepare_data(config, model_dir)
+        study = (choose_study(config.search.study, config.run.storage_path, model_dir, data, space,
+                              config.publishing.competition_id) if config.search.study else None)
         settings = trial_settings(config, model_dir)
         if config.run.address is None:  # a cluster's GPUs are known once Ray is joined (run_sweep plans there)
             settings = plan_trial_memory(config, settings, space, data, local_budget(config))
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         started_ray = start_ray(config)
         outcome = run_sweep(config, space, settings, data, publishing, opponent, experiment=experiment,
-                            command=["python", "-m", "orchestrator.run", *argv])
+                            command=["python", "-m", "orchestrator.run", *argv], study=study)
         if started_ray:
             import ray
 

@@ -136,12 +136,19 @@ def optuna_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler
                                       constant_liar=True)
 
 
-def optuna_search(space: SearchSpace, seed: int, metric: str, mode: str):
+def optuna_search(space: SearchSpace, seed: int, metric: str, mode: str, full_reports: int | None = None,
+                  study=None):
     """Tune's searcher for the space: Optuna suggests every trial's hyperparameters from the distributions.
 
     Given its space (and so metric and mode) here, OptunaSearch ignores the Tuner's param_space, which must
     then leave these names out; the searcher is saved with the experiment, so --resume needs nothing else.
+    With `study` (an `orchestrator.study.StudyChoice`), the study lives in that durable storage under its
+    fingerprint's name, earlier sweeps' trials included; without, in memory. `full_reports`: the evaluations of a
+    trial that runs its whole budget, which tells a pruned trial from a complete one.
     """
-    from orchestrator.optuna_searcher import OutOfMemoryAwareOptunaSearch
+    from orchestrator.optuna_searcher import TruthfulOptunaSearch
 
-    return OutOfMemoryAwareOptunaSearch(space=space.distributions, sampler=optuna_sampler(space, seed), metric=metric, mode=mode)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial would interleave with Tune's table
+    where = {"storage": study.open_storage(), "study_name": study.name} if study is not None else {}
+    return TruthfulOptunaSearch(space=space.distributions, sampler=optuna_sampler(space, seed), metric=metric,
+                                mode=mode, full_reports=full_reports, **where)

@@ -10,8 +10,10 @@ from orchestrator.trial_records import TrialRecord, TrialStatus
 from trainables.hyperparameters import Hyperparameters
 
 
-def manual_upload_command(config: SweepConfig, model_dir: str) -> str:
-    return (f"python -m publishing.upload --load_model_dir {model_dir} "
+def manual_upload_command(config: SweepConfig, model_dir: str, experiment_path: str = "") -> str:
+    # an experiment in object storage keeps publish_state.json there, not beside the local model folder
+    state_dir = f" --state_dir {experiment_path}" if "://" in experiment_path else ""
+    return (f"python -m publishing.upload --load_model_dir {model_dir}{state_dir} "
             f"--hf_repo_id {config.publishing.hf_repo_id or '<namespace/name>'} "
             f"--wallet.name {config.publishing.wallet_name or '<coldkey>'} --wallet.hotkey {config.publishing.wallet_hotkey or '<hotkey>'} "
             f"--competition_id {config.publishing.competition_id}")
@@ -40,8 +42,14 @@ def _hyperparameters(hp: Hyperparameters | dict | None) -> str:
 def trial_counts(outcome: SweepOutcome) -> str:
     interrupted = f", {outcome.interrupted_trials} interrupted" if outcome.interrupted_trials else ""
     out_of_memory = f", {outcome.out_of_memory} out of memory" if outcome.out_of_memory else ""
+    budget = f", {outcome.stopped_by_budget} stopped by the time budget" if outcome.stopped_by_budget else ""
     return (f"{outcome.num_trials} ({outcome.finished} ran to the end, {outcome.stopped_early} stopped early by "
-            f"the scheduler{out_of_memory}, {outcome.errored} failed{interrupted})")
+            f"the scheduler{budget}{out_of_memory}, {outcome.errored} failed{interrupted})")
+
+
+def ended_lines(outcome: SweepOutcome) -> list[str]:
+    """--time_budget: whether it ended the sweep, when, and what it cost the plan (nothing without a budget)."""
+    return [f"ended:           {outcome.time_budget.line()}"] if outcome.time_budget else []
 
 
 def failure_lines(trials: list[TrialRecord]) -> list[str]:
@@ -67,7 +75,7 @@ def publish_lines(outcome: SweepOutcome, config: SweepConfig) -> list[str]:
     if report.not_before:
         when = time.strftime("%H:%M:%S", time.localtime(report.not_before))
         lines.append(f"not yet published: the 20-minute window opens at {when}; then run")
-        lines.append(f"  {manual_upload_command(config, outcome.best_model_dir)}")
+        lines.append(f"  {manual_upload_command(config, outcome.best_model_dir, outcome.experiment_path)}")
     return lines
 
 
@@ -77,10 +85,20 @@ def next_steps(outcome: SweepOutcome, config: SweepConfig) -> list[str]:
         lines.append(f"  load it:       AutoModelForCausalLM.from_pretrained({outcome.best_model_dir!r}, "
                      "use_safetensors=True)")
         if not outcome.publish.published and not outcome.publish.not_before:
-            lines.append(f"  publish it:    {manual_upload_command(config, outcome.best_model_dir)}")
+            lines.append(f"  publish it:    {manual_upload_command(config, outcome.best_model_dir, outcome.experiment_path)}")
     if config.tracking.wandb_project and os.environ.get("WANDB_MODE") == "offline":
         lines.append(f"  W&B upload:    wandb sync {outcome.experiment_path}/wandb/offline-run-*")
     return lines if len(lines) > 1 else []
+
+
+def study_lines(outcome: SweepOutcome) -> list[str]:
+    """--study: which study this sweep continued, and where optuna-dashboard opens it."""
+    study = outcome.study
+    if study is None:
+        return []
+    dashboard = f"optuna-dashboard {study.where}"
+    return [f"study:           {study.name} in {study.where}: {study.earlier_trials} earlier trials, "
+            f"{outcome.num_trials} from this sweep (open it: {dashboard})"]
 
 
 def render_summary(outcome: SweepOutcome, config: SweepConfig) -> str:
@@ -90,10 +108,12 @@ def render_summary(outcome: SweepOutcome, config: SweepConfig) -> str:
         "",
         "=== Sweep summary ===",
         f"trials:          {trial_counts(outcome)}",
+        *ended_lines(outcome),
         *failure_lines(outcome.trials),
         f"best trial:      {best.trial_id + '  ' if best else ''}{_hyperparameters(outcome.best_hyperparameters)}  "
         f"(step {outcome.best_step})",
         *([f"best trial dir:  {best.folder}"] if best else []),
+        *study_lines(outcome),
         f"eval loss:       {outcome.best_eval_loss:.4f} best vs {outcome.base_eval_loss:.4f} untrained "
         f"({gain:.1%} lower)",
         *(["task losses:     " + ", ".join(f"{task} {loss:.4f}" for task, loss in outcome.best_task_losses.items())
@@ -103,6 +123,7 @@ def render_summary(outcome: SweepOutcome, config: SweepConfig) -> str:
         *([f"head-to-head:    {outcome.comparison.line()}",
            f"                 (per-pair losses in {outcome.experiment_path}/comparison.json)"]
           if outcome.comparison else []),
+        *(outcome.what_mattered.lines() if outcome.what_mattered else []),  # importances, compute, early stopping
         *(f"plot:            {path}" for path in outcome.plots),
         f"trials.csv:      {outcome.trials_csv}",
         f"experiment:      {outcome.experiment_path}",

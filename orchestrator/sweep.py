@@ -36,6 +36,11 @@ WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "erro
               # trial's thread is still freeing its model then; on a busy machine that took longer than 2 s, and
               # Tune failed the next trial ("Trainable runner reuse requires reset_config()") without a retry.
               TRIAL_THREAD_TIMEOUT_ENV: "600"}
+# Ray Tune (2.60, ray.tune.execution.class_cache) copies these from the driver's environment into every trial actor's
+# runtime environment, which each node's runtime_env_agent.log and the dashboard then show. They are left out: trials
+# read credentials where every Ray process does, from their node's environment, ~/.aws or role.
+CREDENTIAL_ENV_VARS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
+                                 "AWS_SESSION_TOKEN"})
 
 
 def trial_resources(device: str, cpus_per_trial: int, cluster_gpus: float) -> dict:
@@ -83,6 +88,55 @@ def check_shared_storage(storage_path: str) -> None:
     if blind:
         raise ConfigError(f"--storage_path {storage_path} is not shared: node(s) {', '.join(blind)} cannot see it; "
                           "on a multi-node cluster use s3://, gs:// or a folder every node mounts")
+
+
+def _sees_object(location: str) -> bool:
+    """On a node: can it read `location` with its own credentials (the environment, ~/.aws or its role)?"""
+    from publishing import storage
+
+    try:
+        return storage.is_file(location)
+    except Exception:  # noqa: BLE001: no credentials, no route, a bad endpoint: all mean "cannot see it"
+        return False
+
+
+def keep_credentials_out_of_runtime_envs() -> None:
+    """Stop Ray Tune from putting the driver's cloud credentials into the trials' runtime environment."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - CREDENTIAL_ENV_VARS
+
+
+def check_object_storage_reachable(storage_path: str, joined: bool = True) -> None:
+    """With --storage_path in object storage, on a cluster this driver joined (or of several nodes): every node reads
+    its credentials itself (they are never sent to it), and trials upload checkpoints from every node, so each must
+    read a probe object here. (A Ray this driver started shares its environment.)"""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from publishing import storage
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if (len(nodes) < 2 and not joined) or not storage.is_remote(storage_path):
+        return
+    probe = storage.join(storage_path, f".lora-sweep-probe-{uuid.uuid4().hex}")
+    storage.write_text(probe, "probe")
+    sees = ray.remote(_sees_object)
+
+    def can_see(node):
+        pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+        return ray.get(sees.options(num_cpus=0, scheduling_strategy=pinned).remote(probe), timeout=120)
+
+    try:
+        blind = unshared_nodes(nodes, can_see)
+    finally:
+        storage.delete(probe)
+    if blind:
+        raise ConfigError(f"--storage_path {storage_path} cannot be read from node(s) {', '.join(blind)}; each node "
+                          "needs the storage's credentials in its own environment, ~/.aws or role (and "
+                          "AWS_ENDPOINT_URL for an S3-compatible server)")
 
 
 def start_ray(config: SweepConfig) -> bool:
@@ -134,6 +188,9 @@ class SweepOutcome:
     publish: CoordinatorReport  # the coordinator's report: what it published and merged, one line per outcome
     trials_csv: str = ""
     best_task_losses: dict = dataclasses.field(default_factory=dict)  # a competition of weighted tasks: each one's
+    study: object = None  # --study: the orchestrator.study.StudyChoice this sweep continued
+    time_budget: object = None  # --time_budget: the orchestrator.time_budget.BudgetEnd (None without a budget)
+    what_mattered: object = None  # orchestrator.study_report.StudyReport: importances, compute, early stopping
 
     @property
     def best_model_dir(self) -> str | None:
@@ -175,6 +232,10 @@ class SweepOutcome:
     def interrupted_trials(self) -> int:
         return count(self.trials, TrialStatus.INTERRUPTED)
 
+    @property
+    def stopped_by_budget(self) -> int:
+        return count(self.trials, TrialStatus.TIME_BUDGET)
+
 
 class _NoTunerRestoreHint(logging.Filter):
     """Tune's own hint after an interruption names `Tuner.restore(...)`; ours names the `--resume` command."""
@@ -187,20 +248,28 @@ _NO_TUNER_RESTORE_HINT = _NoTunerRestoreHint()  # one instance: adding it again 
 
 
 def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Experiment, callbacks: list,
-              scheduler, num_trials: int, max_concurrent: int):
+              scheduler, num_trials: int, max_concurrent: int, max_reports: int | None = None, study=None):
     from ray import tune
+
+    from orchestrator.time_budget import TimeBudgetSearcher, TimeBudgetStopper
 
     reporter = tune.CLIReporter(
         parameter_columns=list(NAMES), metric_columns=["step", METRIC, "train_loss", "tokens_per_s", "mfu"],
         max_report_frequency=10, sort_by_metric=True, max_progress_rows=30, print_intermediate_tables=True)
+    # --pruned_trials: `complete` (the default) reports stopped trials as stock Ray Tune does; `pruned` as PRUNED
+    full_reports = max_reports if config.search.pruned_trials == "pruned" else None
+    searcher = optuna_search(space, config.search.seed, METRIC, MODE, full_reports=full_reports, study=study)
     return tune.Tuner(
         trainable,  # no param_space: the searcher holds the space, and each trial's config is its suggestion
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=num_trials, max_concurrent_trials=max_concurrent,
-            search_alg=optuna_search(space, config.search.seed, METRIC, MODE), scheduler=scheduler,
+            # --time_budget: declines trials that would not finish in time (a pass-through without a budget; always
+            # there, and found by name, so a --resume may bring a budget of its own)
+            search_alg=TimeBudgetSearcher(searcher, experiment.name), scheduler=scheduler,
             reuse_actors=True),  # a worker imports torch and transformers once, not once per trial
         run_config=tune.RunConfig(
             name=experiment.name, storage_path=experiment.storage, callbacks=callbacks,
+            stop=TimeBudgetStopper(experiment.name),  # --time_budget: stops trials at their next report once spent
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
@@ -232,6 +301,7 @@ def plan_cluster(config: SweepConfig) -> ClusterPlan:
         raise ConfigError(f"--cpus_per_trial {config.run.cpus_per_trial} is more than the cluster's "
                           f"{int(cluster.get('CPU', 0))} CPUs")
     check_shared_storage(config.run.storage_path)
+    check_object_storage_reachable(config.run.storage_path, joined=config.run.address is not None)
     return ClusterPlan(resources, config.search.max_concurrent_trials or concurrent_slots(resources, cluster))
 
 
@@ -257,7 +327,7 @@ def measure_opponent(config: SweepConfig, opponent, settings: TrialSettings, dat
 
 
 def build_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Experiment, plan: ClusterPlan,
-                max_reports: int):
+                max_reports: int, study=None):
     """A new Tuner, or, with --resume, Tune's own restore of the experiment (trials, checkpoints, searcher)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -271,25 +341,26 @@ def build_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: 
         return tune.Tuner.restore(experiment.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     callbacks = [PublishCallback(experiment.name)]
     if config.tracking.wandb_project:
-        Path(experiment.path).mkdir(parents=True, exist_ok=True)
+        Path(experiment.local_dir).mkdir(parents=True, exist_ok=True)  # W&B's run folders need a file system
         callbacks.append(wandb_callback(config.tracking.wandb_entity, config.tracking.wandb_project, experiment.name, config.publishing.env_file,
-                                        experiment.path))
+                                        experiment.local_dir))
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_reports,
                                grace_period=min(config.search.grace_period, max_reports),
                                reduction_factor=config.search.reduction_factor)
                  if config.search.scheduler == "asha" else FIFOScheduler())
     return new_tuner(config, space, trainable, experiment, callbacks, scheduler, space.trials(config.search.num_samples),
-                     plan.max_concurrent)
+                     plan.max_concurrent, max_reports, study)
 
 
 def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, data: SweepData,
               publishing: PublishSetup, opponent=None, trial_function=lora_trainable,
               experiment: Experiment | None = None, command: list[str] | None = None,
-              plan: ClusterPlan | None = None) -> SweepOutcome:
+              plan: ClusterPlan | None = None, study=None) -> SweepOutcome:
     """Run the sweep on the Ray this process is connected to; publishing happens in the coordinator actor."""
     import ray
     from ray import tune
 
+    from orchestrator.time_budget import release_clock, start_clock
     from publishing.coordinator_actor import start_coordinator
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # CLIReporter's live table of trials
@@ -302,16 +373,25 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
 
         settings = plan_trial_memory(config, settings, space, data, cluster_budget(config, "gpu" in plan.resources))
     max_reports = planned_reports(settings, data.train)
+    # --time_budget counts the whole sweep from here (a resumed one: from its resume); Tune's loop runs in this
+    # process, and the budget's searcher and stopper find this clock by the sweep's name
+    budget = start_clock(experiment.name, config.run.time_budget_s, max_reports, spent_s=time.perf_counter() - started)
     comparison, publishing = measure_opponent(config, opponent, settings, data, plan, publishing)
     trainable = tune.with_resources(tune.with_parameters(trial_function, settings=settings, data=data),
                                     plan.resources)
+    keep_credentials_out_of_runtime_envs()
     write_marker(experiment, RUNNING, command)
-    coordinator = start_coordinator(publishing, settings.model_dir, experiment.path, experiment.name)
+    # the merged model needs a file system: experiment.local_dir (the experiment folder, unless that is in s3://...)
+    coordinator = start_coordinator(publishing, settings.model_dir, experiment.path, experiment.name,
+                                    work_dir=experiment.local_dir)
     try:
-        results = build_tuner(config, space, trainable, experiment, plan, max_reports).fit()
-        records = records_from_results(results, max_reports)
-        trials_csv = str(write_trials_csv(records, experiment.path))
-        if len(records) < space.trials(config.search.num_samples) or count(records, TrialStatus.INTERRUPTED):
+        results = build_tuner(config, space, trainable, experiment, plan, max_reports, study).fit()
+        records = records_from_results(results, max_reports, budget_stopped=budget.stopped)
+        budget_end = budget.report(records, space.trials(config.search.num_samples))
+        trials_csv = experiment.keep(write_trials_csv(records, experiment.local_dir))
+        # Trials the time budget never started or stopped are its end, not an interruption (Ctrl-C still is one).
+        missing = len(records) < space.trials(config.search.num_samples) and not budget.ended
+        if missing or count(records, TrialStatus.INTERRUPTED):
             # Nothing half-trained is merged or published: the coordinator goes without its end-of-sweep publish.
             write_marker(experiment, INTERRUPTED)
             return SweepOutcome(experiment.path, experiment.name, records, interrupted=True, best_trial=None,
@@ -319,41 +399,55 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
                                 plots=[], comparison=None,
                                 publish=CoordinatorReport(lines=[], offline=publishing.target.repo_id is None),
                                 trials_csv=trials_csv)
-        if count(records, TrialStatus.FAILED) + count(records, TrialStatus.OUT_OF_MEMORY) == len(records):
+        if records and count(records, TrialStatus.FAILED) + count(records, TrialStatus.OUT_OF_MEMORY) == len(records):
             raise RuntimeError(f"all {len(records)} trials failed; the first error: {records[0].reason}")
         # The coordinator saw every checkpoint: it publishes (or, offline, packages) the best and merges it.
         report = ray.get(coordinator.finish.remote(config.publishing.wait_for_publish))
     finally:
         ray.kill(coordinator)  # its state is on disk; the name is free for the next sweep in this Ray session
+        release_clock(experiment.name)
     write_marker(experiment, FINISHED)
     outcome = collect_outcome(config, experiment, records, results, report, comparison, settings, data, plan,
-                              trials_csv, time.perf_counter() - started)
+                              trials_csv, time.perf_counter() - started, space=space)
+    outcome = dataclasses.replace(outcome, study=study)
+    outcome = dataclasses.replace(outcome, time_budget=budget_end)
     if config.tracking.wandb_project:
         from orchestrator.tracking import log_sweep_summary
 
         log_sweep_summary(config.tracking.wandb_entity, config.tracking.wandb_project, experiment.name, config.publishing.env_file,
-                          experiment.path, summary_record(outcome))
+                          experiment.local_dir, summary_record(outcome))
     return outcome
 
 
 def collect_outcome(config: SweepConfig, experiment: Experiment, records: list[TrialRecord], results, report,
                     comparison: HeadToHead | None, settings: TrialSettings, data: SweepData, plan: ClusterPlan,
-                    trials_csv: str, wall_s: float) -> SweepOutcome:
-    """The finished sweep's outcome: the merged best, the plots, and the head-to-head against --comparison_uid."""
+                    trials_csv: str, wall_s: float, space: SearchSpace | None = None) -> SweepOutcome:
+    """The finished sweep's outcome: the merged best, the plots, the head-to-head against --comparison_uid, and
+    what mattered (importances over the space's distributions, compute spent, what early stopping saved)."""
     from orchestrator.plots import write_plots
+    from orchestrator.study_report import study_report
     from publishing.head_to_head import head_to_head
+    from trainables.lora_trial import step_plan
 
     best = report.best
     versus = None
     if comparison is not None and best is not None:
         versus = head_to_head(comparison.opponent, comparison.their_losses, best.model_dir, settings, data.eval,
                               plan.task_options, experiment.path, data.tasks)
+    # drawn on this machine (from a copy of each trial's results when the experiment is in s3://...), kept with it
+    plots_dir = Path(experiment.local_dir) / "plots"
+    plots = [str(p) for p in write_plots(experiment.trial_results_here(), plots_dir)]
+    # a full trial's steps: the same pure plan every trial trains by; the steps each trial ran come from its reports
+    mattered = study_report(records, plan.resources, len(step_plan(settings, data.train)),
+                            plots_dir, space.distributions if space else None,
+                            config.search.seed)
     return SweepOutcome(experiment.path, experiment.name, records, interrupted=False,
                         best_trial=next((r for r in records if best and r.trial_id == best.trial_id), None),
                         base_eval_loss=_base_eval_loss(results), wall_s=wall_s,
-                        plots=[str(p) for p in write_plots(results.experiment_path)], comparison=versus,
+                        plots=[experiment.keep(p) for p in plots + mattered.plots], comparison=versus,
                         publish=report, trials_csv=trials_csv,
-                        best_task_losses=_task_losses(results, best.trial_id, best.step) if best else {})
+                        best_task_losses=_task_losses(results, best.trial_id, best.step) if best else {},
+                        what_mattered=mattered)
 
 
 def _base_eval_loss(results) -> float:
@@ -381,6 +475,8 @@ def summary_record(outcome: SweepOutcome) -> dict:
             "best_task_losses": outcome.best_task_losses,
             "best_trial": outcome.best_trial.trial_id if outcome.best_trial else None,
             "num_trials": outcome.num_trials, "stopped_early": outcome.stopped_early, "errored": outcome.errored,
-            "out_of_memory": outcome.out_of_memory,
+            "out_of_memory": outcome.out_of_memory, "stopped_by_time_budget": outcome.stopped_by_budget,
+            "ended": outcome.time_budget.line() if outcome.time_budget else "every planned trial ran",
             "best_model_dir": outcome.best_model_dir, "published_model_id": published.model_id if published else None,
-            "wall_s": outcome.wall_s, **({"comparison": outcome.comparison.record()} if outcome.comparison else {})}
+            "wall_s": outcome.wall_s, **({"comparison": outcome.comparison.record()} if outcome.comparison else {}),
+            **(outcome.what_mattered.record() if outcome.what_mattered else {})}

@@ -1,9 +1,10 @@
 """What became of each trial, as the summary and `trials.csv` tell it.
 
-A trial ends one of five ways, and each is told honestly: it ran every planned evaluation
+A trial ends one of six ways, and each is told honestly: it ran every planned evaluation
 (finished), the scheduler stopped it for lagging (stopped), it ran out of accelerator memory (with
-where, in its last report), it raised (failed, with the reason's last line), or the sweep was
-interrupted while it ran or before it started (interrupted).
+where, in its last report), it raised (failed, with the reason's last line), --time_budget was spent
+(stopped by the time budget, at its next report), or the sweep was interrupted while it ran or before
+it started (interrupted).
 """
 
 import csv
@@ -23,6 +24,7 @@ class TrialStatus(enum.Enum):
     OUT_OF_MEMORY = "out of memory"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    TIME_BUDGET = "stopped by the time budget"
 
 
 @dataclass(frozen=True)
@@ -52,20 +54,27 @@ def one_line_reason(error_text: str) -> str:
 
 
 def trial_status(has_error: bool, done: bool, reports: int, planned_reports: int,
-                 out_of_memory: bool = False) -> TrialStatus:
+                 out_of_memory: bool = False, stopped_by_budget: bool = False) -> TrialStatus:
     """How a trial ended. Tune marks a trial's last result `done` when it finished or the scheduler stopped it;
-    a trial that neither failed nor is done was cut short by an interruption of the sweep."""
+    a trial that neither failed nor is done was cut short by an interruption of the sweep. `stopped_by_budget`:
+    --time_budget's stopper ended it at a report."""
     if has_error:
         return TrialStatus.FAILED
     if out_of_memory:
         return TrialStatus.OUT_OF_MEMORY
-    if not done:
+    if stopped_by_budget:
+        return TrialStatus.FINISHED if reports >= planned_reports else TrialStatus.TIME_BUDGET
+    if not done and reports < planned_reports:
+        # (a trial that made every report is finished, done or not: one restored by --resume from its last
+        # checkpoint, because the driver died before that checkpoint's trial ended, ends without a new report)
         return TrialStatus.INTERRUPTED
     return TrialStatus.FINISHED if reports >= planned_reports else TrialStatus.STOPPED
 
 
-def records_from_results(results, planned_reports: int) -> list[TrialRecord]:
-    """Tune's ResultGrid -> one record per trial, in trial order."""
+def records_from_results(results, planned_reports: int,
+                         budget_stopped: frozenset | set = frozenset()) -> list[TrialRecord]:
+    """Tune's ResultGrid -> one record per trial, in trial order. `budget_stopped`: the trials --time_budget
+    stopped at a report."""
     records = []
     for result in results:
         metrics = result.metrics or {}
@@ -73,20 +82,29 @@ def records_from_results(results, planned_reports: int) -> list[TrialRecord]:
         losses = [] if history is None or "eval_loss" not in history else list(history["eval_loss"].dropna())
         losses = [loss for loss in losses if math.isfinite(loss)]  # an out-of-memory trial's last report is inf
         config = result.config or {}
+        trial_id = str(metrics.get("trial_id") or Path(result.path).name)
         records.append(TrialRecord(
-            trial_id=str(metrics.get("trial_id") or Path(result.path).name),
+            trial_id=trial_id,
             hyperparameters=Hyperparameters.from_mapping(config) if set(NAMES) <= set(config) else None,
             status=trial_status(result.error is not None, bool(metrics.get("done")),
                                 int(metrics.get("training_iteration", 0)), planned_reports,
-                                out_of_memory=bool(metrics.get("out_of_memory"))),
+                                out_of_memory=bool(metrics.get("out_of_memory")),
+                                stopped_by_budget=trial_id in budget_stopped),
             reason=(one_line_reason(str(result.error)) if result.error is not None
                     else str(metrics.get("out_of_memory") or "")),
             steps=int(metrics.get("step", 0)),
             best_eval_loss=min(losses) if losses else math.nan,
             last_eval_loss=losses[-1] if losses else math.nan,
             seconds=float(metrics.get("time_total_s", 0.0)),
-            folder=str(result.path)))
+            folder=result_folder(result)))
     return records
+
+
+def result_folder(result) -> str:
+    """The trial's folder as the user would reach it: Tune gives a path on its file system, without the scheme of an
+    object-storage URI (s3://), which is put back."""
+    scheme = {"s3": "s3", "gcs": "gs"}.get(getattr(getattr(result, "filesystem", None), "type_name", ""), "")
+    return f"{scheme}://{result.path}" if scheme else str(result.path)
 
 
 def count(records: list[TrialRecord], status: TrialStatus) -> int:

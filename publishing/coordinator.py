@@ -4,7 +4,10 @@ Fed every trial result by `PublishCallback` (a Tune callback), it decides with t
 in `publishing.rules`, and does the slow work (merge, upload, commit) on its own thread, so
 Tune's loop never waits for it. Its state (what was published, when, with which loss, and an
 upload still waiting for its commit) lives in `publish_state.json` in the experiment folder,
-so a restarted sweep neither publishes twice nor forgets the 20-minute window.
+so a restarted sweep neither publishes twice nor forgets the 20-minute window. The experiment folder may be in
+object storage (`s3://...`, through `publishing.storage`): the state and publish.json live there with the
+experiment, so a driver on another machine reads them too, while the merged model (a folder) is written to the
+Publisher's local work folder.
 
 Tune deletes checkpoints (it keeps each trial's two best), and a user may too: the coordinator
 remembers each trial's best candidates, so when the best one's checkpoint is gone it merges the
@@ -22,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from publishing import storage
 from publishing.merged_model import CheckpointGone
 from publishing.package import PackageError, is_hub_id
 from publishing.publish_state import STATE_FILE, PublishedModel, PublishState, UploadedModel, read_state, write_state
@@ -78,9 +82,10 @@ def next_best(kept: list[Candidate], excluded: set[str]) -> Candidate | None:
 class PublishCoordinator:
     def __init__(self, publisher: Publisher, experiment_dir: str | Path, clock=time.time, background: bool = True,
                  gate=None):
-        """`gate(model_dir) -> (publish?, reason)`: a last check on a prepared model (--require_win)."""
+        """`gate(model_dir) -> (publish?, reason)`: a last check on a prepared model (--require_win).
+        `experiment_dir`: a folder, or an object-storage URI (s3://bucket/sweeps/<experiment>)."""
         self.publisher, self.target, self.gate = publisher, publisher.target, gate
-        self.experiment_dir = Path(experiment_dir)
+        self.experiment_dir = experiment_dir if storage.is_remote(experiment_dir) else Path(experiment_dir)
         self.clock = clock
         self.lines: list[str] = []            # every outcome, one line each, for the log and the summary
         self.state = self._load_state()
@@ -100,8 +105,9 @@ class PublishCoordinator:
 
     # -- state ---------------------------------------------------------------------------------
     @property
-    def state_path(self) -> Path:
-        return self.experiment_dir / STATE_FILE
+    def state_path(self) -> Path | str:
+        return self.experiment_dir / STATE_FILE if isinstance(self.experiment_dir, Path) else storage.join(
+            self.experiment_dir, STATE_FILE)
 
     def _load_state(self) -> PublishState:
         state, problem = read_state(self.state_path)
@@ -109,12 +115,12 @@ class PublishCoordinator:
             return state
         # A damaged state file must not cost the sweep its result. Starting empty is safe for the 20-minute rule,
         # which is also read from the chain (_last_committed_at). The file is moved aside, never deleted.
-        damaged = self.state_path.with_name(STATE_FILE + DAMAGED_SUFFIX)
+        damaged = storage.join(self.experiment_dir, STATE_FILE + DAMAGED_SUFFIX)
         try:
-            self.state_path.replace(damaged)
-            aside = f"set aside as {damaged.name}"
+            storage.move(self.state_path, damaged)
+            aside = f"set aside as {storage.name(damaged)}"
         except OSError as e:
-            aside = f"could not be set aside ({e.strerror})"
+            aside = f"could not be set aside ({e.strerror or str(e).splitlines()[0][:100]})"
         self._note(f"warning: {self.state_path} is damaged ({problem}); {aside}, and publishing starts from an "
                    "empty state (the 20-minute window is still read from the chain)")
         return state
@@ -355,7 +361,7 @@ class PublishCoordinator:
                                  publish_json=str(self.write_publish_json(candidate)))
         return report
 
-    def write_publish_json(self, candidate: Candidate) -> Path:
+    def write_publish_json(self, candidate: Candidate) -> Path | str:
         """The best model as it is (or would be) uploaded; its ModelId has a commit once it is published."""
         prepared = self.publisher.prepare(candidate)
         published = self.published
@@ -367,9 +373,10 @@ class PublishCoordinator:
                   "eval_loss": candidate.eval_loss, "hyperparameters": candidate.hyperparameters,
                   "trial": candidate.key, "competition_id": self.publisher.competition.id,
                   "base_model": base_model if is_hub_id(base_model) else None, "stats": asdict(prepared.stats)}
-        path = self.experiment_dir / PUBLISH_FILE
-        self.experiment_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2))
+        path = storage.join(self.experiment_dir, PUBLISH_FILE)
+        storage.write_text(path, json.dumps(record, indent=2))
+        if storage.is_remote(path):  # a copy beside the local model folder, for `publishing.upload` to read
+            storage.write_text(Path(prepared.model_dir).parent / PUBLISH_FILE, json.dumps(record, indent=2))
         if self.target.repo_id is None:
             self._note(f"offline: prepared {prepared.model_dir} (hash {prepared.hash}); nothing uploaded or committed")
         return path

@@ -7,8 +7,8 @@ end, and, with --require_win, for every model before it may be published.
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
+from publishing import storage
 from publishing.subnet.iswin import Comparison, compare, compare_scores
 from trainables.data import EvalTask, TokenizedSplit
 from trainables.scoring import competition_score
@@ -65,5 +65,5 @@ def head_to_head(opponent: Opponent, their_losses: list[float], best_model_dir: 
     result = versus(ours, their_losses, opponent, tasks)
     record = {**result.record(), "our_block": None, "their_block": opponent.block,
               "our_pair_losses": ours, "their_pair_losses": their_losses}
-    (Path(experiment_dir) / "comparison.json").write_text(json.dumps(record, indent=2))
+    storage.write_text(storage.join(experiment_dir, "comparison.json"), json.dumps(record, indent=2))
     return result

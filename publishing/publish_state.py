@@ -1,7 +1,8 @@
 """What the coordinator remembers between runs, in `publish_state.json`: the models it published (with the
 block and time of their commit) and an upload still waiting for its chain commit.
 
-Typed here, checked on load (a damaged file is named, never trusted), written atomically.
+Typed here, checked on load (a damaged file is named, never trusted), written atomically. It lives in the
+experiment folder, local or in object storage (`publishing.storage`), so a driver on another machine reads it too.
 """
 
 import json
@@ -9,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from publishing import storage
 from publishing.subnet.model_id import ModelId, ModelIdError
 
 STATE_FILE = "publish_state.json"
@@ -94,20 +96,23 @@ def state_problem(state) -> str | None:
     return None
 
 
-def read_state(path: Path) -> tuple[PublishState, str | None]:
-    """The state in `path` (empty when there is none) and, when the file is damaged, what is wrong with it."""
-    if not path.is_file():
-        return PublishState(), None
+def read_state(path: Path | str) -> tuple[PublishState, str | None]:
+    """The state in `path`, a file or an object-storage URI (empty when there is none) and, when the file is
+    damaged, what is wrong with it."""
     try:
-        data = json.loads(path.read_text())
+        text = storage.read_text(path)
+    except FileNotFoundError:
+        return PublishState(), None
+    except (OSError, ValueError) as e:  # ValueError: UnicodeDecodeError; never trusted as "nothing published"
+        return PublishState(), f"unreadable: {str(e).splitlines()[0][:100]}"
+    try:
+        data = json.loads(text)
         problem = state_problem(data)
-    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
+    except ValueError as e:  # JSONDecodeError
         problem = f"unreadable: {str(e).splitlines()[0][:100]}"
     return (PublishState(), problem) if problem else (PublishState.from_json(data), None)
 
 
-def write_state(path: Path, state: PublishState) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state.to_json(), indent=2))
-    tmp.replace(path)  # atomic: a crash never leaves half a state file
+def write_state(path: Path | str, state: PublishState) -> None:
+    # atomic: a local file is renamed into place, an object is replaced whole; a crash never leaves half a state file
+    storage.write_text(path, json.dumps(state.to_json(), indent=2))

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from publishing import storage
 from publishing.coordinator import PUBLISH_FILE, PublishCoordinator
 from publishing.package import LOCAL_MODEL, is_hub_id
 from publishing.publisher import Candidate
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_loss", type=float, default=None,
                    help="the model's validator-style eval loss (default: from publish.json beside the model)")
     p.add_argument("--state_dir", default=None,
-                   help="folder of publish_state.json (default: the model folder's parent, the experiment)")
+                   help="folder of publish_state.json, or the experiment's s3:// folder (default: the model "
+                        "folder's parent, the experiment)")
     return p
 
 
@@ -119,7 +121,9 @@ def main(argv: list[str] | None = None, chain_factory=None, hub_endpoint: str | 
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    state_dir = Path(args.state_dir) if args.state_dir else model_dir.parent
+    # an s3:// (or gs://) experiment folder is kept as a URI: its publish_state.json is read there
+    state_dir = (args.state_dir if storage.is_remote(args.state_dir) else Path(args.state_dir)) if args.state_dir \
+        else model_dir.parent
     with tempfile.TemporaryDirectory() as work_dir:
         publisher = setup.publisher(str(model_dir), work_dir, sweep_id="manual upload",
                                     base_model=recorded_base_model(model_dir))

@@ -66,3 +66,15 @@ def test_the_marker_keeps_the_command_and_follows_the_status(tmp_path):
     assert marker["status"] == FINISHED and marker["command"] == ["python", "-m", "orchestrator.run"]
     (tmp_path / "e" / MARKER).write_text("garbage")
     assert read_marker(tmp_path / "e") is None  # damaged: not resumed blindly, and no crash
+
+
+def test_a_storage_uri_that_holds_credentials_is_named_and_a_query_stays_at_the_end():
+    from publishing import storage
+
+    assert storage.credentials_in("s3://AKIAEXAMPLE:se/cr+et@bucket/sweeps").startswith("credentials before")
+    assert storage.credentials_in("s3://bucket/sweeps?region=eu-west-1&Secret_Key=x") == "the query parameter secret_key"
+    assert storage.credentials_in("s3://bucket/sweeps?endpoint_override=127.0.0.1:9000&scheme=http") is None
+    assert storage.credentials_in("/home/me/ray_results") is None
+    assert (storage.join("s3://bucket/sweeps/?endpoint_override=h:1", "e", "x.json")
+            == "s3://bucket/sweeps/e/x.json?endpoint_override=h:1")
+    assert storage.name("s3://bucket/sweeps/e/?endpoint_override=h:1") == "e"

@@ -12,7 +12,7 @@ import torch
 
 import orchestrator.run as run
 import trainables.lora_trial as lora_trial
-from orchestrator.optuna_searcher import OutOfMemoryAwareOptunaSearch
+from orchestrator.optuna_searcher import TruthfulOptunaSearch
 from trainables.lora_trial import TrainingSettings, TrialSettings, train_lora
 from trainables.out_of_memory import AllocationFailure, is_out_of_memory
 
@@ -78,7 +78,7 @@ def test_the_sweep_goes_on_and_optuna_records_the_failure(local_ray, tmp_path, m
     assert len((folder / "result.json").read_text().splitlines()) == 1 and not (folder / "error.txt").exists()
     assert json.loads((folder / "result.json").read_text())["out_of_memory"] == rows["16"]["reason"]
 
-    searcher = OutOfMemoryAwareOptunaSearch()
+    searcher = TruthfulOptunaSearch()
     searcher.restore_from_dir(str(tmp_path / "oom"))
     states = {t.params["r"]: t.state.name for t in searcher._ot_study.trials}
     assert states == {8: "COMPLETE", 16: "FAIL"}

@@ -64,6 +64,30 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
     assert {r["status"] for r in rows} <= {"finished", "stopped by the scheduler"}
     assert "python -m publishing.upload --load_model_dir" in summary and "from_pretrained(" in summary
 
+    # what mattered, recounted from each trial's reports: a full trial's steps are a finished trial's last step, and
+    # every trial the scheduler stopped saved the steps it did not run, at its own seconds per step (1 CPU each)
+    import math
+    import re
+
+    status = {r["trial_id"]: r["status"] for r in rows}
+    last = {t["reports"][0]["trial_id"]: t["reports"][-1] for t in trials}
+    full = max(last[t]["step"] for t in status if status[t] == "finished")
+    assert all(last[t]["step"] == full for t in status if status[t] == "finished")
+    stopped = [t for t in status if status[t] == "stopped by the scheduler"]
+    saved = sum(full - last[t]["step"] for t in stopped)
+    saved_line = re.search(rf"early stopping:  saved {saved} of {4 * full} steps \({saved / (4 * full):.1%}\), "
+                           r"about (\S+) CPU-hours\n", summary)
+    assert saved_line, summary
+    saved_s = sum((full - last[t]["step"]) * last[t]["time_total_s"] / last[t]["step"] for t in stopped)
+    assert math.isclose(float(saved_line.group(1)), saved_s / 3600, rel_tol=0.06, abs_tol=1e-12)
+    spent = re.search(r"compute:         (\S+) CPU-hours over 4 trials\n", summary)
+    assert spent and math.isclose(float(spent.group(1)), sum(r["time_total_s"] for r in last.values()) / 3600,
+                                  rel_tol=0.06)
+    assert re.search(r"importances:     (learning_rate|r|alpha) \d\.\d\d, .* \(fANOVA over 4 trials", summary)
+    for png in ("param_importances.png", "parallel_coordinates.png"):
+        assert f"plot:            {tmp_path / 'e2e' / 'plots' / png}" in summary
+        assert (tmp_path / "e2e" / "plots" / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
     merged = tmp_path / "e2e" / "best_model"
     assert f"merged model:    {merged}" in summary
     # offline: publish.json describes the folder exactly as it would be uploaded

@@ -26,6 +26,8 @@ def test_how_a_trial_ended():
     # neither failed nor done: the sweep was interrupted while it ran (or before it started)
     assert trial_status(has_error=False, done=False, reports=2, planned_reports=4) is TrialStatus.INTERRUPTED
     assert trial_status(has_error=False, done=False, reports=0, planned_reports=4) is TrialStatus.INTERRUPTED
+    # every report made, but no result marked done: restored by --resume from its last checkpoint, it ended at once
+    assert trial_status(has_error=False, done=False, reports=4, planned_reports=4) is TrialStatus.FINISHED
 
 
 def test_trials_csv_has_a_row_per_trial_with_status_and_reason(tmp_path):

@@ -398,6 +398,7 @@ def lora_trainable(config: dict, settings: TrialSettings, data: SweepData) -> No
     """Ray Tune's entry point: resumes from Tune's checkpoint when the trial is restarted."""
     from ray import tune
 
+    from trainables.preemption import leave_if_draining
     from trainables.trial_telemetry import emit
 
     # one line per checkpoint from every trial would drown the live table
@@ -412,6 +413,8 @@ def lora_trainable(config: dict, settings: TrialSettings, data: SweepData) -> No
         # wall-clock bounds of this trial's work, so overlap between trials can be checked
         tune.report({**metrics, "trial_started_at": started, "reported_at": time.time()},
                     checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
+        if folder is not None:  # its checkpoint is saved: on a node drained for preemption, the trial moves now
+            leave_if_draining(int(metrics.get("step", 0)), lambda: len(step_plan(settings, data.train)))
 
     checkpoint = tune.get_checkpoint()
     try:
