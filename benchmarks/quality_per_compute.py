@@ -11,6 +11,15 @@ the seed grid's total steps; and the share of the wide grid's steps TPE + ASHA s
 best came within 1% of the wide grid's best.
 
     python benchmarks/quality_per_compute.py [--num_samples 24] [--seeds 0 1 2]
+
+Issue 14 (`--issue14`), over the same wide grid's best as the target:
+- truthful pruning: TPE + ASHA per seed twice, ASHA-stopped trials told to Optuna as stock Ray Tune does
+  (`--pruned_trials complete`: COMPLETE with their partial-budget loss) and as the product does (`pruned`);
+- warm start: per seed, a first sweep of `--warm_trials` trials into a new `--study` journal (the cold sweep), then
+  a second sweep with the same flags, which continues that study.
+Printed per seed: steps to within 1% of the wide grid's best (the second sweep's own steps only).
+
+    python benchmarks/quality_per_compute.py --issue14 --seeds 0 1 2 3 4 [--num_samples 24] [--warm_trials 12]
 """
 
 import argparse
@@ -33,13 +42,64 @@ def sweep(flags: list[str], out: Path, name: str) -> dict:
             "best_eval_loss": curve[-1][1], "wall_s": round(run["wall_s"], 1), "curve": curve}
 
 
+def finished_sweep(out: Path, name: str) -> dict | None:
+    """A sweep an earlier run of this benchmark already wrote into `out` (the wide grid takes the longest)."""
+    from benchmarks.common import read_trials
+
+    experiment = out / "ray_results" / name
+    trials = read_trials(experiment) if experiment.is_dir() else []
+    if not trials:
+        return None
+    curve = progress(trials)
+    return {"name": name, "trials": len(trials), "total_steps": total_steps(trials), "best_eval_loss": curve[-1][1],
+            "wall_s": None, "curve": curve, "reused": str(experiment)}
+
+
+def issue14(args, out: Path) -> None:
+    wide = finished_sweep(out, "wide-grid") or sweep(["--search", str(WIDE_GRID), "--scheduler", "fifo"], out,
+                                                     "wide-grid")
+    target = wide["best_eval_loss"] * 1.01
+    tpe = ["--search", "default", "--scheduler", "asha"]
+
+    def run(flags: list[str], name: str) -> dict:  # a sweep this benchmark finished before is read back
+        return finished_sweep(out, name) or sweep(flags, out, name)
+
+    pruning, warm = [], []
+    for seed in args.seeds:
+        row = {"seed": seed}
+        for mode in ("complete", "pruned"):
+            result = run([*tpe, "--num_samples", str(args.num_samples), "--seed", str(seed), "--pruned_trials", mode],
+                         f"pruned-{mode}-seed{seed}")
+            row[mode] = {"steps_to_target": steps_to_reach(result["curve"], target),
+                         "total_steps": result["total_steps"], "best_eval_loss": result["best_eval_loss"]}
+        pruning.append(row)
+        # --seed also fixes the held-out split, so it is part of the study's fingerprint: both sweeps share it. The
+        # first sweep is the cold one (a new study); the second continues its study with the same flags.
+        n, study = ["--num_samples", str(args.warm_trials), "--seed", str(seed)], ["--study", f"warm-seed{seed}.journal"]
+        cold = run([*tpe, *n, *study], f"study-first-seed{seed}")
+        continued = run([*tpe, *n, *study], f"study-second-seed{seed}")
+        warm.append({"seed": seed,
+                     "warm": {"steps_to_target": steps_to_reach(continued["curve"], target),
+                              "best_eval_loss": continued["best_eval_loss"], "total_steps": continued["total_steps"]},
+                     "cold": {"steps_to_target": steps_to_reach(cold["curve"], target),
+                              "best_eval_loss": cold["best_eval_loss"], "total_steps": cold["total_steps"]}})
+    print_json({"benchmark": "quality_per_compute --issue14", "machine": machine(), "num_samples": args.num_samples,
+                "warm_trials": args.warm_trials,
+                "wide_grid": {**{k: v for k, v in wide.items() if k != "curve"}, "within_1pct_target": target},
+                "pruning": pruning, "warm_start": warm, "output": str(out)})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--num_samples", type=int, default=24, help="TPE + ASHA trials per seed")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one TPE + ASHA sweep per sampler seed")
+    ap.add_argument("--issue14", action="store_true", help="truthful pruning and warm starts (see above)")
+    ap.add_argument("--warm_trials", type=int, default=12, help="--issue14: trials of each warm-start sweep")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-quality-"))
+    if args.issue14:
+        return issue14(args, out)
 
     seed_grid = sweep(["--search", "seed_grid", "--scheduler", "fifo"], out, "seed-grid")
     wide = sweep(["--search", str(WIDE_GRID), "--scheduler", "fifo"], out, "wide-grid")
