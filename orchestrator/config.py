@@ -165,7 +165,7 @@ class RunConfig:
         """--time_budget in seconds (None: no budget)."""
         if self.time_budget is None:
             return None
-        from orchestrator.time_budget import parse_duration  # imports Ray's searcher base: only when a budget is set
+        from orchestrator.durations import parse_duration
 
         return parse_duration(self.time_budget)
 

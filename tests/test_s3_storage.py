@@ -180,6 +180,14 @@ def sweep_argv(cluster, tmp_path, name: str, *extra: str) -> list[str]:
             "--storage_path", f"s3://{BUCKET}/sweeps", "--experiment_name", name, *extra]
 
 
+def start_driver(cluster, tmp_path, name: str, log_path: Path, max_failures: int) -> subprocess.Popen:
+    """The sweep's driver in the background, in a session of its own (so it can be killed alone), logging to log_path."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen(sweep_argv(cluster, tmp_path, name, "--max_failures", str(max_failures)),
+                                env=cluster.env, cwd=REPO, start_new_session=True, stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
+
+
 def staged_results(name: str) -> list[Path]:
     """The driver's own copies of each trial's result.json (Ray Tune's staging folder on the driver's machine, which it
     syncs to S3 every few seconds): the test watches trials here, with no delay."""
@@ -350,9 +358,7 @@ def test_a_sweep_in_s3_survives_a_lost_worker_node_and_a_lost_driver(s3, cluster
     cluster.ensure_worker()
     name = f"lost-nodes-{RUN}"
     first_log = tmp_path / "driver.log"
-    with open(first_log, "w") as log:
-        driver = subprocess.Popen(sweep_argv(cluster, tmp_path, name, "--max_failures", "1"), env=cluster.env,
-                                  cwd=REPO, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, text=True)
+    driver = start_driver(cluster, tmp_path, name, first_log, max_failures=1)
     try:
         victim = wait_for(on_node(name, cluster.worker_pids), 300, "a report from the worker node", driver)
         checkpoints = [k for k in s3.objects(f"sweeps/{name}/{victim}") if "/checkpoint_" in k]
@@ -417,9 +423,7 @@ def test_a_trial_on_a_node_drained_for_preemption_moves_at_its_checkpoint_withou
     cluster.ensure_worker()
     name = f"drained-{RUN}"
     log_path = tmp_path / "driver.log"
-    with open(log_path, "w") as log:
-        driver = subprocess.Popen(sweep_argv(cluster, tmp_path, name, "--max_failures", "0"), env=cluster.env,
-                                  cwd=REPO, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, text=True)
+    driver = start_driver(cluster, tmp_path, name, log_path, max_failures=0)
     try:
         victim = wait_for(on_node(name, cluster.worker_pids), 300, "a report from the worker node", driver)
         before_notice = [r["step"] for r in staged_rows(name, victim)]

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import ConfigError, load_config
-from orchestrator.time_budget import (BudgetClock, BudgetEnd, budget_spent, end_run, format_duration,
-                                      may_start_trial, parse_duration, trial_estimate_s)
+from orchestrator.durations import format_duration, parse_duration
+from orchestrator.time_budget import (BudgetClock, BudgetEnd, budget_spent, end_run,
+                                      may_start_trial, trial_estimate_s)
 from orchestrator.trial_records import TrialStatus, trial_status
 
 

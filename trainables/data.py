@@ -37,17 +37,22 @@ def jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield number, line
 
 
+def jsonl_values(path: Path, what: str = "the dataset") -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) of each non-blank line; a line that is not JSON fails naming it."""
+    for number, line in jsonl_lines(path):
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError:
+            raise DataError(f"{path} line {number} is not JSON; {what} must be JSONL, one object a line") from None
+
+
 def read_pairs(path: str | Path) -> list[dict]:
     """Read a JSONL file of {"question": str, "response": str} objects, one a line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"dataset file {path} does not exist; pass --dataset_path a JSONL file of question/response pairs")
     pairs = []
-    for number, line in jsonl_lines(path):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise DataError(f"{path} line {number} is not JSON; the dataset must be JSONL, one object a line") from None
+    for number, row in jsonl_values(path):
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("question", "response")):
             raise DataError(f"{path} line {number} lacks a string 'question' and 'response'; each line needs both")
         pairs.append({"question": row["question"], "response": row["response"]})

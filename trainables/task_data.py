@@ -13,13 +13,12 @@ which only the parquet data files are downloaded, once per node into the Hub cac
 at a time and only the drawn rows are kept, so a multi-gigabyte data set costs one row group of memory.
 """
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from trainables.data import DataError, EvalTask, TokenizedSplit, jsonl_lines, splits_of
+from trainables.data import DataError, EvalTask, TokenizedSplit, jsonl_values, splits_of
 from trainables.reasoning_data import PARSERS
 from trainables.scoring import reference_sample
 
@@ -72,14 +71,7 @@ def _parquet_rows(paths: list[Path], wanted: set[int]) -> dict[int, dict]:
 
 
 def _jsonl_rows(path: Path) -> list[dict]:
-    rows = []
-    for number, line in jsonl_lines(path):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise DataError(f"{path} line {number} is not JSON; task data must be JSONL, one object a line") from None
-        rows.append(row if isinstance(row, dict) else {})
-    return rows
+    return [row if isinstance(row, dict) else {} for _, row in jsonl_values(path, "task data")]
 
 
 def draw_task_samples(files: list[Path], parse: Callable[[dict, int], Sample | None], sequence_length: int,
