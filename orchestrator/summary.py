@@ -72,6 +72,8 @@ def publish_lines(outcome: SweepOutcome, config: SweepConfig) -> list[str]:
     if report.published:
         lines.append(f"published:       {report.published.model_id} "
                      f"(eval loss {report.published.eval_loss:.4f}, block {report.published.block})")
+    if report.result_lag:
+        lines.append(f"coordinator:     {report.result_lag.line()}")
     if report.not_before:
         when = time.strftime("%H:%M:%S", time.localtime(report.not_before))
         lines.append(f"not yet published: the 20-minute window opens at {when}; then run")

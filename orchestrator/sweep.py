@@ -270,7 +270,9 @@ def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Ex
         run_config=tune.RunConfig(
             name=experiment.name, storage_path=experiment.storage, callbacks=callbacks,
             stop=TimeBudgetStopper(experiment.name),  # --time_budget: stops trials at their next report once spent
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
+            # Tune keeps every checkpoint: each trial deletes its own stale ones (trainables.checkpoint_retention),
+            # so the driver's loop makes no storage call per checkpoint and forces no experiment snapshots
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
             progress_reporter=reporter, verbose=1),

@@ -9,7 +9,7 @@ object storage (`s3://...`, through `publishing.storage`): the state and publish
 experiment, so a driver on another machine reads them too, while the merged model (a folder) is written to the
 Publisher's local work folder.
 
-Tune deletes checkpoints (it keeps each trial's two best), and a user may too: the coordinator
+Trials delete their stale checkpoints (each keeps its two best), and a user may too: the coordinator
 remembers each trial's best candidates, so when the best one's checkpoint is gone it merges the
 next best whose checkpoint remains instead of failing the sweep.
 
@@ -21,8 +21,10 @@ import json
 import logging
 import math
 import threading
+import statistics
 import time
-from dataclasses import asdict, dataclass
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from publishing import storage
@@ -39,7 +41,7 @@ from publishing.subnet.model_id import ModelId
 log = logging.getLogger("publishing")
 PUBLISH_FILE = "publish.json"
 DAMAGED_SUFFIX = ".damaged"
-KEPT_PER_TRIAL = 3  # candidates remembered per trial: Tune keeps each trial's 2 best checkpoints, one more as margin
+KEPT_PER_TRIAL = 3  # candidates remembered per trial: a trial keeps its 2 best checkpoints, one more as margin
 @dataclass(frozen=True)
 class MergedBest:
     """The candidate merged into best_model/: the sweep's best, unless that one's checkpoint was gone."""
@@ -52,6 +54,32 @@ class MergedBest:
 
 
 @dataclass
+class ResultLag:
+    """How long results took from a trial's report (its checkpoint's upload included) to the coordinator's verdict
+    on them (new best or not): the upload, Tune's loop, the callback and the actor's queue. A slow driver shows here
+    first, so the summary prints it."""
+    count: int = 0
+    worst_s: float = 0.0
+    worst_key: str = ""
+    recent: deque = field(default_factory=lambda: deque(maxlen=1000))  # (key, lag_s); bounded for long sweeps
+
+    def add(self, key: str, lag_s: float) -> None:
+        lag_s = max(0.0, lag_s)  # a worker's clock a little ahead of this node's
+        self.count += 1
+        if lag_s >= self.worst_s:
+            self.worst_s, self.worst_key = lag_s, key
+        self.recent.append((key, lag_s))
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(lag for _, lag in self.recent) if self.recent else 0.0
+
+    def line(self) -> str:
+        return (f"{self.count} results reached the coordinator {self.median_s:.2f} s after their report (median; "
+                f"worst {self.worst_s:.2f} s, {self.worst_key})")
+
+
+@dataclass
 class CoordinatorReport:
     """What the coordinator tells the summary at the end of the sweep."""
     lines: list[str]                          # every outcome, one line each
@@ -59,10 +87,11 @@ class CoordinatorReport:
     published: PublishedModel | None = None   # the last model this experiment committed
     not_before: float | None = None           # the best is not published yet: the window opens then
     best: MergedBest | None = None            # None when no checkpoint was left to merge
+    result_lag: ResultLag | None = None       # from each trial's report to the coordinator's verdict on it
 
 
 def remember(kept: list[Candidate], candidate: Candidate, per_trial: int = KEPT_PER_TRIAL) -> list[Candidate]:
-    """The candidates to fall back on, best first: each trial's `per_trial` best (Tune deletes the others' checkpoints
+    """The candidates to fall back on, best first: each trial's `per_trial` best (trials delete the others' checkpoints
     anyway). A candidate offered again (a restored trial) replaces the earlier one of the same key."""
     ranked = sorted([c for c in kept if c.key != candidate.key] + [candidate], key=lambda c: c.eval_loss)
     per_trial_seen: dict[str, int] = {}
@@ -99,6 +128,7 @@ class PublishCoordinator:
         self._stopping = False
         self._warned_unknown = False
         self._rejected: set[str] = set()      # candidates that break the competition's limits
+        self.result_lag = ResultLag()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="publish") if background else None
         if self._thread:
             self._thread.start()
@@ -195,6 +225,8 @@ class PublishCoordinator:
     def offer(self, candidate: Candidate) -> bool:
         """Record a trial result; True when it is the new best. Never blocks on publishing."""
         with self._lock:
+            if candidate.reported_at is not None:
+                self.result_lag.add(candidate.key, self.clock() - candidate.reported_at)
             if not math.isfinite(candidate.eval_loss):
                 return False
             self._kept = remember(self._kept, candidate)
@@ -256,7 +288,7 @@ class PublishCoordinator:
 
     def _give_up(self, candidate: Candidate) -> None:
         """`candidate`'s checkpoint is gone: the best becomes the next best remembered candidate, unless a better
-        one was offered meanwhile (Tune deletes a checkpoint once its trial has two better ones)."""
+        one was offered meanwhile (a trial deletes a checkpoint once it has two better ones)."""
         with self._lock:
             self._gone.add(candidate.key)
             self._gone_best = self._gone_best or candidate
@@ -337,7 +369,8 @@ class PublishCoordinator:
         self._wake.set()
         if self._thread:
             self._thread.join()
-        report = CoordinatorReport(lines=self.lines, offline=self.target.repo_id is None)
+        report = CoordinatorReport(lines=self.lines, offline=self.target.repo_id is None,
+                                   result_lag=self.result_lag if self.result_lag.count else None)
         if self.best is None:
             return report
         if self.target.repo_id is not None:

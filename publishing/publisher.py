@@ -43,6 +43,7 @@ class Candidate:
     hyperparameters: dict
     checkpoint: Any = field(default=None, compare=False, repr=False)  # a ray.tune.Checkpoint (has as_directory)
     model_dir: str | None = None  # or a model already merged (the manual upload)
+    reported_at: float | None = field(default=None, compare=False)  # when the trial reported it (time.time())
 
     @property
     def key(self) -> str:

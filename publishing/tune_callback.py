@@ -24,7 +24,7 @@ class PublishCallback(tune.Callback):
         candidate = Candidate(trial_id=trial.trial_id, step=int(result.get("step", 0)),
                               eval_loss=float(result["eval_loss"]),
                               hyperparameters=Hyperparameters.from_mapping(trial.config).as_dict(),
-                              checkpoint=checkpoint)
+                              checkpoint=checkpoint, reported_at=result.get("reported_at"))
         import ray
 
         ray.get_actor(actor_name(self.sweep_id), namespace=NAMESPACE).offer.remote(candidate)

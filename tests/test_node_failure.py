@@ -3,6 +3,7 @@ its trial resumes from its last checkpoint on the surviving node and the sweep e
 configuration as an undisturbed run."""
 
 import contextlib
+import glob
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -89,8 +91,9 @@ def test_a_killed_worker_nodes_trial_resumes_on_the_survivor(cluster, tmp_path):
     calm, _ = undisturbed.communicate(timeout=400)
     assert undisturbed.returncode == 0, calm[-3000:]
 
-    disturbed = sweep(address, env, tmp_path, "disturbed")
-    experiment = tmp_path / "results" / "disturbed"
+    name = f"disturbed-{uuid.uuid4().hex[:6]}"  # its folder in the Ray session's staging area is this run's
+    disturbed = sweep(address, env, tmp_path, name)
+    experiment = tmp_path / "results" / name
     worker_pids = set()
     deadline = time.time() + 240
     victim = None
@@ -98,10 +101,11 @@ def test_a_killed_worker_nodes_trial_resumes_on_the_survivor(cluster, tmp_path):
         time.sleep(0.2)  # a trial trains for seconds only: kill at its first report, long before it ends
         worker_pids = {int(p) for p in subprocess.run(["ps", "-o", "pid=", "-g", str(worker.pid)],
                                                       capture_output=True, text=True).stdout.split()}
-        for result in experiment.glob("*/result.json"):
-            rows = reports(result)
+        # the driver's own copies of the results: Tune copies them to the experiment folder every 10 s or so
+        for result in glob.glob(f"/tmp/ray/session_*/artifacts/*/{name}/driver_artifacts/*/result.json"):
+            rows = reports(Path(result))
             if rows and rows[-1]["pid"] in worker_pids:
-                victim = result
+                victim = experiment / Path(result).parent.name / "result.json"
     assert victim is not None, "no trial ran on the worker node"
     # The whole worker node: every process of its session (Ray's workers run in process groups of their own,
     # so killing the node's group alone leaves the trial training on until it notices its raylet is gone).

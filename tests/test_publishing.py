@@ -309,6 +309,21 @@ def test_offline_writes_publish_json_that_parses_the_validators_way(model_dir, c
     assert report.best.model_dir == record["model_dir"]
 
 
+def test_the_coordinator_reports_how_late_results_reached_it(model_dir, candidate, tmp_path):
+    import dataclasses
+
+    clock = Clock()
+    publisher = Publisher(PublishTarget(repo_id=None), str(model_dir), tmp_path / "exp", "sweep-lag")
+    coordinator = PublishCoordinator(publisher, tmp_path / "exp", clock=clock, background=False)
+    for loss, late_s in [(4.0, 0.2), (3.0, 1.5), (5.0, 0.4), (3.5, -0.1)]:  # -0.1: a worker's clock a bit ahead
+        coordinator.offer(dataclasses.replace(candidate(loss, step=int(loss * 10)), reported_at=clock.now - late_s))
+        clock.now += 60
+    coordinator.offer(candidate(6.0))  # no report time (the manual upload's candidates): not counted
+    lag = coordinator.finish().result_lag
+    assert (lag.count, lag.worst_s, lag.median_s) == (4, 1.5, pytest.approx(0.3))
+    assert lag.line() == "4 results reached the coordinator 0.30 s after their report (median; worst 1.50 s, t1@30)"
+
+
 # -- a damaged publish_state.json costs a warning, never the sweep ------------------------------------------------
 
 GOOD_ENTRY = {"model_id": "miner:tiny-lora:abc123:hash=:m1", "eval_loss": 3.0, "committed_at": 1.0, "block": 7}

@@ -88,6 +88,12 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
         assert f"plot:            {tmp_path / 'e2e' / 'plots' / png}" in summary
         assert (tmp_path / "e2e" / "plots" / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
+    # every checkpointed report reached the coordinator, and the summary says how late
+    lag = re.search(r"coordinator:     (\d+) results reached the coordinator (\S+) s after their report \(median; "
+                    r"worst (\S+) s, \w+@\d+\)", summary)
+    assert lag and int(lag.group(1)) == sum(len(t["reports"]) for t in trials), summary
+    assert 0 <= float(lag.group(2)) <= float(lag.group(3)) < 60
+
     merged = tmp_path / "e2e" / "best_model"
     assert f"merged model:    {merged}" in summary
     # offline: publish.json describes the folder exactly as it would be uploaded

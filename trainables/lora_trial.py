@@ -15,7 +15,6 @@ import resource
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,13 +23,13 @@ import torch
 from safetensors.torch import load_file
 
 from trainables.data import SweepData, TokenizedSplit
-from trainables.documented import setting
 from trainables.evaluation import pair_losses, per_pair_means, token_losses
 from trainables.hyperparameters import Hyperparameters
 from trainables.scoring import competition_score
-from trainables.model_loading import (ATTENTION_CHOICES, ensure_model_here, load_causal_lm, pick_device,
+from trainables.model_loading import (ensure_model_here, load_causal_lm, pick_device,
                                       release_accelerator_memory, resolve_attention, training_dtype, use_cpus)
-from trainables.out_of_memory import AllocationFailure, is_out_of_memory, out_of_memory_reason
+from trainables.out_of_memory import is_out_of_memory, out_of_memory_reason
+from trainables.settings import TrainingSettings, TrialSettings  # noqa: F401  (imported from here too)
 from trainables.packing import (StepPlan, auto_tokens_per_step, micro_batch, pairs_of, plan_steps, real_tokens,
                                rows_per_micro_batch)
 from trainables.throughput import Throughput
@@ -39,63 +38,6 @@ TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
 
 
-@dataclass(frozen=True)
-class TrainingSettings:
-    """How every trial of a sweep trains: the training group of the sweep's config (each is a flag)."""
-    num_epochs: int = setting(1, "passes over the training pairs per trial")
-    packing: str = setting("on", "on: pairs share rows of up to --micro_batch_tokens tokens, each attending only to "
-                                 "itself (no padding); off: padded micro-batches of --batch_size pairs")
-    tokens_per_step: int = setting(0, "tokens per optimizer step; 0: batch_size x accumulation_steps pairs of "
-                                      "average length")
-    micro_batch_tokens: int = setting(0, "packed: tokens per micro-batch (one row); 0: batch_size x the longest pair")
-    batch_size: int = setting(1, "pairs per padded micro-batch; with the accumulation steps, sizes the default step")
-    accumulation_steps: int = setting(32, "micro-batches per optimizer step, for the default --tokens_per_step")
-    gradient_checkpointing: str = setting("auto", "auto: on only where the memory planner says a trial would not "
-                                                  "fit without it; on; off")
-    attn_implementation: str = setting("auto", "auto: flash_attention_2 on a GPU where flash-attn is installed, "
-                                               "else sdpa; sdpa; flash_attention_2; eager")
-    eval_steps: int = setting(10, "optimizer steps between evaluations, checkpoints and reports")
-    eval_batch_size: int = setting(8, "pairs per padded evaluation batch (packed evaluation rows are as large as "
-                                      "training's micro-batches)")
-    warmup_ratio: float = setting(0.05, "share of the steps spent warming the learning rate up")
-    weight_decay: float = setting(0.01, "AdamW weight decay")
-    lora_dropout: float = setting(0.0, "dropout on the LoRA layers")
-
-    def check(self) -> None:
-        """Raise ValueError naming the flag to fix."""
-        for name in ("num_epochs", "batch_size", "accumulation_steps", "eval_steps", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("tokens_per_step", "micro_batch_tokens"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must be 0 (automatic) or more, got {getattr(self, name)}")
-        choices = {"packing": ("on", "off"), "gradient_checkpointing": ("auto", "on", "off"),
-                   "attn_implementation": ("auto", *ATTENTION_CHOICES)}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.weight_decay < 0:
-            raise ValueError(f"--weight_decay must be 0 or more, got {self.weight_decay}")
-
-
-@dataclass(frozen=True)
-class TrialSettings:
-    """Everything a trial needs besides its hyperparameters; the same for every trial of a sweep."""
-    model_dir: str
-    training: TrainingSettings = TrainingSettings()
-    min_lr_ratio: float = 0.01     # cosine decays to 1% of the peak rate, as the original miner did
-    seed: int = 0
-    cpus_per_trial: int = 1
-    device: str = "auto"           # auto: the GPU Ray assigned to this trial, else the CPU
-    embedded_model: bool = False   # model_dir is the embedded model: a node without it builds its own copy
-    hub_endpoint: str | None = None  # where a node without a Hub-downloaded model_dir fetches it
-    gradient_checkpointing: bool = False  # decided by the driver's memory planner (--gradient_checkpointing)
-    memory_estimate_gb: float | None = None  # the planner's estimate of a trial's peak, reported beside the measured
-    fail_allocation: AllocationFailure | None = None  # tests: the allocator refuses as a full GPU would
 
 
 def pair_lengths(split: TokenizedSplit) -> np.ndarray:
@@ -398,6 +340,7 @@ def lora_trainable(config: dict, settings: TrialSettings, data: SweepData) -> No
     """Ray Tune's entry point: resumes from Tune's checkpoint when the trial is restarted."""
     from ray import tune
 
+    from trainables.checkpoint_retention import Retention
     from trainables.preemption import leave_if_draining
     from trainables.trial_telemetry import emit
 
@@ -407,13 +350,16 @@ def lora_trainable(config: dict, settings: TrialSettings, data: SweepData) -> No
     # the actor is reused across trials and the dashboard names it by class, so each evaluation names its trial
     trial_id = tune.get_context().get_trial_id()
     hyperparameters = Hyperparameters.from_mapping(config)
+    retention = Retention()  # this trial deletes its stale checkpoints; the driver does not (see the module)
 
     def report(metrics: dict, folder: Path | None) -> None:
         emit(trial_id, hyperparameters, metrics)  # the actor's log line and the Prometheus gauges
         # wall-clock bounds of this trial's work, so overlap between trials can be checked
         tune.report({**metrics, "trial_started_at": started, "reported_at": time.time()},
                     checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
-        if folder is not None:  # its checkpoint is saved: on a node drained for preemption, the trial moves now
+        if folder is not None:  # its checkpoint is saved (tune.get_checkpoint() is now that stored copy)
+            retention.saved_checkpoint(tune.get_checkpoint(), metrics.get("eval_loss", math.nan))
+            # on a node drained for preemption, the trial moves now
             leave_if_draining(int(metrics.get("step", 0)), lambda: len(step_plan(settings, data.train)))
 
     checkpoint = tune.get_checkpoint()

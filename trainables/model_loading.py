@@ -28,8 +28,6 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-ATTENTION_CHOICES = ("sdpa", "flash_attention_2", "eager")
-
 
 def resolve_attention(requested: str, device: torch.device) -> str:
     """auto: flash-attention 2 where it can run (a CUDA GPU and the flash-attn package), else torch's sdpa.

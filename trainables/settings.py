@@ -1,0 +1,76 @@
+"""What every trial of a sweep shares (its training flags and its model), apart from the code that trains.
+
+Kept free of torch and transformers: Ray unpickles these settings in every trial's worker, and the driver reads
+them, before anything needs the libraries that train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from trainables.documented import setting
+
+if TYPE_CHECKING:
+    from trainables.out_of_memory import AllocationFailure
+
+ATTENTION_CHOICES = ("sdpa", "flash_attention_2", "eager")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How every trial of a sweep trains: the training group of the sweep's config (each is a flag)."""
+    num_epochs: int = setting(1, "passes over the training pairs per trial")
+    packing: str = setting("on", "on: pairs share rows of up to --micro_batch_tokens tokens, each attending only to "
+                                 "itself (no padding); off: padded micro-batches of --batch_size pairs")
+    tokens_per_step: int = setting(0, "tokens per optimizer step; 0: batch_size x accumulation_steps pairs of "
+                                      "average length")
+    micro_batch_tokens: int = setting(0, "packed: tokens per micro-batch (one row); 0: batch_size x the longest pair")
+    batch_size: int = setting(1, "pairs per padded micro-batch; with the accumulation steps, sizes the default step")
+    accumulation_steps: int = setting(32, "micro-batches per optimizer step, for the default --tokens_per_step")
+    gradient_checkpointing: str = setting("auto", "auto: on only where the memory planner says a trial would not "
+                                                  "fit without it; on; off")
+    attn_implementation: str = setting("auto", "auto: flash_attention_2 on a GPU where flash-attn is installed, "
+                                               "else sdpa; sdpa; flash_attention_2; eager")
+    eval_steps: int = setting(10, "optimizer steps between evaluations, checkpoints and reports")
+    eval_batch_size: int = setting(8, "pairs per padded evaluation batch (packed evaluation rows are as large as "
+                                      "training's micro-batches)")
+    warmup_ratio: float = setting(0.05, "share of the steps spent warming the learning rate up")
+    weight_decay: float = setting(0.01, "AdamW weight decay")
+    lora_dropout: float = setting(0.0, "dropout on the LoRA layers")
+
+    def check(self) -> None:
+        """Raise ValueError naming the flag to fix."""
+        for name in ("num_epochs", "batch_size", "accumulation_steps", "eval_steps", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("tokens_per_step", "micro_batch_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be 0 (automatic) or more, got {getattr(self, name)}")
+        choices = {"packing": ("on", "off"), "gradient_checkpointing": ("auto", "on", "off"),
+                   "attn_implementation": ("auto", *ATTENTION_CHOICES)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight_decay must be 0 or more, got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """Everything a trial needs besides its hyperparameters; the same for every trial of a sweep."""
+    model_dir: str
+    training: TrainingSettings = TrainingSettings()
+    min_lr_ratio: float = 0.01     # cosine decays to 1% of the peak rate, as the original miner did
+    seed: int = 0
+    cpus_per_trial: int = 1
+    device: str = "auto"           # auto: the GPU Ray assigned to this trial, else the CPU
+    embedded_model: bool = False   # model_dir is the embedded model: a node without it builds its own copy
+    hub_endpoint: str | None = None  # where a node without a Hub-downloaded model_dir fetches it
+    gradient_checkpointing: bool = False  # decided by the driver's memory planner (--gradient_checkpointing)
+    memory_estimate_gb: float | None = None  # the planner's estimate of a trial's peak, reported beside the measured
+    fail_allocation: AllocationFailure | None = None  # tests: the allocator refuses as a full GPU would
