@@ -1,7 +1,7 @@
 """Benchmark 6b: the product's driver at 64 and 128 concurrent trials, with its experiment in S3.
 
 The driver is the product's own `run_sweep`: Optuna behind the time-budget searcher, ASHA, the live table,
-checkpoint retention (each trial's 2 best), the PublishCallback feeding the coordinator actor, and the
+each trial deleting its stale checkpoints, the PublishCallback feeding the coordinator actor, and the
 experiment in `s3://` (a moto S3 server on 127.0.0.1). Only the trial differs: it sleeps instead of training.
 Each trial reports as `lora_trainable` does, every `--interval` seconds (a compressed few minutes of training),
 each report with a checkpoint that is a real LoRA adapter of the embedded model, saved and uploaded by Tune.
@@ -18,7 +18,7 @@ Measured:
 - S3 requests by kind, from the server's log;
 - the coordinator's lag from a trial's report to its verdict on it (the product's own figure, in the summary).
 
-    python benchmarks/driver_at_scale.py --concurrent 64 128 [--interval 3] [--rounds 3]
+    python benchmarks/driver_at_scale.py --concurrent 64 128 [--interval 3] [--rounds 3] [--storage s3|local]
 """
 
 import argparse
@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import embedded_model_dir, machine, print_json  # noqa: E402
 
 REPORTS = 10      # a trial that is never stopped reports this often (ASHA's max_t)
+REAL_INTERVAL_S = 180.0  # what --interval stands for: a report every 3 minutes of real training
 BUCKET = "bench"
 
 
@@ -129,7 +130,7 @@ def sleeping_trial_factory(interval_s: float, reports: int, adapter: str, events
         from ray import tune
         from ray.train._internal.session import get_session
 
-        from trainables.checkpoint_retention import Retention
+        from trainables.checkpoint_retention import GRACE_S, Retention
 
         trial_id = tune.get_context().get_trial_id()
         storage = get_session().storage
@@ -144,7 +145,8 @@ def sleeping_trial_factory(interval_s: float, reports: int, adapter: str, events
                 uploaded_s[0] = time.perf_counter() - begun
 
         storage.persist_current_checkpoint = timed_upload
-        retention = Retention()  # as lora_trainable: the trial deletes its own stale checkpoints
+        # as lora_trainable: the trial deletes its own stale checkpoints, after a grace compressed as its reports are
+        retention = Retention(grace_s=GRACE_S * interval_s / REAL_INTERVAL_S)
         started = time.time()
         with open(events, "a") as out:
             out.write(json.dumps({"trial": trial_id, "event": "start", "at": started}) + "\n")
@@ -165,6 +167,7 @@ def sleeping_trial_factory(interval_s: float, reports: int, adapter: str, events
             shutil.rmtree(folder, ignore_errors=True)
             with open(events, "a") as out:
                 out.write(json.dumps({"trial": trial_id, "event": "returned", "report": report, "at": reported_at,
+                                      "step": report * settings.training.eval_steps,
                                       "returned_at": returned_at, "upload_s": uploaded_s[0],
                                       "retention_s": retention_s}) + "\n")
 
@@ -235,8 +238,26 @@ class DriverTimers:
         import ray.train._internal.checkpoint_manager as checkpoint_manager
         from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 
-        self.snapshots, self.forced, self.deletions = [], 0, []
+        from ray.tune.execution.tune_controller import TuneController
+
+        self.snapshots, self.forced, self.deletions, self.results, self.suggestions = [], 0, [], [], []
         timers = self
+        on_result, update_queue = TuneController._on_training_result, TuneController._update_trial_queue
+
+        def timed_on_result(controller, trial, result):  # all a result costs the loop: scheduler, searcher, callbacks
+            begun = time.perf_counter()
+            on_result(controller, trial, result)
+            timers.results.append(time.perf_counter() - begun)
+
+        def timed_update_queue(controller, *args, **kwargs):  # a new trial: the searcher's suggestion
+            begun = time.perf_counter()
+            try:
+                return update_queue(controller, *args, **kwargs)
+            finally:
+                timers.suggestions.append(time.perf_counter() - begun)
+
+        TuneController._on_training_result = timed_on_result
+        TuneController._update_trial_queue = timed_update_queue
         sync_up = _ExperimentCheckpointManager.sync_up_experiment_state
         delete = checkpoint_manager._delete_fs_path
 
@@ -249,10 +270,10 @@ class DriverTimers:
                 saved.append(time.perf_counter() - begun)
 
             forced = force or manager._should_force_sync_up
-            begun = time.perf_counter()
+            begun, at = time.perf_counter(), time.time()
             sync_up(manager, timed_save, force=force, wait=wait)
             if saved:  # it was due (or forced): a snapshot was written and its upload launched
-                timers.snapshots.append({"total_s": time.perf_counter() - begun, "save_s": saved[0]})
+                timers.snapshots.append({"total_s": time.perf_counter() - begun, "save_s": saved[0], "at": at})
                 timers.forced += forced
 
         def timed_delete(fs, fs_path):
@@ -290,12 +311,29 @@ def summarize_waits(events: list[dict], concurrent: int, interval_s: float) -> d
             "driver_share_of_trial_time": round((sum(waits) + sum(gaps)) / own, 5)}
 
 
+def lag_after_upload(lag, events: list[dict], snapshots: list[dict], since: float = 0.0) -> dict | None:
+    """The coordinator's lag counted from when the trial's checkpoint was stored (its report reached Tune): the
+    lag the product reports, which starts before the upload, less the upload the trial timed. Also: how many of the
+    results later than 1 s reached Tune within 15 s after the start of an experiment snapshot."""
+    returned = {f"{e['trial']}@{e['step']}": e for e in events if e["event"] == "returned"}
+    lags = [(max(0.0, lag_s - returned[key]["upload_s"]), returned[key]["at"] + returned[key]["upload_s"])
+            for key, lag_s in (lag.recent if lag else []) if key in returned]
+    lags = [(lag_s, at) for lag_s, at in lags if at >= since]
+    if not lags:
+        return None
+    late = [at for lag_s, at in lags if lag_s > 1.0]
+    near_snapshot = sum(any(0 <= at - s["at"] <= 15 for s in snapshots) for at in late)
+    values = [lag_s for lag_s, _ in lags]
+    return {"results": len(values), "median": round(statistics.median(values), 3), "p99": round(_p(values, 99), 3),
+            "worst": round(max(values), 3), "over_1s": len(late), "over_1s_near_a_snapshot": near_snapshot}
+
+
 def _p(values: list[float], q: int) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
 
 
-def run_at(concurrent: int, rounds: int, interval_s: float, adapter: Path, work: Path) -> dict:
+def run_at(concurrent: int, rounds: int, interval_s: float, adapter: Path, work: Path, storage: str = "s3") -> dict:
     import ray
     from ray import cloudpickle
 
@@ -307,13 +345,16 @@ def run_at(concurrent: int, rounds: int, interval_s: float, adapter: Path, work:
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import this script
     s3_log = work / f"s3-{concurrent}.log"
-    server, env = start_s3(s3_log)
-    os.environ.update(env)
+    server = None
+    if storage == "s3":
+        server, env = start_s3(s3_log)
+        os.environ.update(env)
     events = work / f"events-{concurrent}.jsonl"
     trials = concurrent * rounds
     try:
         model = embedded_model_dir()
-        base = ["--storage_path", f"s3://{BUCKET}/sweeps", "--experiment_name", f"scale-{concurrent}",
+        where = f"s3://{BUCKET}/sweeps" if storage == "s3" else str(work / "sweeps")
+        base = ["--storage_path", where, "--experiment_name", f"scale-{concurrent}-{storage}",
                 "--num_samples", str(trials), "--max_concurrent_trials", str(concurrent), "--seed", "0"]
         probe = load_config(base)
         data = prepare_data(probe, model)
@@ -335,8 +376,9 @@ def run_at(concurrent: int, rounds: int, interval_s: float, adapter: Path, work:
         head = {k: round(v - head0.get(k, 0.0), 1) for k, v in head_processes_cpu().items()}
         ray.shutdown()
     finally:
-        server.kill()
-        server.wait()
+        if server is not None:
+            server.kill()
+            server.wait()
     rows = [json.loads(line) for line in events.read_text().splitlines()]
     waits = summarize_waits(rows, concurrent, interval_s)
     lag = outcome.publish.result_lag
@@ -370,11 +412,21 @@ def run_at(concurrent: int, rounds: int, interval_s: float, adapter: Path, work:
                       if timers.snapshots else None,
                       "total_s_sum": round(sum(s["total_s"] for s in timers.snapshots), 2),
                       "total_s_max": round(max((s["total_s"] for s in timers.snapshots), default=0.0), 3)},
+        "driver_per_result_s": {"count": len(timers.results), "median": round(statistics.median(timers.results), 4),
+                                "p99": round(_p(timers.results, 99), 4), "sum": round(sum(timers.results), 1)}
+        if timers.results else None,
+        "driver_per_suggestion_s": {"count": len(timers.suggestions),
+                                    "median": round(statistics.median(timers.suggestions), 4),
+                                    "sum": round(sum(timers.suggestions), 1)} if timers.suggestions else None,
         "checkpoint_deletions": {"count": len(timers.deletions), "sum_s": round(sum(timers.deletions), 2),
                                  "median_s": round(statistics.median(timers.deletions), 4) if timers.deletions else None},
-        "s3_requests": dict(sorted(s3_requests(s3_log).items())),
+        "storage": storage,
+        "s3_requests": dict(sorted(s3_requests(s3_log).items())) if server is not None else None,
         "coordinator_lag_s": {"results": lag.count, "median": round(lag.median_s, 3), "worst": round(lag.worst_s, 3)}
         if lag else None,
+        "coordinator_lag_after_upload_s": lag_after_upload(lag, rows, timers.snapshots),
+        # once every slot's worker is up (128 workers starting on 2 cores starve everything else for a while)
+        "coordinator_lag_after_upload_s_steady": lag_after_upload(lag, rows, timers.snapshots, since=steady[0]),
     }
 
 
@@ -384,6 +436,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="trials per slot: num_samples = rounds x concurrent")
     ap.add_argument("--interval", type=float, default=3.0,
                     help="seconds between a trial's reports (standing for a few minutes of training)")
+    ap.add_argument("--storage", choices=["s3", "local"], default="s3",
+                    help="s3: a moto S3 server on 127.0.0.1 (its requests are counted); local: a folder")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
@@ -392,7 +446,7 @@ def main() -> None:
     adapter = real_adapter_checkpoint(work / "adapter")
     rows = []
     for n in args.concurrent:
-        rows.append(run_at(n, args.rounds, args.interval, adapter, work))
+        rows.append(run_at(n, args.rounds, args.interval, adapter, work, args.storage))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print_json({"benchmark": "driver_at_scale", "machine": machine(), "adapter_kb": round(
         sum(f.stat().st_size for f in adapter.rglob("*") if f.is_file()) / 1024, 1), "rows": rows, "output": str(work)})

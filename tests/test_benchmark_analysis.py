@@ -42,3 +42,32 @@ def test_scaling_is_reported_against_linear_in_workers():
     two = {"workers": 2, "wall_s": 60.0, "training_span_s": 40.0}
     assert speedups(one, two) == {"speedup": 1.667, "efficiency": 0.833, "training_speedup": 2.0,
                                   "training_efficiency": 1.0}
+
+
+def test_the_driver_benchmark_counts_waits_gaps_and_the_lag_after_the_upload():
+    from collections import deque
+
+    from benchmarks.driver_at_scale import lag_after_upload, summarize_waits
+    from publishing.coordinator import ResultLag
+
+    # one slot, 10 s between reports: trial a reports twice (its second report never returns: ASHA stopped it),
+    # then b starts on the freed slot 1.5 s after a's last report and reports once
+    events = [{"trial": "a", "event": "start", "at": 0.0},
+              {"trial": "a", "event": "report", "at": 10.0},
+              {"trial": "a", "event": "returned", "at": 10.0, "returned_at": 10.7, "upload_s": 0.5, "step": 10,
+               "retention_s": 0.0},
+              {"trial": "a", "event": "report", "at": 20.7},
+              {"trial": "b", "event": "start", "at": 22.2},
+              {"trial": "b", "event": "report", "at": 32.2},
+              {"trial": "b", "event": "returned", "at": 32.2, "returned_at": 32.5, "upload_s": 0.2, "step": 10,
+               "retention_s": 0.0}]
+    waits = summarize_waits(events, concurrent=1, interval_s=10.0)
+    assert waits["reports"] == 3 and waits["trials"] == 2
+    assert waits["wait_per_report_s"]["max"] == 0.2                  # 0.7 - 0.5 of upload; 0.3 - 0.2
+    assert waits["gap_between_trials_s"] == {"median": 1.5, "max": 1.5}
+    assert math.isclose(waits["driver_share_of_trial_time"], (0.2 + 0.1 + 1.5) / 30, rel_tol=1e-3)
+
+    lag = ResultLag(recent=deque([("a@10", 0.9), ("b@10", 2.4), ("a@20", 5.0)]))  # a@20 never returned: left out
+    after = lag_after_upload(lag, events, snapshots=[{"at": 30.0}])
+    assert after["results"] == 2 and after["worst"] == 2.2 and after["median"] == 1.3
+    assert after["over_1s"] == 1 and after["over_1s_near_a_snapshot"] == 1  # b's checkpoint stored 2.4 s after it
