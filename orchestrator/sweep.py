@@ -409,6 +409,9 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
         ray.kill(coordinator)  # its state is on disk; the name is free for the next sweep in this Ray session
         release_clock(experiment.name)
     write_marker(experiment, FINISHED)
+    deleted = delete_leftover_checkpoints(results)
+    if deleted:
+        print(f"checkpoints: kept each trial's 2 best and its latest; deleted {deleted} more", flush=True)
     outcome = collect_outcome(config, experiment, records, results, report, comparison, settings, data, plan,
                               trials_csv, time.perf_counter() - started, space=space)
     outcome = dataclasses.replace(outcome, study=study)
@@ -419,6 +422,30 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
         log_sweep_summary(config.tracking.wandb_entity, config.tracking.wandb_project, experiment.name, config.publishing.env_file,
                           experiment.local_dir, summary_record(outcome))
     return outcome
+
+
+def delete_leftover_checkpoints(results) -> int:
+    """After a finished sweep, whose best model is merged: each trial keeps its 2 best checkpoints and its latest
+    (trainables.checkpoint_retention.leftovers); the rest go, in parallel (each is a storage call or two). A
+    deletion that fails leaves that checkpoint where it is. How many went."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trainables.checkpoint_retention import leftovers
+
+    doomed = []
+    for result in results:
+        saved = sorted(result.best_checkpoints or [], key=lambda pair: pair[1].get("training_iteration", 0))
+        doomed += leftovers([(checkpoint, metrics.get(METRIC, math.nan)) for checkpoint, metrics in saved])
+
+    def delete(checkpoint) -> bool:
+        try:
+            checkpoint.filesystem.delete_dir(checkpoint.path)
+            return True
+        except OSError:  # already gone (the trial deleted it), or storage refused: left as it is
+            return False
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return sum(pool.map(delete, doomed))
 
 
 def collect_outcome(config: SweepConfig, experiment: Experiment, records: list[TrialRecord], results, report,

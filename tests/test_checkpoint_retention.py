@@ -5,7 +5,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from trainables.checkpoint_retention import GRACE_S, Retention, Saved, stale
+from trainables.checkpoint_retention import GRACE_S, Retention, Saved, leftovers, stale
 
 LOSSES = [3.0, 1.0, 2.5, 0.5, 2.8, 2.9, float("nan"), 2.7]
 
@@ -28,6 +28,13 @@ def test_a_checkpoint_is_stale_once_it_is_not_among_the_two_best_and_its_success
     assert [s.order for s in stale(saved, now=1e9, keep_best=len(LOSSES))] == [6]
     nan_first = [Saved(0, float("nan"), 0.0), Saved(1, 2.0, 0.0), Saved(2, 3.0, 0.0), Saved(3, 4.0, 0.0)]
     assert [s.order for s in stale(nan_first, now=1e9)] == [0]  # 1 and 2 are the best, 3 the latest
+
+
+def test_once_the_sweep_is_over_a_trial_keeps_its_two_best_and_its_latest():
+    names = [f"c{i}" for i in range(len(LOSSES))]
+    assert leftovers(list(zip(names, LOSSES))) == ["c0", "c2", "c4", "c5", "c6"]  # kept: c1, c3 (best), c7 (latest)
+    assert leftovers([("c0", 1.0), ("c1", 2.0), ("c2", 3.0)]) == []
+    assert leftovers([]) == []
 
 
 def _checkpoint(folder: Path):

@@ -88,6 +88,14 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
         assert f"plot:            {tmp_path / 'e2e' / 'plots' / png}" in summary
         assert (tmp_path / "e2e" / "plots" / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
+    # once the sweep is over, each trial keeps its two best checkpoints and its latest (as Tune's retention did)
+    assert "checkpoints: kept each trial's 2 best and its latest; deleted" in out
+    for t in trials:
+        folder = next(p for p in (tmp_path / "e2e").iterdir() if t["reports"][0]["trial_id"] in p.name)
+        by_loss = sorted(t["reports"], key=lambda r: r["eval_loss"])
+        expected = {r["checkpoint_dir_name"] for r in [*by_loss[:2], t["reports"][-1]]}
+        assert {p.name for p in folder.glob("checkpoint_*")} == expected
+
     # every checkpointed report reached the coordinator, and the summary says how late
     lag = re.search(r"coordinator:     (\d+) results reached the coordinator (\S+) s after their report \(median; "
                     r"worst (\S+) s, \w+@\d+\)", summary)

@@ -16,8 +16,12 @@ registered for longer than a snapshot period plus its upload, no snapshot that a
 one. `GRACE_S` is 5 minutes: a long margin over the 10-30 s that a snapshot takes. A checkpoint's report returning
 to the trial means the driver has registered it, because Tune lets the trial go on only after processing the
 result.
+
+When the sweep has finished and its best model is merged, the driver deletes what the grace left (`leftovers`), so
+each trial ends with its 2 best checkpoints and its latest, as under Tune's retention.
 """
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -72,3 +76,11 @@ class Retention:
             self.saved.remove(old)
             deleted.append(old.checkpoint.path)
         return deleted
+
+
+def leftovers(checkpoints: list[tuple[object, float]], keep_best: int = KEEP_BEST) -> list[object]:
+    """Once a sweep has finished: a trial's checkpoints (in the order saved, with their losses) other than its
+    `keep_best` best and its latest, which is what Tune's own retention kept. The grace is over: no resume will
+    read a snapshot of a finished sweep. These are what the grace, or an earlier attempt of the trial, left."""
+    saved = [Saved(i, loss, 0.0, checkpoint) for i, (checkpoint, loss) in enumerate(checkpoints)]
+    return [s.checkpoint for s in stale(saved, now=math.inf, keep_best=keep_best, grace_s=0.0)]
