@@ -31,6 +31,13 @@ def reports(result_json: Path) -> list[dict]:
     return [json.loads(line) for line in result_json.read_text().splitlines() if line.strip()]
 
 
+def staged_results(name: str) -> list[Path]:
+    """The driver's own copies of each trial's result.json (Ray Tune's staging folder on the driver's machine, which it
+    syncs to the experiment folder every 10 s or so): the test watches trials here, with no delay."""
+    found = glob.glob(f"/tmp/ray/session_*/artifacts/*/{name}/driver_artifacts/*/result.json")
+    return sorted({Path(p).resolve() for p in found})  # session_latest links to one of the sessions
+
+
 def wait_for_port(port: int, timeout: float = 90) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -102,10 +109,10 @@ def test_a_killed_worker_nodes_trial_resumes_on_the_survivor(cluster, tmp_path):
         worker_pids = {int(p) for p in subprocess.run(["ps", "-o", "pid=", "-g", str(worker.pid)],
                                                       capture_output=True, text=True).stdout.split()}
         # the driver's own copies of the results: Tune copies them to the experiment folder every 10 s or so
-        for result in glob.glob(f"/tmp/ray/session_*/artifacts/*/{name}/driver_artifacts/*/result.json"):
-            rows = reports(Path(result))
+        for result in staged_results(name):
+            rows = reports(result)
             if rows and rows[-1]["pid"] in worker_pids:
-                victim = experiment / Path(result).parent.name / "result.json"
+                victim = experiment / result.parent.name / "result.json"
     assert victim is not None, "no trial ran on the worker node"
     # The whole worker node: every process of its session (Ray's workers run in process groups of their own,
     # so killing the node's group alone leaves the trial training on until it notices its raylet is gone).

@@ -9,7 +9,6 @@ AWS_SECRET_ACCESS_KEY and AWS_DEFAULT_REGION in the environment of the driver an
 
 import contextlib
 import csv
-import glob
 import io
 import json
 import os
@@ -29,7 +28,7 @@ pytest.importorskip("flask", reason="moto's server mode is not installed (pip in
 import orchestrator.sweep  # noqa: E402
 from orchestrator.run import main  # noqa: E402
 from tests.hub_server import local_hub  # noqa: E402,F401  (the fixture)
-from tests.test_node_failure import RAY, REPO, free_port, reports, wait_for_port  # noqa: E402
+from tests.test_node_failure import RAY, REPO, free_port, reports, staged_results, wait_for_port  # noqa: E402
 from tests.test_publishing import adapter_checkpoint  # noqa: E402,F401  (the fixture)
 
 BUCKET = "sweeps-bucket"
@@ -186,13 +185,6 @@ def start_driver(cluster, tmp_path, name: str, log_path: Path, max_failures: int
         return subprocess.Popen(sweep_argv(cluster, tmp_path, name, "--max_failures", str(max_failures)),
                                 env=cluster.env, cwd=REPO, start_new_session=True, stdout=log,
                                 stderr=subprocess.STDOUT, text=True)
-
-
-def staged_results(name: str) -> list[Path]:
-    """The driver's own copies of each trial's result.json (Ray Tune's staging folder on the driver's machine, which it
-    syncs to S3 every few seconds): the test watches trials here, with no delay."""
-    found = glob.glob(f"/tmp/ray/session_*/artifacts/*/{name}/driver_artifacts/*/result.json")
-    return sorted({Path(p).resolve() for p in found})  # session_latest links to one of the sessions
 
 
 def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
