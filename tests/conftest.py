@@ -1,4 +1,5 @@
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,14 @@ def local_ray():
 def write_jsonl(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(line + "\n" for line in lines))
     return path
+
+
+# Ray prefixes each line it forwards from a worker with "(task pid=N)", colored on a terminal
+RAY_WORKER_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\([^)\n]* pid=\d+[^)\n]*\)")
+
+
+def own_stderr(capsys) -> str:
+    """What this process itself wrote to stderr: the test session's shared Ray may still be forwarding the logs of
+    an earlier test's workers, and those lines land in whichever test is capturing when they arrive."""
+    err = capsys.readouterr().err
+    return "".join(line for line in err.splitlines(keepends=True) if not RAY_WORKER_LINE.match(line))

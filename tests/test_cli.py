@@ -7,7 +7,7 @@ import pytest
 
 import orchestrator.sweep
 from orchestrator.run import main
-from tests.conftest import write_jsonl
+from tests.conftest import own_stderr, write_jsonl
 
 GOOD_SPACE = "sampler: tpe\nspace:\n  learning_rate: {loguniform: [1.0e-5, 1.0e-3]}\n  r: [8]\n  alpha: [16]\n"
 
@@ -113,7 +113,7 @@ def test_bad_input_fails_at_the_edge(case, tmp_path, capsys, monkeypatch, model_
     monkeypatch.setattr(orchestrator.sweep, "start_ray", ray_must_not_start)
     argv, fragment = bad_inputs(tmp_path, model_dir)[case]
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    err = own_stderr(capsys)
     assert err.count("\n") == 1 and err.startswith("error: ")
     assert fragment in err
 

@@ -22,8 +22,11 @@ def test_ctrl_c_interrupts_publishes_nothing_and_tells_how_to_resume(tmp_path):
     argv = ["--num_samples", "4", "--num_epochs", "3", "--storage_path", str(tmp_path), "--no-dashboard",
             "--experiment_name", "stopped"]
     experiment = tmp_path / "stopped"
+    # Tune copies results to the experiment folder at its snapshots, every 10 s or more by default: a snapshot every
+    # second lets the test see the first report while the trials are still far from done
+    snapshot_every_second = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     driver = subprocess.Popen([sys.executable, "-m", "orchestrator.run", *argv], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True, env=snapshot_every_second)
     try:
         deadline = time.time() + 240
         while not first_result_written(experiment) and time.time() < deadline and driver.poll() is None:

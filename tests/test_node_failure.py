@@ -38,6 +38,14 @@ def staged_results(name: str) -> list[Path]:
     return sorted({Path(p).resolve() for p in found})  # session_latest links to one of the sessions
 
 
+def checkpoint_registered(rows: list[dict]) -> bool:
+    """Whether the driver surely holds a checkpoint of this trial. Tune logs a report (result.json) first and only
+    then asks the trial's actor for the checkpoint that came with it: a node killed in between leaves no checkpoint
+    to resume from. Tune takes no further report until that reply arrives, so a second report proves the first
+    checkpoint registered."""
+    return len(rows) >= 2
+
+
 def wait_for_port(port: int, timeout: float = 90) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -105,13 +113,13 @@ def test_a_killed_worker_nodes_trial_resumes_on_the_survivor(cluster, tmp_path):
     deadline = time.time() + 240
     victim = None
     while victim is None and time.time() < deadline:
-        time.sleep(0.2)  # a trial trains for seconds only: kill at its first report, long before it ends
+        time.sleep(0.2)  # a trial trains for seconds only: kill at its second report, long before it ends
         worker_pids = {int(p) for p in subprocess.run(["ps", "-o", "pid=", "-g", str(worker.pid)],
                                                       capture_output=True, text=True).stdout.split()}
         # the driver's own copies of the results: Tune copies them to the experiment folder every 10 s or so
         for result in staged_results(name):
             rows = reports(result)
-            if rows and rows[-1]["pid"] in worker_pids:
+            if checkpoint_registered(rows) and rows[-1]["pid"] in worker_pids:
                 victim = experiment / result.parent.name / "result.json"
     assert victim is not None, "no trial ran on the worker node"
     # The whole worker node: every process of its session (Ray's workers run in process groups of their own,
@@ -154,11 +162,15 @@ def test_a_killed_driver_resumes_on_the_cluster(cluster, tmp_path, sweep_data):
             "--scheduler", "fifo", "--num_epochs", "3", "--storage_path", str(tmp_path / "results"),
             "--experiment_name", "driverless"]
     experiment = tmp_path / "results" / "driverless"
-    driver = subprocess.Popen(argv, env=env, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    # Tune snapshots the experiment (trial states and results, together) every 10 s or more by default; the trials
+    # here finish within seconds of each other, so the kill could only land between two snapshots by luck.
+    # A snapshot every second lets the test see a finished trial in the experiment folder while others still run.
+    snapshot_every_second = {**env, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    driver = subprocess.Popen(argv, env=snapshot_every_second, cwd=REPO, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not finished(experiment, final_step) and time.time() < deadline and driver.poll() is None:
-        time.sleep(0.5)
+        time.sleep(0.2)
     before = finished(experiment, final_step)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()

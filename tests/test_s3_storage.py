@@ -27,8 +27,10 @@ pytest.importorskip("flask", reason="moto's server mode is not installed (pip in
 
 import orchestrator.sweep  # noqa: E402
 from orchestrator.run import main  # noqa: E402
+from tests.conftest import own_stderr  # noqa: E402
 from tests.hub_server import local_hub  # noqa: E402,F401  (the fixture)
-from tests.test_node_failure import RAY, REPO, free_port, reports, staged_results, wait_for_port  # noqa: E402
+from tests.test_node_failure import (  # noqa: E402
+    RAY, REPO, checkpoint_registered, free_port, reports, staged_results, wait_for_port)
 from tests.test_publishing import adapter_checkpoint  # noqa: E402,F401  (the fixture)
 
 BUCKET = "sweeps-bucket"
@@ -218,7 +220,7 @@ def test_storage_that_cannot_be_written_fails_in_one_line_before_ray(s3, tmp_pat
     def fails(argv, *fragments):
         started = time.time()
         assert main(argv) == 2
-        err = capsys.readouterr().err
+        err = own_stderr(capsys)
         assert err.count("\n") == 1 and err.startswith("error: "), err
         assert all(f in err for f in fragments), err
         assert s3.secret not in err
@@ -310,11 +312,12 @@ def test_publish_state_in_s3_is_shared_by_drivers_on_other_machines(s3, local_hu
 # -- a sweep in S3 on the two-node cluster ----------------------------------------------------------------------
 
 def on_node(name: str, pids) -> callable:
-    """A condition: the id of a trial whose latest report came from one of `pids()` (a node's processes)."""
+    """A condition: the id of a trial whose latest report came from one of `pids()` (a node's processes) and whose
+    checkpoint the driver holds."""
     def found():
         for result in staged_results(name):
             rows = reports(result)
-            if rows and rows[-1]["pid"] in pids():
+            if checkpoint_registered(rows) and rows[-1]["pid"] in pids():
                 return result.parent.name
         return None
     return found

@@ -14,7 +14,7 @@ from orchestrator.optuna_searcher import ended_state
 from orchestrator.run import main
 from orchestrator.search_space import load_search_space, parse_search_space
 from orchestrator.study import choose_study, redacted
-from tests.conftest import write_jsonl
+from tests.conftest import own_stderr, write_jsonl
 from tests.test_sweep import trial_results
 from trainables.data import SweepData
 
@@ -101,7 +101,7 @@ def test_a_damaged_journal_fails_in_one_line_before_ray_starts(content, tmp_path
     monkeypatch.setattr(orchestrator.sweep, "start_ray", ray_must_not_start)
     (tmp_path / "bad.journal").write_text(content)
     assert main(["--storage_path", str(tmp_path), "--study", "bad.journal"]) == 2
-    err = capsys.readouterr().err
+    err = own_stderr(capsys)
     assert err.startswith(f"error: --study {tmp_path / 'bad.journal'} is not an Optuna journal file") and \
         err.count("\n") == 1
 

@@ -1,6 +1,7 @@
 """W&B in offline mode: every trial a run grouped by sweep, plus a summary run; the key never leaks."""
 
 from orchestrator.run import main
+from tests.conftest import own_stderr
 
 KEY = "wandb_secret_key_for_tests_0123456789"
 
@@ -42,5 +43,5 @@ def test_wandb_flags_come_in_pairs_and_need_a_key(monkeypatch, tmp_path, capsys)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     assert main(["--wandb_project", "p", "--wandb_entity", "e"]) == 2
-    err = capsys.readouterr().err
+    err = own_stderr(capsys)
     assert "W&B logging needs WANDB_API_KEY" in err and err.count("\n") == 1

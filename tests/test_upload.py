@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.run import main as sweep_main
+from tests.conftest import own_stderr
 from tests.in_memory_chain import InMemoryChain
 from publishing.subnet.model_hash import hash_directory
 from publishing.subnet.model_id import ModelId
@@ -74,7 +75,7 @@ def test_a_worse_model_is_refused(env, best_model, local_hub):
 
 
 def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
+    err = own_stderr(capsys)
     assert err.count("\n") == 1 and err.startswith("error: "), err
     return err
 
