@@ -20,7 +20,8 @@ from pathlib import Path
 import yaml
 
 from publishing.setup import PublishOptions
-from trainables.documented import add_flag, flag_name, scalar_type, setting
+from publishing.subnet.competitions import CompetitionError, follow_competition, get_competition
+from trainables.documented import add_flag, check_choices, flag_name, scalar_type, setting
 from trainables.lora_trial import TrainingSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,32 +38,32 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class SearchConfig:
     """What to search, and how trials are stopped early."""
-    search: str = setting("default", "search space: a name under configs/search/ (default, seed_grid) or a YAML path")
-    num_samples: int | None = setting(None, "trials to run; default: the search file's num_samples, or the grid's size")
-    max_concurrent_trials: int | None = setting(None, "trials running at once; default: one per free GPU or CPU slot")
-    scheduler: str = setting("asha", "asha stops trials whose eval loss lags; fifo runs every trial to the end")
+    search: str = setting("default", "search space: a name under configs/search/ (default: Optuna TPE; seed_grid: "
+                                     "the original miner's grid) or a YAML path")
+    num_samples: int | None = setting(None, "trials to run", unset="the search file's num_samples, or the grid's size")
+    max_concurrent_trials: int | None = setting(None, "trials running at once", unset="one per free GPU or CPU slot")
+    scheduler: str = setting("asha", "asha stops trials whose eval loss lags; fifo runs every trial to the end",
+                             choices=("asha", "fifo"))
     grace_period: int = setting(2, "evaluations every trial gets before ASHA may stop it")
     reduction_factor: int = setting(2, "ASHA keeps the best 1/reduction_factor of trials at each rung")
     seed: int = setting(0, "seed of the sampler, the eval split and the data order")
     pruned_trials: str = setting("complete", "how trials the scheduler stopped reach Optuna: complete (as stock Ray "
                                              "Tune: their last, partial-budget loss as their value) or pruned (their "
                                              "losses at their steps; TPE ranks them below finished ones); "
-                                             "BENCHMARKS.md section 2 measured pruned slightly worse")
+                                             "BENCHMARKS.md section 2 measured pruned slightly worse",
+                                  choices=("complete", "pruned"))
     study: str | None = setting(None, "keep the Optuna study in a journal file (a relative path is under "
                                       "--storage_path) or an Optuna storage URL, and continue it in later sweeps "
-                                      "on the same model, data, search space and competition")
+                                      "on the same model, data, search space and competition",
+                                unset="in memory, for this sweep only")
 
     def check(self) -> None:
         if self.num_samples is not None and self.num_samples < 1:
             raise ValueError(f"--num_samples must be at least 1, got {self.num_samples}")
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise ValueError(f"--max_concurrent_trials must be at least 1, got {self.max_concurrent_trials}")
-        if self.scheduler not in ("asha", "fifo"):
-            raise ValueError(f"--scheduler must be asha or fifo, got {self.scheduler!r}")
         if self.grace_period < 1:
             raise ValueError(f"--grace_period must be at least 1, got {self.grace_period}")
-        if self.pruned_trials not in ("pruned", "complete"):
-            raise ValueError(f"--pruned_trials must be pruned or complete, got {self.pruned_trials!r}")
         if self.reduction_factor < 2:
             raise ValueError(f"--reduction_factor must be at least 2, got {self.reduction_factor}")
 
@@ -70,14 +71,15 @@ class SearchConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """The starting model (at most one source; none: the embedded tiny model) and the data (the same)."""
-    load_model_dir: str | None = setting(None, "local Hugging Face model folder to start from; default: the "
-                                               "embedded tiny model")
+    load_model_dir: str | None = setting(None, "local Hugging Face model folder to start from",
+                                         unset="the embedded tiny model, unless --load_repo, --load_uid or "
+                                               "--load_best choose")
     load_repo: str | None = setting(None, "Hugging Face repo to start from (with --download_repo_latest_commit)")
     download_repo_latest_commit: str | None = setting(None, "the 40-character commit of --load_repo to download")
-    load_uid: int | None = setting(None, "start from the model uid N has committed on the chain")
+    load_uid: int | None = setting(None, "start from the model uid N has committed on the chain (of the competition)")
     load_best: bool = setting(False, "start from the model of the uid with the highest incentive")
-    dataset_path: str | None = setting(None, "local JSONL or Parquet of question/response pairs; default: the "
-                                             "bundled dataset")
+    dataset_path: str | None = setting(None, "local JSONL or Parquet of question/response pairs",
+                                       unset="the bundled pairs (m1, g1); a competition's own tasks (4)")
     dataset_repo_id: str | None = setting(None, "Hugging Face dataset repo of question/response pairs")
     question_column: str = setting("question", "column holding the prompts")
     response_column: str = setting("response", "column holding the responses")
@@ -86,15 +88,15 @@ class DataConfig:
     cortex_samples_per_epoch: int = setting(4096, "Cortex pairs used")
     tokenizer: str = setting("auto", "model: the starting model's own; competition: the competition's, which "
                                      "validators score with (downloaded once); auto: the competition's, but the "
-                                     "embedded model's own")
+                                     "embedded model's own", choices=("auto", "model", "competition"))
     eval_fraction: float = setting(0.15, "share of the pairs held out as the eval set every trial is scored on")
     max_length: int | None = setting(None, "tokens per training pair (longer ones are truncated, or dropped for "
-                                           "reference_loss); default: the competition's sequence length (2048 for "
-                                           "m1 and g1, 16384 for 4)")
+                                           "reference_loss)",
+                                     unset="the competition's sequence length: 2048 for m1 and g1, 16384 for 4")
     task_data: str | None = setting(None, "local rows for a competition's tasks, NAME=PATH[,NAME=PATH] (.jsonl or "
-                                          ".parquet in the data set's own schema); default: each task's Hub data set")
-    eval_samples_per_task: int = setting(120, "held-out samples drawn per task of a reference_loss competition "
-                                              "(validators draw 120)")
+                                          ".parquet in the data set's own schema)", unset="each task's Hub data set")
+    eval_samples_per_task: int | None = setting(None, "held-out samples drawn per task of a reference_loss "
+                                                      "competition", unset="the competition's (validators draw 120)")
     train_samples_per_task: int = setting(20000, "at most this many training samples read per task")
 
     @property
@@ -120,13 +122,12 @@ class DataConfig:
             raise ValueError(f"{' and '.join(sources)} both choose the training data; pass only one")
         if self.cortex_steps < 1 or self.cortex_samples_per_epoch < 1:
             raise ValueError("--cortex_steps and --cortex_samples_per_epoch must be at least 1")
-        if self.tokenizer not in ("auto", "model", "competition"):
-            raise ValueError(f"--tokenizer must be auto, model or competition, got {self.tokenizer!r}")
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"--eval_fraction must be between 0 and 1, got {self.eval_fraction}")
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"--max_length must be at least 1, got {self.max_length}")
-        if self.eval_samples_per_task < 1 or self.train_samples_per_task < 1:
+        if (self.eval_samples_per_task is not None and self.eval_samples_per_task < 1) or \
+                self.train_samples_per_task < 1:
             raise ValueError("--eval_samples_per_task and --train_samples_per_task must be at least 1")
         self.task_sources()  # a malformed --task_data fails here
 
@@ -146,18 +147,20 @@ class DataConfig:
 @dataclass(frozen=True)
 class RunConfig:
     """Where the sweep runs and where it writes."""
-    device: str = setting("auto", "auto (every GPU Ray sees, else CPU), cpu, cuda, or cuda:N")
+    device: str = setting("auto", "where trials train: auto (one trial per GPU Ray sees, else the CPU), cpu, cuda, "
+                                  "or cuda:N (that GPU only)")
     cpus_per_trial: int = setting(1, "CPU cores per trial; torch uses this many threads on CPU")
-    address: str | None = setting(None, "Ray cluster address (auto on a cluster's head); default: start Ray here")
-    storage_path: str = setting("~/ray_results", "where experiments, checkpoints and the best model are written")
-    experiment_name: str | None = setting(None, "folder name of this experiment; default: lora-sweep-<timestamp>")
-    resume: bool = setting(False, "continue the experiment --experiment_name (default: the newest unfinished sweep "
-                                  "of this miner in --storage_path) after Ctrl-C or a dead driver")
+    address: str | None = setting(None, "Ray cluster address (auto on a cluster's head)", unset="start Ray here")
+    storage_path: str = setting("~/ray_results", "where experiments, checkpoints and the best model are written: a "
+                                                 "folder every node sees, or s3://bucket/prefix")
+    experiment_name: str | None = setting(None, "folder name of this experiment", unset="lora-sweep-<timestamp>")
+    resume: bool = setting(False, "continue the experiment --experiment_name (without it: the newest unfinished "
+                                  "sweep of this miner in --storage_path) after Ctrl-C or a dead driver")
     max_failures: int = setting(2, "times a failing trial is restarted from its last checkpoint")
     time_budget: str | None = setting(None, "the whole sweep's time, e.g. 45s, 90m, 6h, 1h30m or 5400 (seconds): no "
                                             "trial starts that would not finish in it, running ones stop at their "
                                             "next report once it is spent, and the best is still merged and "
-                                            "published; counted from the start (or --resume); default: no limit")
+                                            "published; counted from the start (or --resume)", unset="no limit")
     dashboard: bool = setting(True, "start the Ray dashboard when Ray is started here")
 
     @property
@@ -189,7 +192,8 @@ class RunConfig:
 @dataclass(frozen=True)
 class ComparisonConfig:
     """The best model against another miner's, the validators' way."""
-    comparison_uid: int | None = setting(None, "compare the best model with this uid's committed model at the end")
+    comparison_uid: int | None = setting(None, "compare the best model with this uid's committed model at the end",
+                                         unset="no comparison")
     require_win: bool = setting(False, "publish only a model whose win rate against --comparison_uid is above 0.5")
 
     def check(self) -> None:
@@ -199,6 +203,7 @@ class ComparisonConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
+    """W&B: every trial a run, grouped by sweep, and a summary run."""
     wandb_entity: str | None = setting(None, "W&B entity; with --wandb_project, every trial is logged as a run")
     wandb_project: str | None = setting(None, "W&B project; with --wandb_entity")
 
@@ -209,6 +214,7 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class CommandConfig:
+    """Commands instead of a sweep."""
     list_competitions: bool = setting(False, "print the competitions and exit")
 
     def check(self) -> None:
@@ -254,16 +260,31 @@ class _OneLineParser(argparse.ArgumentParser):
         raise ConfigError(f"{message}; run with --help to see every flag")
 
 
+GROUP_TITLES = {"search": "search", "data": "starting model and data", "training": "training",
+                "run": "run: where and how the sweep runs", "publishing": "publishing", "comparison": "comparison",
+                "tracking": "tracking", "command": "commands"}
+COMMANDS = {"list_competitions"}  # actions rather than settings: no --no- form
+
+
 def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
-    """The flags; `defaults` (field -> value) are the values that apply when a flag is left out, for --help."""
-    defaults = {name: f.default for name, f in FIELDS.items()} | (defaults or {})
+    """The flags, in the config's groups; `defaults` (field -> value, a config file's) are what --help shows as the
+    default where the file sets one."""
+    defaults = defaults or {}
     # allow_abbrev=False: `--num_sample 2` is an unknown flag, not a silent `--num_samples 2`
     parser = _OneLineParser(prog="python -m orchestrator.run", argument_default=argparse.SUPPRESS,
-                            description="A LoRA hyperparameter sweep on Ray Tune + Optuna. Defaults shown are "
-                                        "those of configs/default.yaml where it sets them.", allow_abbrev=False)
-    parser.add_argument("--config", help=f"YAML of settings (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
-    for name, f in FIELDS.items():
-        add_flag(parser, GROUPS[FIELD_GROUP[name]], f, help=f.metadata["help"] + f" (default: {defaults[name]})")
+                            usage="python -m orchestrator.run [--config FILE] [--FLAG VALUE ...]",
+                            description="A LoRA hyperparameter sweep on Ray Tune + Optuna for the Bittensor "
+                                        "finetuning subnet. With no flags: an offline sweep on a tiny bundled model. "
+                                        "Every flag is also a key of the --config YAML; flags win. A default "
+                                        f"shown is {DEFAULT_CONFIG.relative_to(REPO_ROOT)}'s where it sets one.",
+                            allow_abbrev=False)
+    parser.add_argument("--config", metavar="FILE",
+                        help=f"YAML of settings (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
+    for group, cls in GROUPS.items():
+        doc = (cls.__doc__ or "").strip().split("\n")[0]
+        section = parser.add_argument_group(GROUP_TITLES[group], doc if not doc.startswith(cls.__name__) else None)
+        for f in dataclasses.fields(cls):
+            add_flag(section, cls, f, shown=defaults.get(f.name, dataclasses.MISSING), command=f.name in COMMANDS)
     return parser
 
 
@@ -297,6 +318,7 @@ def validate(config: SweepConfig) -> SweepConfig:
             raise ConfigError(f"--{flag_name(f)} must be a finite number, got {value}")
     try:
         for group in config.groups():
+            check_choices(group)
             group.check()
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -311,7 +333,20 @@ def load_config(argv: list[str] | None = None) -> SweepConfig:
     yaml_settings = _settings_for_help(config_path) if help_asked else read_yaml_settings(config_path)
     flags = vars(build_parser(yaml_settings).parse_args(argv))
     flags.pop("config", None)
-    return validate(SweepConfig.from_flat({**yaml_settings, **flags}))
+    config = validate(SweepConfig.from_flat({**yaml_settings, **flags}))
+    return config if config.command.list_competitions else validate(with_competition_settings(config))
+
+
+def with_competition_settings(config: SweepConfig) -> SweepConfig:
+    """Every setting the competition defines (sequence length, netuid, hash form, epsilon, evaluation samples) and
+    the user's flags and YAML left unset, from the competition."""
+    try:
+        competition = get_competition(config.publishing.competition_id, config.publishing.competitions_file)
+    except CompetitionError as e:
+        flag = "--competitions_file" if "cannot read" in str(e) else "--competition_id"
+        raise ConfigError(f"{flag}: {e}") from None
+    flat = {name: getattr(getattr(config, FIELD_GROUP[name]), name) for name in FIELDS}
+    return SweepConfig.from_flat(follow_competition(flat, competition))
 
 
 def _config_flag(argv: list[str]) -> str | None:

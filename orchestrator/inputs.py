@@ -202,13 +202,15 @@ def prepare_data(config: SweepConfig, model_dir: Path, hub_endpoint: str | None 
     except CompetitionError as e:
         raise ConfigError(f"--competition_id: {e}") from None
     max_length = config.data.max_length or competition.sequence_length
+    below = (f"; competition {competition.id} scores up to {competition.sequence_length} tokens: leave --max_length "
+             f"out to keep them" if max_length < competition.sequence_length else "")
     try:
         tokenizer = choose_tokenizer(config, model_dir, hub_endpoint)
         if competition.scored_by_reference:
-            return prepare_task_data(config, competition, tokenizer, max_length, hub_endpoint)
+            return prepare_task_data(config, competition, tokenizer, max_length, hub_endpoint, below)
         pairs = read_training_pairs(config, hub_endpoint)
         train, held_out = split_pairs(pairs, config.data.eval_fraction, config.search.seed)
-        return SweepData(train=tokenize_split(tokenizer, train, max_length),
+        return SweepData(train=tokenize_split(tokenizer, train, max_length, below),
                          eval=tokenize_split(tokenizer, held_out, max_length))
     except DataError as e:
         raise ConfigError(str(e)) from None
@@ -231,7 +233,7 @@ def task_files(task: Task, sources: dict[str, str], config: SweepConfig, hub_end
 
 
 def prepare_task_data(config: SweepConfig, competition: Competition, tokenizer, max_length: int,
-                      hub_endpoint: str | None = None) -> SweepData:
+                      hub_endpoint: str | None = None, below: str = "") -> SweepData:
     """Each task's held-out samples drawn the validators' way; training on the tasks' other samples mixed by task
     weight, or on one task's data set (--dataset_repo_id naming it), or on the pairs --dataset_path,
     --dataset_repo_id or --use_cortex choose (each pair's response scored as a reference)."""
@@ -243,7 +245,8 @@ def prepare_task_data(config: SweepConfig, competition: Competition, tokenizer, 
     samples = []
     for task in competition.tasks:
         held_out, pool = draw_task_samples(task_files(task, sources, config, hub_endpoint), parser_for(task.dataset),
-                                           competition.sequence_length, config.data.eval_samples_per_task,
+                                           competition.sequence_length,
+                                           config.data.eval_samples_per_task or competition.eval_samples,
                                            config.data.train_samples_per_task, config.search.seed, task.name)
         samples.append(TaskSamples(task.name, task.weight, held_out, pool))
         print(f"task {task.name}: {len(held_out)} held-out samples, {len(pool)} for training")
@@ -255,7 +258,7 @@ def prepare_task_data(config: SweepConfig, competition: Competition, tokenizer, 
         train = [(p["question"], p["response"]) for p in read_training_pairs(config, hub_endpoint)]
     else:
         train = mixture(samples, config.search.seed)
-    return SweepData(train=tokenize_references(tokenizer, train, max_length), eval=eval_split, tasks=tasks)
+    return SweepData(train=tokenize_references(tokenizer, train, max_length, below), eval=eval_split, tasks=tasks)
 
 
 def trial_settings(config: SweepConfig, model_dir: Path) -> TrialSettings:

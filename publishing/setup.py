@@ -14,7 +14,6 @@ from typing import Callable
 from publishing.publisher import Publisher, PublishTarget
 from publishing.subnet.chain import Chain, ChainError
 from publishing.subnet.competitions import Competition, CompetitionError, get_competition
-from publishing.subnet.constants import VALIDATOR_EPSILON
 from publishing.subnet.hub import HubClient
 from publishing.subnet.model_checks import ModelCheckError, check_model
 from publishing.subnet.model_id import ModelIdError, parse_repo_id
@@ -37,19 +36,23 @@ class PublishOptions:
     """The publishing group of the config: the sweep's flags and the manual upload's (publishing.upload)."""
     offline: bool = setting(False, "never upload or commit; the best model is still packaged and described in "
                                    "publish.json")
-    hf_repo_id: str | None = setting(None, "Hugging Face repo to publish to (namespace/name, at most 38 characters); "
-                                           "without it the sweep runs offline")
-    competition_id: str = setting("m1", "competition to publish for (see configs/competitions.yaml)")
-    competitions_file: str | None = setting(None, "YAML of competitions to read instead of the shipped "
-                                                  "configs/competitions.yaml (same form; add your own)")
-    avg_loss_upload_threshold: float | None = setting(None, "publish only a model whose eval loss is at most this")
-    publish_min_improvement: float = setting(VALIDATOR_EPSILON, "publish only a model this much better than the "
-                                                                "hotkey's committed one (the validators' epsilon)")
-    use_hotkey_in_hash: bool = setting(False, "commit the hotkey-salted hash of later subnet versions (always, for a "
-                                              "competition whose hash is salted, such as 4)")
+    hf_repo_id: str | None = setting(None, "Hugging Face repo to publish to (namespace/name, at most 38 characters)",
+                                     unset="none: the sweep runs offline")
+    competition_id: str = setting("m1", "the competition whose rules the sweep follows, from scoring to publishing "
+                                        "(m1, g1, 4: --list_competitions prints them)")
+    competitions_file: str | None = setting(None, "YAML of competitions to read instead of the shipped one (same "
+                                                  "form; add your own)", unset="configs/competitions.yaml")
+    avg_loss_upload_threshold: float | None = setting(None, "publish only a model whose eval loss is at most this",
+                                                      unset="no threshold")
+    publish_min_improvement: float | None = setting(None, "publish only a model this much better than the hotkey's "
+                                                          "committed one", unset="the competition's smallest epsilon, "
+                                                                                 "0.01")
+    use_hotkey_in_hash: bool | None = setting(None, "commit the hotkey-salted hash of later subnet versions (always, "
+                                                    "for a competition whose hash is salted, such as 4)",
+                                              unset="the competition's hash form: off for m1 and g1, on for 4")
     wait_for_publish: bool = setting(False, "at the end, wait for the 20-minute window to publish the best model")
     subtensor_network: str = setting("finney", "finney, test, local, or a ws:// address", flag="subtensor.network")
-    netuid: int | None = setting(None, "the subnet's uid; default: the competition's (6 for m1 and g1, 37 for 4)")
+    netuid: int | None = setting(None, "the subnet's uid", unset="the competition's: 6 for m1 and g1, 37 for 4")
     wallet_name: str | None = setting(None, "coldkey (wallet) name of the miner", flag="wallet.name")
     wallet_hotkey: str | None = setting(None, "hotkey name of the miner, registered on the subnet",
                                         flag="wallet.hotkey")
@@ -62,7 +65,7 @@ class PublishOptions:
 
     def check(self) -> None:
         """Raise ValueError naming the flag to fix (what needs no files, network or wallet)."""
-        if not 0 <= self.publish_min_improvement < 1:
+        if self.publish_min_improvement is not None and not 0 <= self.publish_min_improvement < 1:
             raise ValueError(f"--publish_min_improvement must be in [0, 1), got {self.publish_min_improvement}")
 
 
@@ -115,7 +118,9 @@ def prepare_publishing(config: PublishOptions, model_dir: Path, chain_factory: C
     competitions_file = str(Path(config.competitions_file).expanduser().resolve()) if config.competitions_file else None
     target = PublishTarget(repo_id=None, competition_id=competition.id, competitions_file=competitions_file,
                            use_hotkey_in_hash=config.use_hotkey_in_hash or competition.hash == "salted",
-                           threshold=threshold, min_improvement=config.publish_min_improvement)
+                           threshold=threshold, min_improvement=(config.publish_min_improvement
+                                                                 if config.publish_min_improvement is not None
+                                                                 else competition.epsilon.floor))
     if config.offline or config.hf_repo_id is None:
         if target.use_hotkey_in_hash and config.wallet_name and config.wallet_hotkey:
             # offline, the hash publish.json shows is still the one that would be committed: salted by the hotkey

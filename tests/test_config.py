@@ -1,6 +1,9 @@
 import pytest
 
-from orchestrator.config import DEFAULT_CONFIG, ConfigError, SweepConfig, load_config, read_yaml_settings
+import yaml
+
+from orchestrator.config import DEFAULT_CONFIG, FIELDS, ConfigError, SweepConfig, load_config, read_yaml_settings
+from publishing.subnet.competitions import load_competitions, owned_settings
 
 
 def test_default_yaml_is_the_embedded_sweep():
@@ -38,7 +41,8 @@ def test_boolean_flags():
     (["--num_samples", "0"], "--num_samples must be at least 1"),
     (["--num_samples", "many"], "invalid int value"),
     (["--cpus_per_trial", "100000"], "more than this machine's"),
-    (["--scheduler", "hyperband"], "--scheduler must be asha or fifo"),
+    (["--scheduler", "hyperband"], "--scheduler must be one of asha, fifo"),
+    (["--competition_id", "zz"], "--competition_id: unknown competition 'zz'"),
     (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
     (["--eval_fraction", "1.5"], "--eval_fraction must be between 0 and 1"),
     (["--max_concurrent_trials", "0"], "--max_concurrent_trials must be at least 1"),
@@ -111,3 +115,66 @@ def test_help_shows_the_defaults_that_apply(capsys, tmp_path):
     with pytest.raises(SystemExit):
         load_config(["--config", str(path), "--help"])
     assert "passes over the training pairs per trial (default: 9)" in " ".join(capsys.readouterr().out.split())
+
+
+def _value(config: SweepConfig, name: str):
+    from orchestrator.config import FIELD_GROUP
+
+    return getattr(getattr(config, FIELD_GROUP[name]), name)
+
+
+@pytest.mark.parametrize("competition", sorted(load_competitions()))
+def test_every_competition_setting_comes_from_the_competition(competition):
+    """Nothing the shipped default.yaml sets may pin what a competition defines (it once pinned max_length 2048,
+    so competition 4 trained on its short samples only)."""
+    rules = load_competitions()[competition]
+    config = load_config(["--competition_id", competition])
+    owned = owned_settings(rules)
+    assert set(owned) <= set(FIELDS) and not set(owned) & set(read_yaml_settings(DEFAULT_CONFIG))
+    for name, value in owned.items():
+        assert _value(config, name) == value, name
+    assert config.data.max_length == rules.sequence_length and config.publishing.netuid == rules.netuid
+
+
+def test_competition_4_trains_on_its_whole_sequence_length():
+    config = load_config(["--competition_id", "4"])
+    assert config.data.max_length == 16384 and config.publishing.netuid == 37
+    assert config.publishing.use_hotkey_in_hash is True
+
+
+def test_a_users_flag_or_yaml_still_wins_over_the_competition(tmp_path):
+    flags = load_config(["--competition_id", "4", "--max_length", "4096", "--netuid", "1",
+                         "--publish_min_improvement", "0.03", "--eval_samples_per_task", "7"])
+    assert (flags.data.max_length, flags.publishing.netuid, flags.publishing.publish_min_improvement,
+            flags.data.eval_samples_per_task) == (4096, 1, 0.03, 7)
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"max_length": 8192, "num_epochs": 1}))
+    assert load_config(["--config", str(path), "--competition_id", "4"]).data.max_length == 8192
+
+
+def test_a_short_max_length_says_how_many_samples_it_cuts(model_dir, capsys):
+    from orchestrator.inputs import prepare_data
+
+    prepare_data(load_config(["--max_length", "16"]), model_dir)  # the bundled pairs: up to 25 tokens
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "--max_length (16)" in line)
+    assert line.startswith("note: cut ") and "competition m1 scores up to 2048 tokens" in line
+    prepare_data(load_config([]), model_dir)
+    assert "--max_length" not in capsys.readouterr().out  # the competition's own length: nothing to say
+
+
+def test_help_is_grouped_lists_choices_and_shows_one_true_default(capsys):
+    with pytest.raises(SystemExit):
+        load_config(["--help"])
+    text = capsys.readouterr().out
+    for title in ("search:", "starting model and data:", "training:", "publishing:", "comparison:", "tracking:",
+                  "commands:"):
+        assert f"\n{title}" in text, title
+    assert "--scheduler {asha,fifo}" in text and "--packing {on,off}" in text
+    assert "--no-list_competitions" not in text and "--no-dashboard" in text
+    flat = " ".join(text.split())
+    assert "(default: None)" not in flat
+    assert "(default: the competition's sequence length: 2048 for m1 and g1, 16384 for 4)" in flat
+    for flag in ("--num_samples", "--max_length", "--netuid", "--experiment_name"):
+        help_text = flat.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+        assert help_text.count("default") == 1, (flag, help_text)

@@ -121,17 +121,21 @@ class TokenizedSplit:
         return len(self.tokens)
 
 
-def tokenize_split(tokenizer, pairs: list[dict], max_length: int) -> TokenizedSplit:
+def tokenize_split(tokenizer, pairs: list[dict], max_length: int, note: str = "") -> TokenizedSplit:
     """Tokenize pairs; a pair whose response is truncated away entirely carries no loss and is dropped.
 
     Such a pair has no labelled token: evaluation would count it as a loss of 0 (not the
-    validators' number) and training would spend a forward pass on nothing.
+    validators' number) and training would spend a forward pass on nothing. With a `note` (why max_length is
+    short), one line also says how many pairs were cut at max_length.
     """
-    kept = []
+    kept, cut = [], 0
     for row in tqdm(pairs, desc="tokenizing", unit="pair", disable=None, leave=False):  # a bar on terminals only
         ids, prompt_len = tokenize_pair(tokenizer, row["question"], row["response"], max_length)
+        cut += len(ids) >= max_length
         if len(ids) > prompt_len:
             kept.append((ids, prompt_len))
+    if note and cut:
+        print(f"note: cut {cut} of {len(pairs)} pairs at --max_length ({max_length}){note}")
     if not kept:
         raise DataError(f"no pair keeps a response token within max_length={max_length} (the questions fill it); "
                         f"raise --max_length")

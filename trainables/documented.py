@@ -1,6 +1,7 @@
-"""A documented setting: a dataclass field that carries its help text (and, where it differs from the field's
-name, the flag users type). Every config group uses it, and `add_flag` turns such a field into a command-line
-flag, so the sweep's parser and the manual upload's are built the same way from the same fields."""
+"""A documented setting: a dataclass field that carries its help text, its allowed values, what its default means
+when it is "unset", and (where it differs from the field's name) the flag users type. Every config group uses it,
+and `add_flag` turns such a field into a command-line flag, so the sweep's parser and the manual upload's are built
+the same way from the same fields, and `--help` shows each flag's allowed values and one true default."""
 
 import argparse
 import dataclasses
@@ -9,8 +10,11 @@ import typing
 from dataclasses import field
 
 
-def setting(default, help: str, flag: str | None = None):
-    return field(default=default, metadata={"help": help, "flag": flag})
+def setting(default, help: str, flag: str | None = None, choices: tuple[str, ...] | None = None,
+            unset: str | None = None):
+    """`choices`: the only values allowed (checked by `check_choices`, listed by --help). `unset`: what a default
+    of None means, in words ("the competition's sequence length"), shown by --help as the default."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "unset": unset})
 
 
 def scalar_type(group: type, name: str) -> type:
@@ -25,14 +29,35 @@ def flag_name(f: dataclasses.Field) -> str:
     return f.metadata["flag"] or f.name
 
 
-def add_flag(parser: argparse.ArgumentParser, group: type, f: dataclasses.Field, help: str | None = None,
+def check_choices(group) -> None:
+    """Raise ValueError naming the flag when a setting with `choices` holds another value."""
+    for f in dataclasses.fields(group):
+        allowed, value = f.metadata.get("choices"), getattr(group, f.name)
+        if allowed and value is not None and value not in allowed:
+            raise ValueError(f"--{flag_name(f)} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def shown_default(f: dataclasses.Field, value=dataclasses.MISSING) -> str:
+    """The default --help shows: `value` (a config file's) when given, else the field's; None in words."""
+    value = f.default if value is dataclasses.MISSING else value
+    if value is None:
+        return f.metadata.get("unset") or "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def add_flag(parser, group: type, f: dataclasses.Field, shown=dataclasses.MISSING, command: bool = False,
              **kwargs) -> None:
-    """One setting as a flag: a boolean is --x / --no-x, anything else takes a value of its type."""
+    """One setting as a flag on `parser` (a parser or an argument group). A boolean setting is --x / --no-x (the
+    --no- form turns off what a config file turned on); a `command` (an action such as --list_competitions) has
+    no --no- form. The help ends with the one default that applies: the field's own; `shown` overrides it (a config file's value)."""
     kind = scalar_type(group, f.name)
-    help = f.metadata["help"] if help is None else help
+    help = f"{f.metadata['help']} (default: {shown_default(f, shown)})"
     if kind is bool:
-        parser.add_argument(f"--{flag_name(f)}", dest=f.name, action=argparse.BooleanOptionalAction, help=help,
-                            **kwargs)
+        action = "store_true" if command else argparse.BooleanOptionalAction
+        parser.add_argument(f"--{flag_name(f)}", dest=f.name, action=action, help=help, **kwargs)
     else:
-        parser.add_argument(f"--{flag_name(f)}", dest=f.name, type=kind, metavar=kind.__name__.upper(), help=help,
-                            **kwargs)
+        choices = f.metadata.get("choices")
+        metavar = "{" + ",".join(choices) + "}" if choices else kind.__name__.upper()
+        parser.add_argument(f"--{flag_name(f)}", dest=f.name, type=kind, metavar=metavar, help=help, **kwargs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from trainables.documented import setting
+from trainables.documented import check_choices, setting
 
 if TYPE_CHECKING:
     from trainables.out_of_memory import AllocationFailure
@@ -22,16 +22,18 @@ class TrainingSettings:
     """How every trial of a sweep trains: the training group of the sweep's config (each is a flag)."""
     num_epochs: int = setting(1, "passes over the training pairs per trial")
     packing: str = setting("on", "on: pairs share rows of up to --micro_batch_tokens tokens, each attending only to "
-                                 "itself (no padding); off: padded micro-batches of --batch_size pairs")
+                                 "itself (no padding); off: padded micro-batches of --batch_size pairs",
+                           choices=("on", "off"))
     tokens_per_step: int = setting(0, "tokens per optimizer step; 0: batch_size x accumulation_steps pairs of "
                                       "average length")
     micro_batch_tokens: int = setting(0, "packed: tokens per micro-batch (one row); 0: batch_size x the longest pair")
     batch_size: int = setting(1, "pairs per padded micro-batch; with the accumulation steps, sizes the default step")
     accumulation_steps: int = setting(32, "micro-batches per optimizer step, for the default --tokens_per_step")
     gradient_checkpointing: str = setting("auto", "auto: on only where the memory planner says a trial would not "
-                                                  "fit without it; on; off")
+                                                  "fit without it; on; off", choices=("auto", "on", "off"))
     attn_implementation: str = setting("auto", "auto: flash_attention_2 on a GPU where flash-attn is installed, "
-                                               "else sdpa; sdpa; flash_attention_2; eager")
+                                               "else sdpa; sdpa; flash_attention_2; eager",
+                                       choices=("auto", *ATTENTION_CHOICES))
     eval_steps: int = setting(10, "optimizer steps between evaluations, checkpoints and reports")
     eval_batch_size: int = setting(8, "pairs per padded evaluation batch (packed evaluation rows are as large as "
                                       "training's micro-batches)")
@@ -47,11 +49,7 @@ class TrainingSettings:
         for name in ("tokens_per_step", "micro_batch_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be 0 (automatic) or more, got {getattr(self, name)}")
-        choices = {"packing": ("on", "off"), "gradient_checkpointing": ("auto", "on", "off"),
-                   "attn_implementation": ("auto", *ATTENTION_CHOICES)}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        check_choices(self)
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0 <= self.lora_dropout < 1:

@@ -122,10 +122,11 @@ def mixture(tasks: list[TaskSamples], seed: int) -> list[Sample]:
     return chosen
 
 
-def tokenize_references(tokenizer, samples: list[Sample], max_length: int | None = None) -> TokenizedSplit:
+def tokenize_references(tokenizer, samples: list[Sample], max_length: int | None = None,
+                        note: str = "") -> TokenizedSplit:
     """Reference-loss samples (context, then the reference encoded on its own). With max_length, samples longer
-    than it are dropped (cutting a reference would cut its answer); without, none is (validators truncate
-    nothing)."""
+    than it are dropped (cutting a reference would cut its answer), and one line says how many (`note` ends it);
+    without, none is (validators truncate nothing)."""
     encoded = [reference_sample(tokenizer, question, reference) for question, reference in samples]
     kept = [(ids, context) for ids, context in encoded
             if len(ids) > context and (max_length is None or len(ids) <= max_length)]
@@ -133,7 +134,7 @@ def tokenize_references(tokenizer, samples: list[Sample], max_length: int | None
         raise DataError(f"no sample fits in --max_length {max_length} tokens; raise --max_length")
     if len(kept) < len(encoded):
         print(f"note: dropped {len(encoded) - len(kept)} of {len(encoded)} samples longer than --max_length "
-              f"({max_length})")
+              f"({max_length}){note}")
     return splits_of(kept)
 
 

@@ -52,6 +52,7 @@ class Competition:
     hash: str = "plain"
     epsilon: Epsilon = Epsilon(VALIDATOR_EPSILON)
     eval_delay_blocks: int = 0
+    eval_samples: int = 120   # samples validators draw per task of a reference_loss competition
     tasks: tuple[Task, ...] = field(default=ORIGINAL_TASKS)
 
     @property
@@ -64,6 +65,21 @@ class Competition:
     def architecture(self) -> str:
         """The first allowed class: what a model of this competition is usually built as."""
         return self.architectures[0]
+
+
+def owned_settings(c: Competition) -> dict:
+    """The settings a competition defines, by the config field each fills when the user sets none: what validators
+    apply must not be pinned by a shipped default (a pinned max_length once made competition 4 train on its short
+    samples only)."""
+    return {"max_length": c.sequence_length, "netuid": c.netuid, "use_hotkey_in_hash": c.hash == "salted",
+            "publish_min_improvement": c.epsilon.floor, "eval_samples_per_task": c.eval_samples}
+
+
+def follow_competition(settings: dict, competition: Competition) -> dict:
+    """`settings` (field -> value) with every competition-owned one the user left unset (None) filled in."""
+    owned = {name: value for name, value in owned_settings(competition).items()
+             if name in settings and settings[name] is None}
+    return {**settings, **owned}
 
 
 def _competition(cid: str, fields: dict, path: Path) -> Competition:

@@ -16,6 +16,11 @@ class Epsilon:
     end: float | None = None        # None: constant at `start`
     decay_blocks: int = 0
 
+    @property
+    def floor(self) -> float:
+        """The smallest margin validators ever demand: a gain below it never wins a comparison."""
+        return self.start if self.end is None else min(self.start, self.end)
+
     def at(self, current_block: int, model_block: int) -> float:
         if self.end is None or self.decay_blocks <= 0:
             return self.start
