@@ -178,3 +178,12 @@ def test_help_is_grouped_lists_choices_and_shows_one_true_default(capsys):
     for flag in ("--num_samples", "--max_length", "--netuid", "--experiment_name"):
         help_text = flat.split(f" {flag} ", 1)[1].split(" --", 1)[0]
         assert help_text.count("default") == 1, (flag, help_text)
+
+
+def test_list_competitions_prints_every_rule_without_a_sweep(capsys):
+    from orchestrator.run import main
+
+    assert main(["--list_competitions"]) == 0
+    out = capsys.readouterr().out
+    assert "competition m1 (netuid 6" in out and "competition 4 (netuid 37" in out
+    assert "sequence length: 16,384" in out and "(120 samples a task)" in out

@@ -153,7 +153,7 @@ def describe(c: Competition) -> list[str]:
         f"{c.high_norm:g}",
         f"  hash:            {c.hash}; epsilon {_epsilon_text(c.epsilon)}; evaluated after "
         f"{c.eval_delay_blocks} blocks",
-        f"  score:           {scoring}",
+        f"  score:           {scoring}" + (f" ({c.eval_samples} samples a task)" if c.scored_by_reference else ""),
     ]
 
 
