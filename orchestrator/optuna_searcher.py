@@ -14,15 +14,21 @@ memory (it ends normally, so Tune does not retry it) as COMPLETE with an infinit
 - a trial that errored or ran out of memory is FAIL, which TPE leaves out and a grid never repeats.
 
 The intermediate losses are reported at the trial's optimizer step (`step`), the x axis of every other plot.
+
+And so that the study reads on its own (optuna-dashboard, `study.trials_dataframe()`): its objective is named after
+the metric (`eval_loss`, not `values_0`), and each Optuna trial carries its Ray Tune trial id as the user attribute
+`ray_trial_id`, the id trials.csv, the summary and the Ray dashboard show.
 """
 
 import logging
 import math
+import warnings
 
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 logger = logging.getLogger(__name__)
+RAY_TRIAL_ID = "ray_trial_id"  # the Optuna trial's user attribute that holds Ray Tune's trial id
 
 
 def ended_state(result: dict | None, error: bool, full_reports: int | None) -> TrialState:
@@ -40,6 +46,23 @@ class TruthfulOptunaSearch(OptunaSearch):
         without an error is COMPLETE, as in stock OptunaSearch)."""
         super().__init__(*args, **kwargs)
         self.full_reports = full_reports
+
+    def _setup_study(self, mode):
+        """Stock OptunaSearch creates (or loads) the study here, whenever the space is known."""
+        super()._setup_study(mode)
+        import optuna
+
+        with warnings.catch_warnings():  # set_metric_names is marked experimental (Optuna 3.2 to 5.1 at least)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names([self._metric])
+
+    def suggest(self, trial_id: str):
+        """Stock OptunaSearch asks the study for a trial here and keeps it under Tune's trial id."""
+        suggestion = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            ot_trial.set_user_attr(RAY_TRIAL_ID, trial_id)
+        return suggestion
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

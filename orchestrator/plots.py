@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from orchestrator.trial_records import TrialStatus
 from trainables.hyperparameters import NAMES, Hyperparameters
 
 if TYPE_CHECKING:
@@ -21,6 +22,27 @@ if TYPE_CHECKING:
 CURVES_PNG = "eval_loss_curves.png"
 HYPERPARAMETERS_PNG = "eval_loss_vs_hyperparameters.png"
 MAX_LEGEND_ENTRIES = 16  # more trials than this: only the best one gets a legend entry
+UNTRAINED_COLOR = "dimgrey"
+
+
+@dataclass(frozen=True)
+class EndStyle:
+    """How a trial that did not run to the end is drawn: its curve's line style, the marker at its last
+    evaluation (and, in the hyperparameter panels, at its best), and what the legend says of it."""
+    linestyle: str
+    marker: str
+    color: str | None  # None: the trial's own colour
+    legend: str
+
+
+# a trial with no status (write_plots without records) is drawn as one that ran to the end
+END_STYLES = {
+    TrialStatus.STOPPED: EndStyle("--", "x", None, "stopped early by ASHA (x: its last evaluation)"),
+    TrialStatus.TIME_BUDGET: EndStyle("--", "s", None, "stopped by --time_budget (square: its last evaluation)"),
+    TrialStatus.FAILED: EndStyle(":", "X", "red", "failed (red X: its last evaluation)"),
+    TrialStatus.OUT_OF_MEMORY: EndStyle(":", "v", "red", "out of memory (red triangle: its last evaluation)"),
+    TrialStatus.INTERRUPTED: EndStyle(":", "|", "grey", "interrupted (bar: its last evaluation)"),
+}
 
 
 @dataclass
@@ -32,6 +54,8 @@ class TrialCurve:
     trial_id: str
     hyperparameters: Hyperparameters | None
     points: list[tuple[int, float]] = field(default_factory=list)
+    base_eval_loss: float = math.nan  # the untrained model's loss, which every trial's reports carry
+    status: TrialStatus | None = None  # how it ended, from the sweep's trial records (None: not known)
 
     @property
     def best_eval_loss(self) -> float:
@@ -46,15 +70,16 @@ class TrialCurve:
         return self.hyperparameters.compact() if self.hyperparameters else self.trial_id
 
 
-def _read_points(result_file: Path) -> tuple[list[tuple[int, float]], str | None]:
-    """(step, eval_loss) by step, and the trial id, from a result.json of one JSON object per line.
+def _read_points(result_file: Path) -> tuple[list[tuple[int, float]], str | None, float]:
+    """(step, eval_loss) by step, the trial id and the untrained model's eval loss (NaN when no report has it),
+    from a result.json of one JSON object per line.
 
     Blank lines and lines that are not a complete JSON object (the last line of a trial still
     writing) are skipped, as are reports without a finite eval_loss. A step reported twice (a
     trial restored from a checkpoint reports its steps again) keeps its latest loss.
     """
     by_step: dict[int, float] = {}
-    trial_id = None
+    trial_id, base = None, math.nan
     for line in result_file.read_text(encoding="utf-8", errors="replace").splitlines():
         line = line.strip()
         if not line:
@@ -66,18 +91,25 @@ def _read_points(result_file: Path) -> tuple[list[tuple[int, float]], str | None
         if not isinstance(row, dict):
             continue
         trial_id = row.get("trial_id", trial_id)
+        if _finite(row.get("base_eval_loss")):
+            base = float(row["base_eval_loss"])
         step = row.get("step", row.get("training_iteration"))
         loss = row.get("eval_loss")
         if isinstance(step, bool) or not isinstance(step, (int, float)):
             continue
-        if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss):
+        if not _finite(loss):
             continue
         by_step[int(step)] = float(loss)
-    return sorted(by_step.items()), trial_id
+    return sorted(by_step.items()), trial_id, base
 
 
-def read_trials(experiment_dir: str | Path) -> list[TrialCurve]:
-    """Every trial folder of a Ray Tune experiment with at least one eval loss reported, by folder name.
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_trials(experiment_dir: str | Path, statuses: dict[str, TrialStatus] | None = None) -> list[TrialCurve]:
+    """Every trial folder of a Ray Tune experiment with at least one eval loss reported, by folder name, with its
+    status from `statuses` (trial id -> how it ended) where given.
 
     Folders without params.json or result.json (or whose params.json is unreadable, or whose
     result.json has no complete report with an eval_loss yet) are skipped.
@@ -93,10 +125,11 @@ def read_trials(experiment_dir: str | Path) -> list[TrialCurve]:
             continue
         if not isinstance(params, dict):
             continue
-        points, trial_id = _read_points(result_file)
+        points, trial_id, base = _read_points(result_file)
         if points:
-            trials.append(TrialCurve(name=folder.name, trial_id=str(trial_id or folder.name),
-                                     hyperparameters=_hyperparameters(params), points=points))
+            trial_id = str(trial_id or folder.name)
+            trials.append(TrialCurve(name=folder.name, trial_id=trial_id, hyperparameters=_hyperparameters(params),
+                                     points=points, base_eval_loss=base, status=(statuses or {}).get(trial_id)))
     return trials
 
 
@@ -113,6 +146,31 @@ def best_trial(trials: list[TrialCurve]) -> TrialCurve | None:
     return min(trials, key=lambda trial: trial.best_eval_loss, default=None)
 
 
+def untrained_loss(trials: list[TrialCurve]) -> float:
+    """The untrained model's eval loss (each trial measures it the same way on the same data); NaN when unknown."""
+    return next((t.base_eval_loss for t in trials if math.isfinite(t.base_eval_loss)), math.nan)
+
+
+def _untrained_line(axes, base: float, label: bool) -> None:
+    """The untrained model's loss as a horizontal reference; with `label`, named in the legend and on the line
+    itself, at the right, where the curves have come down from it."""
+    axes.axhline(base, color=UNTRAINED_COLOR, linestyle="-.", linewidth=1.5, zorder=1,
+                 label=f"untrained model ({base:.4f})" if label else None)
+    if label:
+        axes.annotate(f"untrained model {base:.4f}", xy=(0.995, base), xycoords=("axes fraction", "data"),
+                      xytext=(0, 3), textcoords="offset points", ha="right", fontsize="small", color=UNTRAINED_COLOR)
+
+
+def _end_handles(trials: list[TrialCurve]):
+    """One legend entry per way of ending that some trial here shows (the order of END_STYLES)."""
+    from matplotlib.lines import Line2D
+
+    present = {t.status for t in trials}
+    return [Line2D([], [], color=style.color or "black", linestyle=style.linestyle, marker=style.marker,
+                   markersize=8, label=style.legend)
+            for status, style in END_STYLES.items() if status in present]
+
+
 def _new_figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -123,41 +181,66 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def curves_figure(trials: list[TrialCurve]) -> Figure:
-    """Eval loss over steps, one line per trial, the best trial drawn thick and starred at its best report."""
+    """Eval loss over steps, one line per trial, the best trial drawn thick and starred at its best report; the
+    untrained model's loss a horizontal reference; a trial that did not run to the end dashed (stopped) or dotted
+    (failed), with a marker at its last evaluation that the legend explains."""
     best = best_trial(trials)
     figure = _new_figure(10, 6)
     axes = figure.add_subplot()
     labelled = len(trials) <= MAX_LEGEND_ENTRIES
+    base = untrained_loss(trials)
+    if math.isfinite(base):
+        _untrained_line(axes, base, label=True)
     for trial in trials:
-        if trial is best:
-            continue
+        style = END_STYLES.get(trial.status)
         steps, losses = zip(*trial.points)
-        axes.plot(steps, losses, marker=".", linewidth=1.2, alpha=0.6,
-                  label=trial.label if labelled else None)
+        if trial is best:
+            line, = axes.plot(steps, losses, color="black", marker="o", linewidth=3, zorder=3,
+                              linestyle=style.linestyle if style else "-",
+                              label=f"best: {best.label} ({best.best_eval_loss:.4f})")
+        else:
+            line, = axes.plot(steps, losses, marker=".", linewidth=1.2, alpha=0.6,
+                              linestyle=style.linestyle if style else "-", label=trial.label if labelled else None)
+        if style:
+            axes.plot([steps[-1]], [losses[-1]], marker=style.marker, markersize=11, markeredgewidth=2.5,
+                      color=style.color or line.get_color(), linestyle="none", zorder=4)
     if best is not None:
-        steps, losses = zip(*best.points)
-        axes.plot(steps, losses, color="black", marker="o", linewidth=3, zorder=3,
-                  label=f"best: {best.label} ({best.best_eval_loss:.4f})")
         axes.plot([best.best_step], [best.best_eval_loss], marker="*", markersize=18, color="gold",
-                  markeredgecolor="black", linestyle="none", zorder=4)
+                  markeredgecolor="black", linestyle="none", zorder=5)
     axes.set_xlabel("step")
     axes.set_ylabel("eval loss")
     axes.set_title(f"Eval loss over steps ({len(trials)} trials)")
     axes.grid(True, alpha=0.3)
     if trials:
-        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        handles, _ = axes.get_legend_handles_labels()
+        axes.legend(handles=handles + _end_handles(trials), fontsize="small", loc="upper left",
+                    bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return figure
 
 
 def hyperparameters_figure(trials: list[TrialCurve]) -> Figure:
-    """Each trial's best eval loss against learning rate (log x), r (log2 x) and alpha (log2 x); the best starred."""
+    """Each trial's best eval loss against learning rate (log x), r (log2 x) and alpha (log2 x); the best starred,
+    a trial that did not run to the end marked as in the curves, the untrained model's loss a reference line."""
     best = best_trial(trials)
     figure = _new_figure(15, 5)
     panels = figure.subplots(1, len(NAMES), sharey=True)
     chosen = [t for t in trials if t.hyperparameters is not None]
+    base = untrained_loss(trials)
+    # one scatter per way of ending (ran to the end first, then END_STYLES' order): one legend entry for each
+    groups = {status: [t for t in chosen if (t.status if t.status in END_STYLES else None) is status]
+              for status in (None, *END_STYLES)}
+    groups = {status: group for status, group in groups.items() if group}
     for axes, name in zip(panels, NAMES):
         xs = [float(getattr(t.hyperparameters, name)) for t in chosen]
-        axes.scatter(xs, [t.best_eval_loss for t in chosen], s=40, alpha=0.7)
+        if math.isfinite(base):
+            _untrained_line(axes, base, label=axes is panels[0])
+        for status, group in groups.items():
+            style = END_STYLES.get(status)
+            axes.scatter([float(getattr(t.hyperparameters, name)) for t in group],
+                         [t.best_eval_loss for t in group], s=60 if style else 40, alpha=0.8,
+                         marker=style.marker if style else "o",
+                         color=(style.color or "tab:orange") if style else "tab:blue",
+                         label=style.legend.split(" (")[0] if style else "ran to the end")
         if any(t is best for t in chosen):
             axes.scatter([float(getattr(best.hyperparameters, name))], [best.best_eval_loss], marker="*", s=300,
                          color="gold", edgecolors="black", zorder=3, label=f"best: {best.label}")
@@ -173,19 +256,22 @@ def hyperparameters_figure(trials: list[TrialCurve]) -> Figure:
         axes.set_xlabel({"learning_rate": "learning rate"}.get(name, name))
         axes.grid(True, alpha=0.3)
     panels[0].set_ylabel("best eval loss of the trial")
-    starred = [handle for axes in panels for handle in axes.get_legend_handles_labels()[0]]
-    if starred:
-        figure.legend(starred[:1], [starred[0].get_label()], loc="outside upper right", fontsize="small")
+    handles, labels = panels[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", fontsize="small", ncols=len(handles))
     figure.suptitle(f"Best eval loss against hyperparameters ({len(trials)} trials)")
     return figure
 
 
-def write_plots(experiment_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+def write_plots(experiment_dir: str | Path, out_dir: str | Path | None = None,
+                statuses: dict[str, TrialStatus] | None = None) -> list[Path]:
     """Write eval_loss_curves.png and eval_loss_vs_hyperparameters.png; return their paths.
 
-    out_dir defaults to experiment_dir/plots. With no trial to draw, nothing is written and [] returned.
+    out_dir defaults to experiment_dir/plots. `statuses` (trial id -> how it ended, from the sweep's trial records;
+    the result files do not tell a stopped trial from a finished one) marks the trials that did not run to the end.
+    With no trial to draw, nothing is written and [] returned.
     """
-    trials = read_trials(experiment_dir)
+    trials = read_trials(experiment_dir, statuses)
     if not trials:
         return []
     out = Path(out_dir) if out_dir is not None else Path(experiment_dir) / "plots"

@@ -4,11 +4,15 @@ Where: a journal file (Optuna's JournalFileBackend; a relative path is under --s
 local or shared file system), or any Optuna storage URL (sqlite:///..., postgresql://..., mysql://...), such as a
 database a user already runs. One file or database holds many studies.
 
-Which study: its name is a fingerprint of what the losses depend on, the starting model (its config and the
-bytes at both ends of each weight file, with the files' sizes), the tokenized training and held-out data, the
-search space (parameters, distributions, sampler) and the competition (its id and tasks). Sweeps on the same
-inputs continue one study: TPE's first suggestions in a new sweep already use every earlier trial. A sweep on a
-different model, data set, space or competition gets a study of its own and never mixes into another's.
+Which study: one per fingerprint of what the losses depend on, the starting model (its config and the bytes at
+both ends of each weight file, with the files' sizes), the tokenized training and held-out data, the search space
+(parameters, distributions, sampler) and the competition (its id and tasks), kept as the study's `fingerprint`
+user attribute. Its name reads `model · competition · digest` (`tiny-llama-f02ee987b292 · m1 · 3f9a2c1b`). Sweeps on
+the same inputs continue one study, found by name or by that attribute (so a study made before names were
+readable, `lora-sweep-<digest>`, is continued under its old name): TPE's first suggestions in a new sweep already
+use every earlier trial. A sweep on a different model, data set, space or competition gets a study of its own and
+never mixes into another's. The objective is named `eval_loss`, and each trial carries its Ray Tune trial id as
+the user attribute `ray_trial_id` (orchestrator.optuna_searcher), as trials.csv and the Ray dashboard name it.
 
 Everything is checked in the driver before Ray starts, each failure one line: a file that is not an Optuna
 journal, a storage that cannot be opened, and a file that already holds a study of the same model, data and
@@ -26,14 +30,14 @@ from orchestrator.config import ConfigError
 from orchestrator.search_space import SearchSpace
 from trainables.data import SweepData
 
-STUDY_PREFIX = "lora-sweep-"
+MODEL_LABEL_CHARS = 64
 WEIGHT_SAMPLE_BYTES = 1 << 20  # hashed from each end of each weight file: distinct weights, without reading GBs
 
 
 @dataclass(frozen=True)
 class StudyChoice:
     storage: str          # the --study value resolved: an absolute journal path, or a storage URL
-    name: str             # STUDY_PREFIX + the fingerprint's digest
+    name: str             # `model · competition · digest` (study_name), or the earlier study of these inputs
     fingerprint: dict     # what the digest was made of, stored with the study (user attributes)
     earlier_trials: int   # trials the study held before this sweep
     where: str            # for messages and the summary: the path, or the URL without its password
@@ -131,8 +135,39 @@ def fingerprint(model_dir: Path, data: SweepData, space: SearchSpace, competitio
             "competition": competition}
 
 
-def study_name(parts: dict) -> str:
-    return STUDY_PREFIX + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+def _digest(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def model_label(model_dir: Path) -> str:
+    """The starting model as a person names it: a Hub repo id for a model in a Hub cache
+    (.../models--org--name/snapshots/<commit>), else its folder's name; only characters every storage and shell
+    takes, at most 64 of them."""
+    path = Path(model_dir)
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        label = path.parent.parent.name[len("models--"):].replace("--", "/", 1)  # the Hub's own folder naming
+    else:
+        label = path.name or "model"
+    return re.sub(r"[^A-Za-z0-9._/-]+", "-", label).strip("-")[:MODEL_LABEL_CHARS] or "model"
+
+
+def study_name(parts: dict, model: str) -> str:
+    """`model · competition · fingerprint`, e.g. `tiny-llama-f02ee987b292 · m1 · 3f9a2c1b`: which model and
+    competition at a glance (optuna-dashboard lists studies by name), and 8 hex digits of the fingerprint that tell
+    one data set or search space from another. (U+00B7, the middle dot, is in Latin-1 as well as UTF-8: every
+    Optuna storage keeps it.)"""
+    return f"{model} · {parts['competition']} · {_digest(parts)[:8]}"
+
+
+def continued_study(parts: dict, existing: dict, name: str) -> str:
+    """The name of the study a sweep of this fingerprint continues: `name` where it is in the storage; else the
+    oldest study whose `fingerprint` attribute is this one, under another name: one made before names were readable
+    (`lora-sweep-<digest>`), or with the model in another folder (the fingerprint is of the model's bytes, not its
+    path); else `name`, for a new study."""
+    if name in existing:
+        return name
+    # `existing` is in the storage's order, oldest first
+    return next((s.study_name for s in existing.values() if (s.user_attrs or {}).get("fingerprint") == parts), name)
 
 
 def fits_space(params: dict, space: SearchSpace) -> bool:
@@ -150,11 +185,11 @@ def choose_study(spec: str, storage_path: str, model_dir: Path, data: SweepData,
 
     storage = resolve_storage(spec, storage_path)
     parts = fingerprint(model_dir, data, space, competition)
-    name = study_name(parts)
     where = redacted(storage)
     with storage_errors(storage):
         backend = open_storage(storage)
         existing = {s.study_name: s for s in backend.get_all_studies()}
+        name = continued_study(parts, existing, study_name(parts, model_label(model_dir)))
         for other in existing.values():  # one space per file for the same model, data and competition
             theirs = other.user_attrs.get("fingerprint") or {}
             same_inputs = all(theirs.get(k) == parts[k] for k in ("model", "data", "competition"))
@@ -172,4 +207,5 @@ def choose_study(spec: str, storage_path: str, model_dir: Path, data: SweepData,
         else:
             study = optuna.create_study(study_name=name, storage=backend, direction="minimize")
             study.set_user_attr("fingerprint", parts)
+            study.set_user_attr("model", model_label(model_dir))
     return StudyChoice(storage=storage, name=name, fingerprint=parts, earlier_trials=earlier, where=where)

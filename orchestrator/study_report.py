@@ -2,13 +2,16 @@
 
 Everything here is computed from the sweep's own trial records (`TrialRecord`: hyperparameters, best eval loss,
 steps from the last report, Tune's `time_total_s`), so it needs no stored Optuna study: the importances come from
-an in-memory study rebuilt from those trials, with Optuna's fANOVA evaluator. The figures are drawn on
-matplotlib's Agg canvas (headless, no pyplot state), like orchestrator/plots.py.
+an in-memory study rebuilt from those trials, with Optuna's fANOVA evaluator. They score each trial by its best
+eval loss (the loss of its best checkpoint, the one the coordinator would merge), which is the question a miner
+asks; optuna-dashboard, on a --study, answers another (see `Importances.lines`), so the two may disagree. The
+figures are drawn on matplotlib's Agg canvas (headless, no pyplot state), like orchestrator/plots.py.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,7 +86,17 @@ class Importances:
         if not self.values:
             return f"importances:     {self.note}"
         shares = ", ".join(f"{name} {share:.2f}" for name, share in self.values.items())
-        return f"importances:     {shares} (fANOVA over {self.trials} trials with an eval loss)"
+        return f"importances:     {shares} (fANOVA over {self.trials} trials of this sweep, each by its best eval loss)"
+
+    def lines(self, stored_study: bool = False) -> list[str]:
+        """The line, and with a stored study (--study), why optuna-dashboard's importances for it can differ: it
+        computes them with another evaluator (PED-ANOVA), over what the study stores, which is each complete
+        trial's last reported loss (the scheduler's stopped trials among them, unless --pruned_trials pruned), and
+        earlier sweeps' trials too."""
+        if not (self.values and stored_study):
+            return [self.line()]
+        return [self.line(), "                 (optuna-dashboard's can differ: PED-ANOVA over the study's complete "
+                             "trials, earlier sweeps' too, each by its last eval loss)"]
 
 
 def param_importances(records: list[TrialRecord], distributions: dict | None = None, seed: int = 0,
@@ -166,8 +179,12 @@ class EarlyStopping:
 
 def early_stopping_savings(records: list[TrialRecord], steps_per_trial: int, resources: dict) -> EarlyStopping:
     """For each trial the scheduler stopped: the full trial's steps minus the steps it ran (its last report's
-    `step`), and their time at that trial's own seconds per step (its wall seconds over its steps)."""
+    `step`), and their time at the pace of the trials that ran to the end (the median of their seconds per step):
+    a stopped trial's own pace counts its start-up (loading, the untrained evaluation) over a few steps, and would
+    price the steps it never ran far above what they cost. Before any trial finished, its own pace it is."""
     unit, per_trial = _unit(resources)
+    finished = [r.seconds / r.steps for r in records if r.status is TrialStatus.FINISHED and r.steps > 0]
+    full_pace = statistics.median(finished) if finished else None
     steps_saved, seconds_saved, stopped = 0, 0.0, 0
     for record in records:
         if record.status is not TrialStatus.STOPPED:
@@ -175,8 +192,8 @@ def early_stopping_savings(records: list[TrialRecord], steps_per_trial: int, res
         stopped += 1
         left = max(0, steps_per_trial - record.steps)
         steps_saved += left
-        if record.steps > 0:
-            seconds_saved += left * record.seconds / record.steps * per_trial
+        pace = full_pace if full_pace is not None else (record.seconds / record.steps if record.steps else 0.0)
+        seconds_saved += left * pace * per_trial
     return EarlyStopping(unit, steps_per_trial, steps_per_trial * len(records), steps_saved, seconds_saved,
                          stopped)
 
@@ -189,8 +206,9 @@ class StudyReport:
     early_stopping: EarlyStopping
     plots: list[str] = field(default_factory=list)
 
-    def lines(self) -> list[str]:
-        return [self.importances.line(), self.compute.line(), self.early_stopping.line()]
+    def lines(self, stored_study: bool = False) -> list[str]:
+        """stored_study: the sweep kept its Optuna study (--study), which optuna-dashboard opens."""
+        return [*self.importances.lines(stored_study), self.compute.line(), self.early_stopping.line()]
 
     def record(self) -> dict:
         """Plain values, for W&B's summary run."""
@@ -249,7 +267,8 @@ def _tick_label(name: str, value: float) -> str:
 def parallel_coordinates_figure(records: list[TrialRecord]) -> Figure:
     """Every trial as a line across learning rate (log axis), r and alpha (log2 axes) and its best eval loss,
     coloured by that loss; a trial without a loss (failed, out of memory) is a grey dotted line over the
-    hyperparameters only. Solid lines ran to the end, dashed ones were stopped early."""
+    hyperparameters only. Solid lines ran to the end, dashed ones were stopped early. The untrained model's loss
+    is marked on the loss axis (which stretches to hold it), so a trial's height there reads against it."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -259,6 +278,10 @@ def parallel_coordinates_figure(records: list[TrialRecord]) -> Figure:
     columns = [*NAMES, "best_eval_loss"]
     values = {name: [float(getattr(r.hyperparameters, name)) for r in chosen] for name in NAMES}
     values["best_eval_loss"] = [r.best_eval_loss for r in chosen if math.isfinite(r.best_eval_loss)]
+    base = next((r.base_eval_loss for r in records if math.isfinite(r.base_eval_loss)), math.nan)
+    losses = list(values["best_eval_loss"])  # the colours: the trials' losses only
+    if math.isfinite(base) and losses:
+        values["best_eval_loss"].append(base)
     scale = {"learning_rate": math.log10, "r": math.log2, "alpha": math.log2, "best_eval_loss": float}
 
     def position(name: str, value: float) -> float:
@@ -269,7 +292,6 @@ def parallel_coordinates_figure(records: list[TrialRecord]) -> Figure:
 
     figure = _new_figure(11, 5.5)
     axes = figure.add_subplot()
-    losses = values["best_eval_loss"]
     norm = Normalize(min(losses), max(losses)) if losses else Normalize(0, 1)
     cmap = colormaps["viridis"]
     best = min((r for r in chosen if math.isfinite(r.best_eval_loss)), key=lambda r: r.best_eval_loss, default=None)
@@ -287,10 +309,17 @@ def parallel_coordinates_figure(records: list[TrialRecord]) -> Figure:
         axes.axvline(x, color="black", linewidth=1)
         if not values[name]:
             continue
-        for tick in _axis_ticks(name, values[name]):
+        # the untrained loss is labelled apart (in red), not as one of the trials' ticks
+        for tick in _axis_ticks(name, losses if name == "best_eval_loss" else values[name]):
             axes.text(x - 0.03, position(name, tick), _tick_label(name, tick), ha="right", va="center",
                       fontsize="small", zorder=5,
                       bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1})
+    if math.isfinite(base) and losses:
+        loss_axis, height = len(NAMES), position("best_eval_loss", base)
+        axes.plot([loss_axis, loss_axis + 0.12], [height, height], color="red", linestyle="-.", linewidth=2.5,
+                  zorder=6)
+        axes.text(loss_axis + 0.14, height, f"untrained\n{base:.4f}", ha="left", va="center", fontsize="small",
+                  color="red", zorder=6)
     axes.set_xticks(range(len(columns)), ["learning rate (log)", "r (log2)", "alpha (log2)", "best eval loss"])
     axes.set_xlim(-0.35, len(columns) - 0.75)
     axes.set_ylim(-0.05, 1.05)
@@ -301,8 +330,10 @@ def parallel_coordinates_figure(records: list[TrialRecord]) -> Figure:
     handles = [Line2D([], [], color="black", linestyle="-", label="ran to the end"),
                Line2D([], [], color="black", linestyle="--", label="stopped early"),
                Line2D([], [], color="grey", linestyle=":", label="no eval loss (failed, out of memory)"),
-               Line2D([], [], color="black", linewidth=3.5, label="best")]
-    figure.legend(handles=handles, loc="outside lower center", ncols=4, fontsize="small")
+               Line2D([], [], color="black", linewidth=3.5, label="best"),
+               *([Line2D([], [], color="red", linestyle="-.", linewidth=2.5, label="untrained model's loss")]
+                 if math.isfinite(base) and losses else [])]
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small")
     axes.set_title(f"Every trial's hyperparameters and best eval loss ({len(chosen)} trials)")
     return figure
 

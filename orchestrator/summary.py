@@ -11,12 +11,36 @@ from trainables.hyperparameters import Hyperparameters
 
 
 def manual_upload_command(config: SweepConfig, model_dir: str, experiment_path: str = "") -> str:
+    """The publishing.upload command for the merged model, carrying every publishing flag of this sweep that the
+    upload takes and would not set the same way by itself (its competition and competitions file always; a network,
+    netuid, threshold... where the sweep's differs from the default or from what the competition gives): the model
+    is then checked and committed under the rules the sweep followed."""
+    import dataclasses
+
+    from publishing.setup import PublishOptions
+    from publishing.subnet.competitions import get_competition, owned_settings
+    from publishing.upload import REQUIRED, SWEEP_ONLY
+    from trainables.documented import flag_name
+
+    options = config.publishing
+    # what the upload fills in itself, from the same competition, for a setting left unset
+    implied = owned_settings(get_competition(options.competition_id, options.competitions_file))
+    placeholders = {"hf_repo_id": "<namespace/name>", "wallet_name": "<coldkey>", "wallet_hotkey": "<hotkey>"}
+    words = ["python", "-m", "publishing.upload", "--load_model_dir", model_dir]
     # an experiment in object storage keeps publish_state.json there, not beside the local model folder
-    state_dir = f" --state_dir {experiment_path}" if "://" in experiment_path else ""
-    return (f"python -m publishing.upload --load_model_dir {model_dir}{state_dir} "
-            f"--hf_repo_id {config.publishing.hf_repo_id or '<namespace/name>'} "
-            f"--wallet.name {config.publishing.wallet_name or '<coldkey>'} --wallet.hotkey {config.publishing.wallet_hotkey or '<hotkey>'} "
-            f"--competition_id {config.publishing.competition_id}")
+    if "://" in experiment_path:
+        words += ["--state_dir", experiment_path]
+    always = (*REQUIRED, "competition_id")
+    for f in sorted(dataclasses.fields(PublishOptions), key=lambda f: f.name not in REQUIRED):  # required first
+        value = getattr(options, f.name)
+        if f.name in SWEEP_ONLY or (f.name not in always and value in (f.default, implied.get(f.name, f.default))):
+            continue
+        if isinstance(value, bool):
+            words.append(f"--{'' if value else 'no-'}{flag_name(f)}")
+        else:
+            words += [f"--{flag_name(f)}", str(value) if value is not None else placeholders.get(f.name, "")]
+    # placeholders stay readable (<coldkey>); everything else is quoted for the shell where it must be
+    return " ".join(word if word in placeholders.values() else shlex.quote(word) for word in words)
 
 
 def resume_command(argv: list[str], experiment_name: str) -> str:
@@ -60,9 +84,20 @@ def failure_lines(trials: list[TrialRecord]) -> list[str]:
             for t in trials if t.status in labels]
 
 
+def publisher_notes(report) -> list[str]:
+    """The coordinator's notes on what happened while the sweep ran, less the two that the summary's own lines
+    state (printed both ways, they read as two events): its "offline: prepared ..." note (the merged model and
+    publish.json lines say it, with the reason) and its note of the final publish (the "published:" line)."""
+    restated = ["offline: prepared "] if report.offline else []
+    if report.published:
+        restated.append(f"published {report.published.model_id} ")
+    return [line for line in report.lines if not any(line.startswith(prefix) for prefix in restated)]
+
+
 def publish_lines(outcome: SweepOutcome, config: SweepConfig) -> list[str]:
     report = outcome.publish
-    lines = [f"  {line}" for line in report.lines]
+    notes = publisher_notes(report)
+    lines = [f"{'publishing:' if i == 0 else '':<17}{note}" for i, note in enumerate(notes)]
     publish_json = report.best.publish_json if report.best else None
     if report.offline:
         reason = "--offline" if config.publishing.offline else "no --hf_repo_id"
@@ -99,7 +134,8 @@ def study_lines(outcome: SweepOutcome) -> list[str]:
     if study is None:
         return []
     dashboard = f"optuna-dashboard {study.where}"
-    return [f"study:           {study.name} in {study.where}: {study.earlier_trials} earlier trials, "
+    # quoted: a study's name has spaces (model · competition · digest)
+    return [f'study:           "{study.name}" in {study.where}: {study.earlier_trials} earlier trials, '
             f"{outcome.num_trials} from this sweep (open it: {dashboard})"]
 
 
@@ -125,7 +161,8 @@ def render_summary(outcome: SweepOutcome, config: SweepConfig) -> str:
         *([f"head-to-head:    {outcome.comparison.line()}",
            f"                 (per-pair losses in {outcome.experiment_path}/comparison.json)"]
           if outcome.comparison else []),
-        *(outcome.what_mattered.lines() if outcome.what_mattered else []),  # importances, compute, early stopping
+        # importances, compute, early stopping; with --study, why optuna-dashboard's importances can differ
+        *(outcome.what_mattered.lines(stored_study=outcome.study is not None) if outcome.what_mattered else []),
         *(f"plot:            {path}" for path in outcome.plots),
         f"trials.csv:      {outcome.trials_csv}",
         f"experiment:      {outcome.experiment_path}",

@@ -2,7 +2,8 @@
 
 The decisions (how many trials run at once, what each asks of the cluster) are pure
 functions; `run_sweep` only wires Ray Tune's own parts together: OptunaSearch for the
-suggestions, ASHA for early stopping, checkpoints kept by eval loss, and CLIReporter's table.
+suggestions, ASHA for early stopping, checkpoints kept by eval loss, one actor per trial named for it, and a
+progress block (orchestrator.progress) instead of Tune's table.
 """
 
 import dataclasses
@@ -22,19 +23,18 @@ from publishing.coordinator import CoordinatorReport
 from publishing.setup import PublishSetup
 from publishing.subnet.iswin import Comparison
 from trainables.data import SweepData
-from trainables.hyperparameters import NAMES
 from trainables.lora_trial import TrialSettings, lora_trainable, planned_reports
 
 METRIC, MODE = "eval_loss", "min"
 TRIAL_THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
-# Quiet libraries keep the live table readable. (Trials load only local folders, with local_files_only;
+# Quiet libraries keep the progress block readable. (Trials load only local folders, with local_files_only;
 # the Hub stays reachable for the coordinator, which publishes.)
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
               "HF_HUB_DISABLE_PROGRESS_BARS": "1",
               "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning",
-              # A reused worker waits this long for its previous trial's thread to end (2 s by default). A stopped
-              # trial's thread is still freeing its model then; on a busy machine that took longer than 2 s, and
-              # Tune failed the next trial ("Trainable runner reuse requires reset_config()") without a retry.
+              # A stopped trial's actor waits this long for the trial's thread to end (2 s by default) while it
+              # frees its model; on a busy machine that took longer than 2 s. (When actors were reused across
+              # trials, Tune then failed the next trial: "Trainable runner reuse requires reset_config()".)
               TRIAL_THREAD_TIMEOUT_ENV: "600"}
 # Ray Tune (2.60, ray.tune.execution.class_cache) copies these from the driver's environment into every trial actor's
 # runtime environment, which each node's runtime_env_agent.log and the dashboard then show. They are left out: trials
@@ -251,22 +251,26 @@ def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Ex
               scheduler, num_trials: int, max_concurrent: int, max_reports: int | None = None, study=None):
     from ray import tune
 
+    from orchestrator.progress import ProgressBlock
     from orchestrator.time_budget import TimeBudgetSearcher, TimeBudgetStopper
+    from trainables.trial_telemetry import named_trials, trial_dirname
 
-    reporter = tune.CLIReporter(
-        parameter_columns=list(NAMES), metric_columns=["step", METRIC, "train_loss", "tokens_per_s", "mfu"],
-        max_report_frequency=10, sort_by_metric=True, max_progress_rows=30, print_intermediate_tables=True)
     # --pruned_trials: `complete` (the default) reports stopped trials as stock Ray Tune does; `pruned` as PRUNED
     full_reports = max_reports if config.search.pruned_trials == "pruned" else None
     searcher = optuna_search(space, config.search.seed, METRIC, MODE, full_reports=full_reports, study=study)
     return tune.Tuner(
-        trainable,  # no param_space: the searcher holds the space, and each trial's config is its suggestion
+        # one actor per trial, named for it on the dashboard's Actors page (no param_space: the searcher holds the
+        # space, and each trial's config is its suggestion)
+        named_trials(trainable),
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=num_trials, max_concurrent_trials=max_concurrent,
             # --time_budget: declines trials that would not finish in time (a pass-through without a budget; always
             # there, and found by name, so a --resume may bring a budget of its own)
             search_alg=TimeBudgetSearcher(searcher, experiment.name), scheduler=scheduler,
-            reuse_actors=True),  # a worker imports torch and transformers once, not once per trial
+            # Ray names an actor once, when it starts: a reused actor would show its first trial's name for
+            # every later one. A new actor costs a trial a second or two of imports; trials run minutes to hours.
+            reuse_actors=False,
+            trial_dirname_creator=trial_dirname),  # trial_<id>_lr=6.90e-04_r=64_alpha=64
         run_config=tune.RunConfig(
             name=experiment.name, storage_path=experiment.storage, callbacks=callbacks,
             stop=TimeBudgetStopper(experiment.name),  # --time_budget: stops trials at their next report once spent
@@ -275,7 +279,7 @@ def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Ex
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
-            progress_reporter=reporter, verbose=1),
+            progress_reporter=ProgressBlock(num_trials, max_reports or 0, max_concurrent), verbose=1),
     )
 
 
@@ -334,14 +338,19 @@ def build_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from orchestrator.sweep_metrics import SweepMetricsCallback
     from orchestrator.tracking import wandb_callback
     from publishing.tune_callback import PublishCallback
 
     if experiment.resume:
         # finished trials stay finished; the callbacks saved with the experiment reach the new coordinator by name
         print(f"resuming {experiment.path}")
-        return tune.Tuner.restore(experiment.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    callbacks = [PublishCallback(experiment.name)]
+        from trainables.trial_telemetry import named_trials
+
+        return tune.Tuner.restore(experiment.path, trainable=named_trials(trainable), resume_unfinished=True,
+                                  resume_errored=True)
+    callbacks = [PublishCallback(experiment.name),
+                 SweepMetricsCallback(experiment.name, space.trials(config.search.num_samples))]  # Grafana's gauges
     if config.tracking.wandb_project:
         Path(experiment.local_dir).mkdir(parents=True, exist_ok=True)  # W&B's run folders need a file system
         callbacks.append(wandb_callback(config.tracking.wandb_entity, config.tracking.wandb_project, experiment.name, config.publishing.env_file,
@@ -365,7 +374,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     from orchestrator.time_budget import release_clock, start_clock
     from publishing.coordinator_actor import start_coordinator
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # CLIReporter's live table of trials
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's newer output ignores a progress reporter: ours is kept
     logging.getLogger("ray.tune.tune").addFilter(_NO_TUNER_RESTORE_HINT)
     started = time.perf_counter()
     experiment = experiment or choose_experiment(config)
@@ -465,7 +474,8 @@ def collect_outcome(config: SweepConfig, experiment: Experiment, records: list[T
                               plan.task_options, experiment.path, data.tasks)
     # drawn on this machine (from a copy of each trial's results when the experiment is in s3://...), kept with it
     plots_dir = Path(experiment.local_dir) / "plots"
-    plots = [str(p) for p in write_plots(experiment.trial_results_here(), plots_dir)]
+    plots = [str(p) for p in write_plots(experiment.trial_results_here(), plots_dir,
+                                         statuses={r.trial_id: r.status for r in records})]
     # a full trial's steps: the same pure plan every trial trains by; the steps each trial ran come from its reports
     mattered = study_report(records, plan.resources, len(step_plan(settings, data.train)),
                             plots_dir, space.distributions if space else None,

@@ -32,12 +32,14 @@ class TrialRecord:
     trial_id: str
     hyperparameters: Hyperparameters | None  # None when Tune's config lacks them
     status: TrialStatus
-    reason: str            # why it failed, in one line; empty otherwise
+    reason: str            # why it did not run to the end, in one line (`ended_reason`); empty when it did
     steps: int             # optimizer steps trained (the last report's)
     best_eval_loss: float
     last_eval_loss: float
     seconds: float
     folder: str
+    # the untrained model's eval loss, as this trial's worker measured it (the same for every trial of a sweep)
+    base_eval_loss: float = math.nan
 
 
 def one_line_reason(error_text: str) -> str:
@@ -71,6 +73,28 @@ def trial_status(has_error: bool, done: bool, reports: int, planned_reports: int
     return TrialStatus.FINISHED if reports >= planned_reports else TrialStatus.STOPPED
 
 
+def ended_reason(status: TrialStatus, reports: int, planned_reports: int, step: int, last_eval_loss: float,
+                 error_text: str = "", out_of_memory: str = "") -> str:
+    """Why a trial did not run to the end, in one line, as far as its own reports tell (empty for a finished one).
+
+    ASHA stops a trial only at a rung, when the loss it reports there is above the rung's cutoff (the
+    1/reduction_factor best losses recorded there so far); the cutoff's value is the scheduler's and is not in the
+    trial's results, so the line gives the loss but not the cutoff."""
+    where = f"at step {step}, after {reports} of {planned_reports} evaluations"
+    if status is TrialStatus.FAILED:
+        return one_line_reason(error_text)
+    if status is TrialStatus.OUT_OF_MEMORY:
+        return out_of_memory
+    if status is TrialStatus.STOPPED:
+        loss = f"eval_loss {last_eval_loss:.4f}" if math.isfinite(last_eval_loss) else "its eval_loss"
+        return f"stopped early by ASHA {where} ({loss} above the rung's cutoff)"
+    if status is TrialStatus.TIME_BUDGET:
+        return f"stopped by --time_budget {where}"
+    if status is TrialStatus.INTERRUPTED:
+        return f"the sweep was interrupted {where}" if reports else "the sweep was interrupted before it reported"
+    return ""
+
+
 def records_from_results(results, planned_reports: int,
                          budget_stopped: frozenset | set = frozenset()) -> list[TrialRecord]:
     """Tune's ResultGrid -> one record per trial, in trial order. `budget_stopped`: the trials --time_budget
@@ -83,20 +107,24 @@ def records_from_results(results, planned_reports: int,
         losses = [loss for loss in losses if math.isfinite(loss)]  # an out-of-memory trial's last report is inf
         config = result.config or {}
         trial_id = str(metrics.get("trial_id") or Path(result.path).name)
+        reports, step = int(metrics.get("training_iteration", 0)), int(metrics.get("step", 0))
+        status = trial_status(result.error is not None, bool(metrics.get("done")), reports, planned_reports,
+                              out_of_memory=bool(metrics.get("out_of_memory")),
+                              stopped_by_budget=trial_id in budget_stopped)
+        last = losses[-1] if losses else math.nan
+        base = metrics.get("base_eval_loss")
         records.append(TrialRecord(
             trial_id=trial_id,
             hyperparameters=Hyperparameters.from_mapping(config) if set(NAMES) <= set(config) else None,
-            status=trial_status(result.error is not None, bool(metrics.get("done")),
-                                int(metrics.get("training_iteration", 0)), planned_reports,
-                                out_of_memory=bool(metrics.get("out_of_memory")),
-                                stopped_by_budget=trial_id in budget_stopped),
-            reason=(one_line_reason(str(result.error)) if result.error is not None
-                    else str(metrics.get("out_of_memory") or "")),
-            steps=int(metrics.get("step", 0)),
+            status=status,
+            reason=ended_reason(status, reports, planned_reports, step, last, str(result.error or ""),
+                                str(metrics.get("out_of_memory") or "")),
+            steps=step,
             best_eval_loss=min(losses) if losses else math.nan,
-            last_eval_loss=losses[-1] if losses else math.nan,
+            last_eval_loss=last,
             seconds=float(metrics.get("time_total_s", 0.0)),
-            folder=result_folder(result)))
+            folder=result_folder(result),
+            base_eval_loss=float(base) if isinstance(base, (int, float)) else math.nan))
     return records
 
 
@@ -111,16 +139,31 @@ def count(records: list[TrialRecord], status: TrialStatus) -> int:
     return sum(1 for r in records if r.status is status)
 
 
+def best_record(records: list[TrialRecord]) -> TrialRecord | None:
+    """The trial with the lowest eval loss at any evaluation (the first on a tie), whatever its end: the coordinator
+    merges the best checkpoint it was offered, and a trial that failed later still reported that checkpoint."""
+    scored = [r for r in records if math.isfinite(r.best_eval_loss)]
+    return min(scored, key=lambda r: r.best_eval_loss, default=None)
+
+
+def ranked(records: list[TrialRecord]) -> list[TrialRecord]:
+    """Best eval loss first; trials without a loss last, in trial order (the sort is stable)."""
+    return sorted(records, key=lambda r: (not math.isfinite(r.best_eval_loss),
+                                          r.best_eval_loss if math.isfinite(r.best_eval_loss) else 0.0))
+
+
 def write_trials_csv(records: list[TrialRecord], experiment_dir: str | Path) -> Path:
+    """trials.csv: one row per trial, the best first, `best` = yes on the best row, `reason` for each unfinished."""
     path = Path(experiment_dir) / TRIALS_CSV
     path.parent.mkdir(parents=True, exist_ok=True)
+    best = best_record(records)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["trial_id", *NAMES, "status", "reason", "steps", "best_eval_loss",
+        writer.writerow(["trial_id", "best", *NAMES, "status", "reason", "steps", "best_eval_loss",
                          "last_eval_loss", "seconds", "folder"])
-        for r in records:
+        for r in ranked(records):
             hyperparameters = r.hyperparameters.as_dict().values() if r.hyperparameters else [""] * len(NAMES)
-            writer.writerow([r.trial_id, *hyperparameters, r.status.value,
+            writer.writerow([r.trial_id, "yes" if r is best else "", *hyperparameters, r.status.value,
                              r.reason, r.steps, _number(r.best_eval_loss), _number(r.last_eval_loss),
                              f"{r.seconds:.1f}", r.folder])
     return path

@@ -3,10 +3,11 @@
 A one-node cluster of this test's own (`ray start --head`, token authentication on, its own ports and temp dir)
 runs the sweep the README's cluster way, as a Ray job: `ray job submit -- python -m orchestrator.run --address auto`.
 While the trials train, Chromium logs in through the dashboard's token dialog and the test reads the rendered
-pages: the Jobs page and the job's driver log (the live trial table), the Actors page, a trial actor's log (the
-per-evaluation lines) and the same file in the Logs viewer. The node's Prometheus export is read too, for the
-metric names the Grafana dashboard plots. Screenshots go to the test's tmp folder (printed; $LORA_SWEEP_SCREENSHOTS
-picks another). Runs wherever Chromium is installed (CI installs it; see .ci/run).
+pages: the Jobs page and the job's driver log (the progress block), the Actors page (each trial's actor named
+`trial <id> lr=... r=... alpha=...`), a trial actor's log (the per-evaluation lines) and the same file in the Logs
+viewer. The node's Prometheus export is read too, for the trials' and the driver's gauges the Grafana dashboard
+plots. Screenshots go to the test's tmp folder (printed; $LORA_SWEEP_SCREENSHOTS picks another). Runs wherever
+Chromium is installed (CI installs it; see .ci/run).
 """
 
 import asyncio
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from trainables.trial_telemetry import GAUGES, prometheus_names
+from trainables.trial_telemetry import GAUGES, SWEEP_GAUGES, prometheus_names
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")
@@ -39,6 +40,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--window-size=1400,1000"]
 EVAL_LINE = re.compile(r"\[trial (\w+)\] lr=\d\.\d\de-\d\d r=\d+ alpha=\d+ step=\d+ eval_loss=\d+\.\d+ "
                        r"train_loss=\S+ tokens/s=\d+")
+# a running trial's line in the driver's progress block (orchestrator/progress.py)
+RUNNING_LINE = re.compile(r"^(\w+) RUNNING lr=\d\.\d\de-\d\d r=\d+ alpha=\d+ step \d+ eval_loss \d+\.\d{4}", re.M)
+# a trial's actor on the Actors page: its repr, then its state
+RUNNING_ACTOR = re.compile(r"trial \w+ lr=\d\.\d\de-\d\d r=\d+ alpha=\d+\s+ALIVE")
 SUBMISSION_ID = "lora-sweep-dashboard-test"
 
 
@@ -140,21 +145,23 @@ def driver_log(head: Head) -> str:
 
 
 def trial_actors(head: Head) -> list[dict]:
+    """The trials' actors: Ray names each by its repr, `trial <id> lr=... r=... alpha=...`, once it has started."""
     actors = head.get("/api/v0/actors?detail=1&limit=1000")["data"]["result"]["result"]
-    return [a for a in actors if a["class_name"] == "ImplicitFunc"]
+    return [a for a in actors if (a.get("repr_name") or "").startswith("trial ")]
 
 
 def actor_stderr(head: Head, actor_id: str) -> str:
     return head.get(f"/api/v0/logs/file?actor_id={actor_id}&suffix=err&lines=1000", raw=True)
 
 
-def exported_trial_metrics(metrics_port: int) -> dict[str, set]:
-    """name -> trial ids, from the node's Prometheus export."""
+def exported_metrics(metrics_port: int, label: str = "trial_id", prefix: str = "ray_lora_trial_") -> dict[str, set]:
+    """name -> the values of `label` (trial ids; experiments for the sweep's gauges), from the node's Prometheus
+    export."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
         text = response.read().decode()
     found: dict[str, set] = {}
-    for name, labels in re.findall(r"^(ray_lora_trial_\w+)\{([^}]*)\}", text, re.M):
-        found.setdefault(name, set()).update(re.findall(r'trial_id="([^"]+)"', labels))
+    for name, labels in re.findall(rf"^({prefix}\w+)\{{([^}}]*)\}}", text, re.M):
+        found.setdefault(name, set()).update(re.findall(rf'{label}="([^"]+)"', labels))
     return found
 
 
@@ -256,15 +263,26 @@ def test_the_dashboard_shows_trial_ids_hyperparameters_and_eval_losses(head, tmp
     # CPU trials report no GPU memory and no MFU (no GPU peak to divide by)
     expected = prometheus_names() - {"ray_" + GAUGES["peak_gpu_mem_gb"], "ray_" + GAUGES["mfu"]}
     exported = wait_for("the trial gauges in the Prometheus export", lambda: (
-        lambda found: set(found) >= expected and found)(exported_trial_metrics(head.metrics_port)), 60)
+        lambda found: set(found) >= expected and found)(exported_metrics(head.metrics_port)), 60)
     assert set(exported) <= prometheus_names()
     assert any(trial_id in ids for ids in exported.values())
+    # the driver's own gauges (orchestrator/sweep_metrics.py) reach the same export, tagged by experiment
+    sweep_names = prometheus_names(SWEEP_GAUGES.values())
+    sweep = wait_for("the sweep gauges in the Prometheus export", lambda: (
+        lambda found: set(found) >= sweep_names and found)(
+            exported_metrics(head.metrics_port, "experiment", "ray_lora_sweep_")), 60)
+    assert all(experiments == {"dashboard"} for experiments in sweep.values()), sweep
 
-    # the driver log holds the live trial table, with eval_loss once the trials have reported
-    table = wait_for("a trial table with eval losses", lambda: (
-        lambda t: re.search(r"\| Trial name .*\| +eval_loss \|", t) and t)(driver_log(head)), 120)
-    table_lines = table.splitlines()
-    last_table = max(i for i, text in enumerate(table_lines) if "| Trial name" in text)
+    # the driver log holds the progress block: a header, and a line per running trial once it has reported
+    log = wait_for("a progress block with a running trial's eval loss", lambda: (
+        lambda t: RUNNING_LINE.search(t) and t)(driver_log(head)), 120)
+    assert "+----" not in log and "Current best trial" not in log and "Result logdir" not in log
+    log_lines = log.splitlines()
+    last_block = max(i for i, text in enumerate(log_lines) if RUNNING_LINE.match(text))
+    # the trials running now, as Ray names their actors
+    running = wait_for("a running trial's named actor", lambda: [
+        a["repr_name"] for a in trial_actors(head) if a["state"] == "ALIVE" and re.fullmatch(
+            r"trial \w+ lr=\d\.\d\de-\d\d r=\d+ alpha=\d+", a["repr_name"])], 60)
 
     async def scenario(page: Page) -> None:
         # the token dialog comes first; a user pastes what `ray get-auth-token` prints
@@ -276,20 +294,28 @@ def test_the_dashboard_shows_trial_ids_hyperparameters_and_eval_losses(head, tmp
                       ".click()")
         await asyncio.sleep(2)  # the dialog sets the cookie and reloads the page
 
+        # first, while trials still run: the Actors page names each trial's actor by its id and hyperparameters
+        text = await page.open(head.url + "/#/actors", running[0])
+        deadline = time.time() + 60
+        while not RUNNING_ACTOR.search(text) and time.time() < deadline:  # a running trial, not only ended ones
+            await asyncio.sleep(2)
+            await page.call("Page.reload")
+            text = await page.open(head.url + "/#/actors", "Repr")
+        await page.screenshot("04-actors.png")
+        assert RUNNING_ACTOR.search(text), text
+        assert "ImplicitFunc" not in text
+
         text = await page.open(head.url + "/#/jobs", SUBMISSION_ID, "orchestrator.run")
         assert "--address auto" in text
         await page.screenshot("02-jobs.png")
 
-        await page.open(head.url + f"/#/jobs/{SUBMISSION_ID}", "Trial name")
-        await page.js(SCROLL_LOG_TO.format(fraction=max(last_table - 1, 0) / len(table_lines)))
+        await page.open(head.url + f"/#/jobs/{SUBMISSION_ID}", "trials: ")
+        await page.js(SCROLL_LOG_TO.format(fraction=max(last_block - 1, 0) / len(log_lines)))
         await asyncio.sleep(1)
         shown = await page.js(LOG_BOX_TEXT)
-        assert "Trial name" in shown and "eval_loss" in shown and "learning_rate" in shown, shown
-        assert re.search(r"lora_trainable_\w+ +\| +(RUNNING|TERMINATED|PENDING)", shown), shown
-        await page.screenshot("03-job-driver-log-trial-table.png")
-
-        text = await page.open(head.url + "/#/actors", "ImplicitFunc", "lora_trainable")
-        await page.screenshot("04-actors.png")
+        assert re.search(r"trials: \d+/4 done.* running, \d+ pending · ", shown), shown
+        assert RUNNING_LINE.search(shown), shown
+        await page.screenshot("03-job-driver-log-progress.png")
 
         text = await page.open(head.url + f"/#/actors/{actor['actor_id']}", "[trial ")
         await page.js(SCROLL_LOG_TO.format(fraction=0))

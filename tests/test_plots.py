@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.plots import (CURVES_PNG, HYPERPARAMETERS_PNG, best_trial, curves_figure,
-                                hyperparameters_figure, read_trials, write_plots)
+                                hyperparameters_figure, read_trials, untrained_loss, write_plots)
+from orchestrator.trial_records import TrialStatus
 from trainables.hyperparameters import Hyperparameters
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -110,6 +111,77 @@ def test_the_best_trial_is_highlighted_in_both_figures(experiment):
         everyone, star = axes.collections
         assert sorted(everyone.get_offsets()[:, 1]) == [5.1, 5.2, 6.1]  # each trial's best eval loss
         assert star.get_offsets().tolist() == [[value, 5.1]]
+
+
+@pytest.fixture
+def ended_experiment(tmp_path):
+    """Four trials whose reports carry the untrained model's loss (6.9): one ran to the end (the best), ASHA stopped
+    one after two evaluations, one failed after two, one ran out of memory after one."""
+    root = tmp_path / "ended"
+    root.mkdir()
+    trials = {"done": (1e-4, [6.0, 5.0, 4.0, 3.5]), "asha": (1e-5, [6.7, 6.6]), "boom": (1e-3, [6.2, 5.9]),
+              "oom": (3e-4, [6.1])}
+    for i, (trial_id, (rate, losses)) in enumerate(trials.items()):
+        make_trial(root, f"lora_trainable_{trial_id}_{i}", {"learning_rate": rate, "r": 8 * (i + 1), "alpha": 16},
+                   [report(10 * (n + 1), loss, trial_id, base_eval_loss=6.9) for n, loss in enumerate(losses)])
+    return root
+
+
+STATUSES = {"done": TrialStatus.FINISHED, "asha": TrialStatus.STOPPED, "boom": TrialStatus.FAILED,
+            "oom": TrialStatus.OUT_OF_MEMORY}
+
+
+def test_the_untrained_loss_is_a_labelled_reference_in_both_figures(ended_experiment):
+    trials = read_trials(ended_experiment, STATUSES)
+    assert untrained_loss(trials) == 6.9 and untrained_loss([]) != untrained_loss([])  # NaN when unknown
+
+    axes = curves_figure(trials).axes[0]
+    [reference] = [line for line in axes.get_lines() if line.get_label().startswith("untrained model")]
+    assert list(reference.get_ydata()) == [6.9, 6.9] and reference.get_label() == "untrained model (6.9000)"
+    assert "untrained model 6.9000" in [text.get_text() for text in axes.texts]  # named on the line itself
+    assert "untrained model (6.9000)" in [text.get_text() for text in axes.get_legend().get_texts()]
+
+    figure = hyperparameters_figure(trials)
+    for panel in figure.axes:
+        assert [list(line.get_ydata()) for line in panel.get_lines()] == [[6.9, 6.9]]
+    assert "untrained model (6.9000)" in [text.get_text() for text in figure.legends[0].get_texts()]
+
+
+def test_trials_that_did_not_run_to_the_end_are_drawn_apart_and_explained(ended_experiment):
+    trials = read_trials(ended_experiment, STATUSES)
+    assert {t.trial_id: t.status for t in trials} == STATUSES
+
+    axes = curves_figure(trials).axes[0]
+    curves = {line.get_label(): line for line in axes.get_lines() if len(line.get_xdata()) > 1}
+    assert curves["best: lr=1.00e-04 r=8 alpha=16 (3.5000)"].get_linestyle() == "-"
+    assert curves["lr=1.00e-05 r=16 alpha=16"].get_linestyle() == "--"  # stopped by ASHA: dashed
+    assert curves["lr=1.00e-03 r=24 alpha=16"].get_linestyle() == ":"   # failed: dotted
+    # a marker at each unfinished trial's last evaluation: x for the scheduler's stop, red for failures
+    ends = {(line.get_marker(), float(line.get_xdata()[0]), float(line.get_ydata()[0])): line.get_color()
+            for line in axes.get_lines() if len(line.get_xdata()) == 1 and line.get_marker() in ("x", "X", "v")}
+    assert set(ends) == {("x", 20, 6.6), ("X", 20, 5.9), ("v", 10, 6.1)}
+    assert ends[("X", 20, 5.9)] == ends[("v", 10, 6.1)] == "red"
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert "stopped early by ASHA (x: its last evaluation)" in legend
+    assert "failed (red X: its last evaluation)" in legend and "out of memory (red triangle: its last evaluation)" \
+        in legend
+    assert not any("time_budget" in entry for entry in legend)  # only the ways of ending this sweep shows
+
+    figure = hyperparameters_figure(trials)
+    markers = {collection.get_label(): collection for collection in figure.axes[0].collections}
+    assert sorted(markers) == ["best: lr=1.00e-04 r=8 alpha=16", "failed", "out of memory", "ran to the end",
+                               "stopped early by ASHA"]
+    assert markers["stopped early by ASHA"].get_offsets().tolist() == [[1e-5, 6.6]]  # its best loss, marked x
+    assert markers["ran to the end"].get_offsets().tolist() == [[1e-4, 3.5]]
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == [
+        "untrained model (6.9000)", "ran to the end", "stopped early by ASHA", "failed", "out of memory",
+        "best: lr=1.00e-04 r=8 alpha=16"]
+
+
+def test_write_plots_marks_the_statuses_it_is_given(ended_experiment):
+    written = write_plots(ended_experiment, statuses=STATUSES)
+    assert [p.name for p in written] == [CURVES_PNG, HYPERPARAMETERS_PNG]
+    assert all(p.read_bytes()[:8] == PNG_SIGNATURE for p in written)
 
 
 def test_write_plots_writes_two_valid_pngs_into_plots_by_default(experiment):

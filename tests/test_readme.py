@@ -224,3 +224,26 @@ def test_the_competition_4_cluster_block_runs_as_written(tmp_path, model_dir):
     # trained and scored at the competition's 16,384 tokens, on both of its tasks
     assert "SYNTHETIC_1_SFT" in job_output and "CODEFORCES_COTS" in job_output
     assert "--max_length" not in job_output  # nothing cut: the competition's own length
+
+
+def test_the_dashboard_page_lists_every_exported_metric_as_the_code_defines_it():
+    from trainables.trial_telemetry import EXPORTED_METRICS, PROMETHEUS_PREFIX
+
+    page = (REPO / "docs" / "dashboard.md").read_text()
+    rows = set(re.findall(r"^\| `(ray_\w+)` \| (.+?) \|$", page, re.M))
+    assert rows == {(PROMETHEUS_PREFIX + m.name, m.meaning) for m in EXPORTED_METRICS}
+
+
+def test_every_docs_page_opens_with_what_it_is_for_and_the_readme_maps_them_all():
+    readme = README.read_text()
+    assert len(readme.splitlines()) <= 250
+    for page in sorted((REPO / "docs").glob("*.md")):
+        title, blank, purpose = page.read_text().splitlines()[:3]
+        assert title.startswith("# ") and blank == "" and len(purpose) > 40, page.name
+        assert f"(docs/{page.name})" in readme, f"README's map of the docs lacks {page.name}"
+
+
+def test_every_relative_link_in_the_readme_and_docs_points_at_a_file():
+    for page in [README, *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"

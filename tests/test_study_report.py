@@ -1,5 +1,6 @@
 """orchestrator.study_report: importances from the trials' own results, compute spent, what early stopping saved."""
 
+import dataclasses
 import math
 import random
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ from orchestrator.search_space import parse_search_space
 from orchestrator.study_report import (IMPORTANCES_PNG, PARALLEL_COORDINATES_PNG, compute_spent,
                                        early_stopping_savings, param_importances, study_from_records, study_report,
                                        write_study_plots)
+from orchestrator.study import StudyChoice
 from orchestrator.sweep import SweepOutcome, summary_record
 from orchestrator.trial_records import TrialRecord, TrialStatus, records_from_results
 from publishing.coordinator import CoordinatorReport
@@ -60,7 +62,29 @@ def test_the_importances_agree_with_the_trial_results(name, loss_of):
     # the summary line prints them largest first, with the number of trials
     assert importances.line() == ("importances:     " + ", ".join(
         f"{n} {s:.2f}" for n, s in sorted(importances.values.items(), key=lambda kv: -kv[1]))
-        + f" (fANOVA over {len(trials)} trials with an eval loss)")
+        + f" (fANOVA over {len(trials)} trials of this sweep, each by its best eval loss)")
+
+
+def test_importances_score_each_trial_by_its_best_loss_and_say_how_the_dashboard_differs():
+    # the best loss of each trial follows the learning rate; its last loss (the value Optuna stores for a complete
+    # trial, which optuna-dashboard reads) follows r: the summary answers for the best loss, and says so
+    rng = random.Random(1)
+    trials = []
+    for i in range(16):
+        chosen = Hyperparameters(10 ** rng.uniform(-6, -3), rng.choice([8, 16, 32, 64, 128]), 16)
+        best = 3 + (math.log10(chosen.learning_rate) + 4) ** 2
+        trials.append(TrialRecord(f"t{i}", chosen, TrialStatus.FINISHED, "", 40, best, best + math.log2(chosen.r) * 10,
+                                  10.0, f"/x/t{i}"))
+    importances = param_importances(trials, DEFAULT_SPACE.distributions, seed=0)
+    assert max(importances.values, key=importances.values.get) == "learning_rate"
+    assert importances.lines() == [importances.line()]
+    assert importances.lines(stored_study=True) == [
+        importances.line(),
+        "                 (optuna-dashboard's can differ: PED-ANOVA over the study's complete trials, earlier "
+        "sweeps' too, each by its last eval loss)"]
+    # no importances, no note
+    none = param_importances(trials[:2], DEFAULT_SPACE.distributions)
+    assert none.lines(stored_study=True) == [none.line()]
 
 
 def test_the_study_holds_each_scored_trial_with_its_best_loss():
@@ -121,7 +145,7 @@ def test_compute_is_seconds_times_what_each_trial_held():
 def fake_result(trial_id, steps, seconds_per_step, done=True, error=None, planned_steps=40):
     """A Tune Result as records_from_results reads it: reports every 10 steps (the last at the final step)."""
     history = pd.DataFrame([{"step": step, "eval_loss": 6.0 - step / 100, "training_iteration": i + 1,
-                             "time_total_s": step * seconds_per_step, "trial_id": trial_id}
+                             "time_total_s": step * seconds_per_step, "trial_id": trial_id, "base_eval_loss": 6.5}
                             for i, step in enumerate(steps)])
     metrics = {**history.iloc[-1].to_dict(), "done": done} if steps else {}
     return SimpleNamespace(metrics=metrics, metrics_dataframe=history if steps else None, error=error,
@@ -138,6 +162,13 @@ def test_the_early_stopping_savings_agree_with_the_steps_counted_from_the_report
     records = records_from_results(results, planned_reports=5)
     assert [r.status for r in records] == [TrialStatus.FINISHED, TrialStatus.STOPPED, TrialStatus.STOPPED,
                                            TrialStatus.FINISHED, TrialStatus.STOPPED, TrialStatus.FAILED]
+    # each record says why it did not run to the end, from its own last report
+    assert [r.reason for r in records] == [
+        "", "stopped early by ASHA at step 20, after 2 of 5 evaluations (eval_loss 5.8000 above the rung's cutoff)",
+        "stopped early by ASHA at step 10, after 1 of 5 evaluations (eval_loss 5.9000 above the rung's cutoff)", "",
+        "stopped early by ASHA at step 30, after 3 of 5 evaluations (eval_loss 5.7000 above the rung's cutoff)",
+        "RuntimeError: boom"]
+    assert {r.base_eval_loss for r in records} == {6.5}  # the untrained loss each trial's reports carry
     savings = early_stopping_savings(records, 45, {"cpu": 2})
 
     # recounted from the step lists alone: the stopped trials' steps short of a full trial's
@@ -146,15 +177,34 @@ def test_the_early_stopping_savings_agree_with_the_steps_counted_from_the_report
     assert saved == 25 + 35 + 15
     assert (savings.stopped, savings.steps_saved, savings.planned_steps) == (3, saved, 45 * len(reports))
     assert savings.share == pytest.approx(saved / 270)
-    # each at its own pace (its seconds over its steps), on the 2 CPUs it held
-    cpu_seconds = sum((45 - reports[t][-1]) * per_step[t] for t in stopped) * 2
-    assert cpu_seconds == (25 * 1.5 + 35 * 3.0 + 15 * 0.5) * 2
+    # at the pace of the trials that ran to the end (median of 1.0 and 1.2 s a step), on the 2 CPUs each held: a
+    # stopped trial's own pace counts its start-up over a few steps
+    cpu_seconds = saved * 1.1 * 2
+    assert cpu_seconds == pytest.approx(165.0)
     assert savings.seconds_saved == pytest.approx(cpu_seconds)
     assert savings.line() == (f"early stopping:  saved 75 of 270 steps (27.8%), "
                               f"about {cpu_seconds / 3600:.2g} CPU-hours")
     # nothing stopped, nothing saved
     nothing = early_stopping_savings([r for r in records if r.status is not TrialStatus.STOPPED], 45, {"cpu": 1})
     assert nothing.line() == "early stopping:  saved 0 of 135 steps (0.0%), about 0 CPU-hours"
+
+
+def test_the_parallel_coordinates_mark_the_untrained_loss_on_the_loss_axis():
+    from orchestrator.study_report import parallel_coordinates_figure
+
+    trials = [dataclasses.replace(t, base_eval_loss=9.5)
+              for t in random_trials(lambda h: 5 + (math.log10(h.learning_rate) + 4) ** 2, count=6)]
+    axes = parallel_coordinates_figure(trials).axes[0]
+    [untrained] = [text for text in axes.texts if text.get_text().startswith("untrained")]
+    assert untrained.get_text() == "untrained\n9.5000"
+    # the loss axis stretches to hold it: it is the top of that axis, above every trial's loss
+    assert untrained.get_position()[1] == pytest.approx(1.0)
+    assert "9.500" not in [text.get_text() for text in axes.texts]  # not also one of the trials' ticks
+    legend = [text.get_text() for text in axes.figure.legends[0].get_texts()]
+    assert legend[-1] == "untrained model's loss" and "stopped early" in legend
+    # no untrained loss known (records made without one): no mark, no legend entry
+    axes = parallel_coordinates_figure(random_trials(lambda h: h.r, count=6)).axes[0]
+    assert not [text for text in axes.texts if text.get_text().startswith("untrained")]
 
 
 def test_the_plots_are_written_as_png_files(tmp_path):
@@ -182,12 +232,18 @@ def test_the_summary_and_the_wandb_record_carry_what_mattered(tmp_path):
                            publish=CoordinatorReport(lines=[], offline=True), what_mattered=report)
     summary = render_summary(outcome, load_config([]))
     assert report.importances.line() in summary and summary.count("importances:") == 1
-    # 4 trials ran 40 steps in 10 s, 4 were stopped at step 10 after 5 s: 60 s, and 4 x 30 steps of 0.5 s saved
+    assert "optuna-dashboard's can differ" not in summary  # no stored study, no dashboard to differ from
+    with_study = dataclasses.replace(outcome, study=StudyChoice("/s.journal", "tiny · m1 · 0123abcd", {}, 0,
+                                                                "/s.journal"))
+    assert f"{report.importances.line()}\n                 (optuna-dashboard's can differ: " in render_summary(
+        with_study, load_config([]))
+    # 4 trials ran 40 steps in 10 s, 4 were stopped at step 10 after 5 s: 60 s; 4 x 30 steps saved, each at the
+    # finished trials' 0.25 s a step
     assert "compute:         0.017 CPU-hours over 8 trials" in summary
-    assert "early stopping:  saved 120 of 320 steps (37.5%), about 0.017 CPU-hours" in summary
+    assert "early stopping:  saved 120 of 320 steps (37.5%), about 0.0083 CPU-hours" in summary
     assert f"plot:            {tmp_path / 'plots' / PARALLEL_COORDINATES_PNG}" in summary
     values = summary_record(outcome)
     assert values["param_importances"] == report.importances.values
     assert values["cpu_hours"] == pytest.approx(60 / 3600)
     assert values["early_stopping_steps_saved"] == 120 and values["early_stopping_planned_steps"] == 320
-    assert values["early_stopping_cpu_hours_saved"] == pytest.approx(60 / 3600)
+    assert values["early_stopping_cpu_hours_saved"] == pytest.approx(30 / 3600)

@@ -31,14 +31,25 @@ def test_one_trial_per_gpu_where_there_are_gpus():
 
 
 def test_sweep_end_to_end(local_ray, tmp_path, capsys):
+    import re
+
     # a damaged state file left by an earlier run costs a warning, not the sweep
     (tmp_path / "e2e").mkdir()
     (tmp_path / "e2e" / "publish_state.json").write_text("garbage")
     code = main(["--num_samples", "4", "--num_epochs", "2", "--storage_path", str(tmp_path),
                  "--experiment_name", "e2e", "--no-dashboard"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert code == 0
-    assert "Trial name" in out and "eval_loss" in out, out  # the live table
+    # the progress block (orchestrator/progress.py), not Tune's bordered table, its rung cut-offs (negated losses)
+    # or its Result logdir in Ray's temporary folder
+    assert re.search(r"^trials: \d/4 done.*, \d running, \d pending · best eval_loss \d\.\d{4} \(trial \w+ "
+                     r"lr=\d\.\d\de-\d\d r=\d+ alpha=\d+\) · (about \S+ left|all trials ended)$", out, re.M), out
+    # a line per trial (the block every 10 s may or may not catch one running: tests/test_dashboard_browser.py does)
+    assert re.search(r"^\w+ (RUNNING|FINISHED|STOPPED) lr=\S+ r=\d+ alpha=\d+ step \d+ eval_loss \d\.\d{4} "
+                     r"train_loss \d\.\d{4} tokens/s \d+$", out, re.M), out
+    assert "+----" not in out and "Current best trial" not in out and "/tmp/ray" not in out, out
+    assert not re.search(r"(eval_loss|Iter \S+:) -\d", out), out
     summary = out[out.index("=== Sweep summary ==="):]
     assert "best trial:" in summary and "untrained" in summary
     assert f"plot:            {tmp_path / 'e2e' / 'plots' / 'eval_loss_curves.png'}" in summary
@@ -47,6 +58,11 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
     assert len(trials) == 4
     best_loss = min(r["eval_loss"] for t in trials for r in t["reports"])
     assert f"{best_loss:.4f} best" in summary
+
+    # each trial's actor is named for it: Ray prefixes the log lines it forwards with the actor's repr (Ray's
+    # deduplication forwards only some trials' lines, and each must name the trial that wrote it)
+    named = re.findall(r"\(trial (\w+) lr=\S+ r=\d+ alpha=\d+ pid=\d+\)(?:\x1b\[0m)? \[trial (\w+)\]", captured.err)
+    assert named and all(actor == line for actor, line in named), captured.err[-3000:]
 
     # two trials really ran at the same time on the 2 CPUs
     spans = sorted((t["reports"][0]["trial_started_at"], t["reports"][-1]["reported_at"]) for t in trials)
@@ -67,7 +83,6 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
     # what mattered, recounted from each trial's reports: a full trial's steps are a finished trial's last step, and
     # every trial the scheduler stopped saved the steps it did not run, at its own seconds per step (1 CPU each)
     import math
-    import re
 
     status = {r["trial_id"]: r["status"] for r in rows}
     last = {t["reports"][0]["trial_id"]: t["reports"][-1] for t in trials}

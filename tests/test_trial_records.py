@@ -1,7 +1,8 @@
 import csv
 import math
 
-from orchestrator.trial_records import TrialRecord, TrialStatus, one_line_reason, trial_status, write_trials_csv
+from orchestrator.trial_records import (TrialRecord, TrialStatus, ended_reason, one_line_reason, trial_status,
+                                        write_trials_csv)
 from trainables.hyperparameters import Hyperparameters
 
 TRACEBACK = """Failure # 1 (occurred at 2026-11-25_10-00-00)
@@ -30,20 +31,55 @@ def test_how_a_trial_ended():
     assert trial_status(has_error=False, done=False, reports=4, planned_reports=4) is TrialStatus.FINISHED
 
 
-def test_trials_csv_has_a_row_per_trial_with_status_and_reason(tmp_path):
+def test_trials_csv_has_a_row_per_trial_best_first_with_status_and_reason(tmp_path):
     records = [
         TrialRecord("a1", Hyperparameters(1e-4, 8, 16), TrialStatus.FINISHED, "", 31, 3.5, 3.6, 12.0, "/x/a1"),
         TrialRecord("b2", Hyperparameters(1e-3, 16, 32), TrialStatus.FAILED,
                     "RuntimeError: boom, badly", 10, math.nan, math.nan, 3.0, "/x/b2"),
-        TrialRecord("c3", None, TrialStatus.INTERRUPTED, "", 0, math.nan, math.nan, 0.0, "/x/c3"),
+        TrialRecord("c3", None, TrialStatus.INTERRUPTED, "the sweep was interrupted before it reported", 0, math.nan,
+                    math.nan, 0.0, "/x/c3"),
+        TrialRecord("d4", Hyperparameters(3e-4, 8, 8), TrialStatus.STOPPED,
+                    ended_reason(TrialStatus.STOPPED, 2, 8, 20, 4.25), 20, 4.1, 4.25, 2.0, "/x/d4"),
+        # the lowest loss of the sweep, from a trial that failed after reporting it: its checkpoint is still the best
+        TrialRecord("e5", Hyperparameters(2e-4, 8, 8), TrialStatus.FAILED, "ValueError: late", 30, 3.2, 3.9, 9.0,
+                    "/x/e5"),
     ]
     path = write_trials_csv(records, tmp_path)
     rows = list(csv.DictReader(path.open()))
-    assert list(rows[0]) == ["trial_id", "learning_rate", "r", "alpha", "status", "reason", "steps",
+    assert list(rows[0]) == ["trial_id", "best", "learning_rate", "r", "alpha", "status", "reason", "steps",
                              "best_eval_loss", "last_eval_loss", "seconds", "folder"]
-    assert [r["trial_id"] for r in rows] == ["a1", "b2", "c3"]
-    assert (rows[0]["learning_rate"], rows[0]["alpha"]) == ("0.0001", "16")
-    assert (rows[2]["learning_rate"], rows[2]["r"], rows[2]["alpha"]) == ("", "", "")
-    assert rows[0]["status"] == "finished" and rows[0]["best_eval_loss"] == "3.5" and rows[0]["r"] == "8"
-    assert rows[1]["status"] == "failed" and rows[1]["reason"] == "RuntimeError: boom, badly"
-    assert rows[1]["best_eval_loss"] == ""
+    # by best eval loss; trials without one last, in trial order
+    assert [r["trial_id"] for r in rows] == ["e5", "a1", "d4", "b2", "c3"]
+    assert [r["best"] for r in rows] == ["yes", "", "", "", ""]
+    a1, d4, b2, c3 = rows[1], rows[2], rows[3], rows[4]
+    assert (a1["learning_rate"], a1["alpha"]) == ("0.0001", "16")
+    assert (c3["learning_rate"], c3["r"], c3["alpha"]) == ("", "", "")
+    assert a1["status"] == "finished" and a1["best_eval_loss"] == "3.5" and a1["r"] == "8" and a1["reason"] == ""
+    assert b2["status"] == "failed" and b2["reason"] == "RuntimeError: boom, badly"
+    assert b2["best_eval_loss"] == ""
+    assert d4["status"] == "stopped by the scheduler" and d4["reason"] == (
+        "stopped early by ASHA at step 20, after 2 of 8 evaluations (eval_loss 4.2500 above the rung's cutoff)")
+    assert c3["reason"] == "the sweep was interrupted before it reported"
+
+
+def test_no_trial_with_a_loss_flags_no_row_as_best(tmp_path):
+    records = [TrialRecord("a1", None, TrialStatus.FAILED, "OSError: x", 0, math.nan, math.nan, 1.0, "/x/a1")]
+    rows = list(csv.DictReader(write_trials_csv(records, tmp_path).open()))
+    assert [(r["trial_id"], r["best"]) for r in rows] == [("a1", "")]
+
+
+def test_every_trial_that_did_not_finish_says_why():
+    assert ended_reason(TrialStatus.FINISHED, 8, 8, 80, 3.0) == ""
+    assert ended_reason(TrialStatus.STOPPED, 2, 8, 20, 4.123456) == (
+        "stopped early by ASHA at step 20, after 2 of 8 evaluations (eval_loss 4.1235 above the rung's cutoff)")
+    assert ended_reason(TrialStatus.STOPPED, 1, 8, 10, math.nan) == (
+        "stopped early by ASHA at step 10, after 1 of 8 evaluations (its eval_loss above the rung's cutoff)")
+    assert ended_reason(TrialStatus.TIME_BUDGET, 3, 8, 30, 4.0) == (
+        "stopped by --time_budget at step 30, after 3 of 8 evaluations")
+    assert ended_reason(TrialStatus.INTERRUPTED, 3, 8, 30, 4.0) == (
+        "the sweep was interrupted at step 30, after 3 of 8 evaluations")
+    assert ended_reason(TrialStatus.INTERRUPTED, 0, 8, 0, math.nan) == "the sweep was interrupted before it reported"
+    assert ended_reason(TrialStatus.FAILED, 1, 8, 10, 4.0, error_text=TRACEBACK) == (
+        "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert ended_reason(TrialStatus.OUT_OF_MEMORY, 1, 8, 10, math.nan, out_of_memory="at step 12 (batch of 8)") == (
+        "at step 12 (batch of 8)")

@@ -1,11 +1,15 @@
-"""The per-evaluation log line and the Grafana dashboard that plots the trials' gauges (no Ray started)."""
+"""The per-evaluation log line, how a trial is named (actor, folder), the list of exported metrics and the Grafana
+dashboard that plots them (no Ray started; tests/test_sweep.py and tests/test_dashboard_browser.py see a real sweep)."""
 
 import json
+import math
 import re
 from pathlib import Path
 
 from trainables.hyperparameters import Hyperparameters
-from trainables.trial_telemetry import GAUGES, TAG_KEYS, emit, format_line, prometheus_names, tags
+from trainables.trial_telemetry import (EXPORTED_METRICS, GAUGES, SWEEP_GAUGES, TAG_KEYS, TRIAL_GAUGES, emit,
+                                        format_line, named_trials, prometheus_names, tags, trial_folder_name,
+                                        trial_label)
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "configs" / "grafana" / "lora_sweep_dashboard.json"
 HYPERPARAMETERS = Hyperparameters(learning_rate=2.1e-4, r=16, alpha=32)
@@ -52,19 +56,64 @@ def _metric_names(expr: str) -> set[str]:
     return set(re.findall(r"\bray_[a-z0-9_]+\b", expr))
 
 
-def test_every_grafana_panel_plots_a_metric_trial_telemetry_exports():
+def test_every_grafana_panel_plots_an_exported_metric_and_every_metric_has_a_panel():
     dashboard = json.loads(DASHBOARD.read_text())
     panels = dashboard["panels"]
+    exported = prometheus_names(EXPORTED_METRICS)
     plotted = set()
     for panel in panels:
         assert panel["datasource"]["type"] == "prometheus"
         for target in panel["targets"]:
             names = _metric_names(target["expr"])
-            assert names and names <= prometheus_names(), (panel["title"], target["expr"])
-            assert "{{trial_id}}" in target["legendFormat"]
+            assert names and names <= exported, (panel["title"], target["expr"])
+            # a trial's gauge is told apart by trial, the sweep's by experiment
+            assert ("{{trial_id}}" if names <= prometheus_names() else "{{experiment}}") in target["legendFormat"]
             plotted |= names
     # every gauge has its panel, and the experiment selector reads an exported metric too
-    assert plotted == prometheus_names()
+    assert plotted == exported
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert _metric_names(variables["experiment"]["definition"]) <= prometheus_names()
+    assert _metric_names(variables["experiment"]["definition"]) <= exported
     assert variables["datasource"]["query"] == "prometheus"
+
+
+def test_one_list_names_every_exported_metric_once_with_its_meaning():
+    names = [m.name for m in EXPORTED_METRICS]
+    assert len(names) == len(set(names)) == len(TRIAL_GAUGES) + len(SWEEP_GAUGES)
+    assert all(m.meaning and "\n" not in m.meaning for m in EXPORTED_METRICS)
+    assert {f"lora_sweep_{key}" for key in SWEEP_GAUGES} == {m.name for m in SWEEP_GAUGES.values()}
+
+
+def test_a_trial_is_named_by_its_id_and_hyperparameters():
+    config = {"learning_rate": 6.9e-4, "r": 64, "alpha": 64, "other": "ignored"}
+    assert trial_label("254c6de9", config) == "254c6de9 lr=6.90e-04 r=64 alpha=64"
+    assert trial_label("254c6de9", {}) == "254c6de9"
+
+
+def test_a_trials_folder_is_one_safe_path_component_with_its_id_and_a_readable_learning_rate():
+    config = {"learning_rate": 6.9e-4, "r": 64, "alpha": 64}
+    assert trial_folder_name("254c6de9", config) == "trial_254c6de9_lr=6.90e-04_r=64_alpha=64"
+    # Tune's own name printed learning_rate=0.0000 for every rate below 5e-5
+    assert trial_folder_name("a", {**config, "learning_rate": 1e-10}) == "trial_a_lr=1.00e-10_r=64_alpha=64"
+    odd = trial_folder_name("../x y/z", config)
+    assert "/" not in odd and " " not in odd and odd.startswith("trial_.._x_y_z_lr=")
+
+
+def test_named_trials_keep_the_functions_name_for_tune_and_a_resume():
+    from ray.tune.trainable import FunctionTrainable
+
+    def lora_trainable(config):
+        pass
+
+    trial_class = named_trials(lora_trainable)
+    assert issubclass(trial_class, FunctionTrainable) and trial_class.__name__ == "lora_trainable"
+    assert "__repr__" in vars(trial_class)  # Ray names the actor by its repr (seen on a real sweep elsewhere)
+
+
+def test_the_sweeps_gauges_count_ended_and_running_trials_and_take_the_lowest_finite_loss():
+    from orchestrator.sweep_metrics import SweepNumbers, sweep_numbers
+
+    states = ["TERMINATED", "ERROR", "RUNNING", "PENDING", "TERMINATED"]
+    assert sweep_numbers(states, [3.5, None, 3.25, None, math.inf], total=8) == SweepNumbers(
+        best_eval_loss=3.25, trials_finished=3, trials_running=1, trials_total=8)
+    assert sweep_numbers([], [], total=4) == SweepNumbers(None, 0, 0, 4)
+    assert set(SweepNumbers.__dataclass_fields__) == set(SWEEP_GAUGES)  # a gauge for every number

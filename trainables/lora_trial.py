@@ -161,11 +161,11 @@ Report = Callable[[dict, Path | None], None]  # metrics, checkpoint folder (None
 def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, report: Report,
                resume_from: Path | None = None) -> None:
     """Train, evaluating every eval_steps steps. Running out of accelerator memory ends the trial with one last
-    report saying where (`out_of_memory`), after the memory is freed: the worker is reused by the next trial."""
+    report saying where (`out_of_memory`), after the memory is freed (a restarted attempt, or a test's trials in one process, may reuse the worker)."""
     device = pick_device(settings.device)
     use_cpus(device, settings.cpus_per_trial)
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)  # the worker is reused: count this trial's peak only
+        torch.cuda.reset_peak_memory_stats(device)  # count this trial's peak only, whatever ran here before
     torch.manual_seed(settings.seed)
     progress = {"step": 0, "micro_batch_tokens": 0}
     try:
@@ -247,8 +247,9 @@ def untrained_eval_loss(model, settings: TrialSettings, data: SweepData, device:
     """The base model's eval loss, scored as the competition scores (the adapter switched off): the number every
     trial must beat.
 
-    Measured here, once per worker process (workers are reused across trials), rather than in a task
-    of its own: such a task would start a worker and load the model before any trial could start.
+    Measured here, once per worker process (each trial has an actor of its own, so once per trial: one forward
+    pass over the held-out set, small beside a trial's training), rather than in a task of its own: such a task
+    would start a worker and load the model before any trial could start.
     """
     eval_split = data.eval
     digest = hashlib.sha1(eval_split.tokens.tobytes() + eval_split.prompt_lens.tobytes()).hexdigest()
@@ -347,7 +348,8 @@ def lora_trainable(config: dict, settings: TrialSettings, data: SweepData) -> No
     # one line per checkpoint from every trial would drown the live table
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     started = time.time()
-    # the actor is reused across trials and the dashboard names it by class, so each evaluation names its trial
+    # the actor is named for this trial (trial_telemetry.named_trials), but its log file carries no prefix: each
+    # evaluation's line names the trial itself
     trial_id = tune.get_context().get_trial_id()
     hyperparameters = Hyperparameters.from_mapping(config)
     retention = Retention()  # this trial deletes its stale checkpoints; the driver does not (see the module)

@@ -92,7 +92,7 @@ def load_causal_lm(model_dir: str | Path, dtype: torch.dtype | str, attn_impleme
 
 
 def release_accelerator_memory() -> None:
-    """Workers are reused across trials: hand cached GPU memory back so the next trial starts clean."""
+    """Hand cached GPU memory back, so whatever runs next in this process (a restarted attempt) starts clean."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -1,45 +1,111 @@
-"""What a trial shows in the Ray dashboard: one log line per evaluation, and Prometheus gauges.
+"""What a trial shows in the Ray dashboard: its actor's name, one log line per evaluation, and Prometheus gauges.
 
-The dashboard names a trial's actor by its class (`ImplicitFunc`) and a repr (`lora_trainable`) that Ray
-captures once, when the actor is created; Tune reuses actors across trials, so the actor cannot name the
-trial it runs now. The trial's identity therefore travels in what the actor writes:
-
+- `named_trials` gives the trial's actor a repr of `trial <id> lr=... r=... alpha=...`: the Actors page shows it, and
+  Ray prefixes the actor's log lines with it (`(trial 254c6de9 lr=6.90e-04 r=64 alpha=64 pid=...)`). Ray captures
+  the repr once, when the actor is created, so the sweep runs one actor per trial (Tune's `reuse_actors=False`).
 - `emit` prints `[trial <id>] lr=... r=... alpha=... step=... eval_loss=... train_loss=... tokens/s=... mfu=...`
   (tokens/s counts real tokens only; mfu on GPUs whose peak is known; peak memory beside the planner's estimate)
   to the worker's stderr: the tab the dashboard's actor page opens its logs on (the driver's console and a
   Ray job's driver log show it too, deduplicated by Ray);
 - it sets `ray.util.metrics` gauges tagged with the trial id, the experiment and the hyperparameters, which
   Ray exports to Prometheus as `ray_<name>` (`configs/grafana/lora_sweep_dashboard.json` plots them).
+
+`EXPORTED_METRICS` lists every gauge the sweep exports, the driver's (orchestrator.sweep_metrics) included, with
+what it means: the one list the Grafana dashboard, the docs and the tests read.
 """
 
 import math
+import re
 import sys
+from dataclasses import dataclass
 
 from trainables.hyperparameters import NAMES, Hyperparameters
 
-# report metric -> gauge name; Prometheus sees "ray_" + the gauge name
-GAUGES = {
-    "eval_loss": "lora_trial_eval_loss",
-    "train_loss": "lora_trial_train_loss",
-    "tokens_per_s": "lora_trial_tokens_per_s",
-    "step": "lora_trial_step",
-    "peak_rss_mb": "lora_trial_peak_rss_mb",
-    "peak_gpu_mem_gb": "lora_trial_peak_gpu_mem_gb",
-    "memory_estimate_gb": "lora_trial_memory_estimate_gb",
-    "mfu": "lora_trial_mfu",
-}
+
+@dataclass(frozen=True)
+class ExportedMetric:
+    name: str      # the ray.util.metrics gauge; Prometheus sees "ray_" + name
+    meaning: str   # one line: the gauge's description, and the docs' table
+
+
 PROMETHEUS_PREFIX = "ray_"
+# report metric -> its gauge, set by every trial at every evaluation (tagged by TAG_KEYS)
+TRIAL_GAUGES = {
+    "eval_loss": ExportedMetric("lora_trial_eval_loss", "the trial's eval loss at its latest evaluation "
+                                "(validator-style)"),
+    "train_loss": ExportedMetric("lora_trial_train_loss", "the trial's mean training loss since its previous "
+                                 "evaluation"),
+    "tokens_per_s": ExportedMetric("lora_trial_tokens_per_s", "real (unpadded) tokens trained per second"),
+    "step": ExportedMetric("lora_trial_step", "the optimizer step of the trial's latest evaluation"),
+    "peak_rss_mb": ExportedMetric("lora_trial_peak_rss_mb", "the trial worker's peak resident memory, MiB"),
+    "peak_gpu_mem_gb": ExportedMetric("lora_trial_peak_gpu_mem_gb", "the trial's peak GPU memory, GB (GPU trials)"),
+    "memory_estimate_gb": ExportedMetric("lora_trial_memory_estimate_gb", "the memory planner's estimate for the "
+                                         "trial, GB"),
+    "mfu": ExportedMetric("lora_trial_mfu", "model FLOPs utilization over the GPU's bf16 peak (GPUs whose peak "
+                          "is known)"),
+}
+# the driver's gauges (orchestrator.sweep_metrics sets them from a Tune callback; tagged by experiment)
+SWEEP_GAUGES = {
+    "best_eval_loss": ExportedMetric("lora_sweep_best_eval_loss", "the lowest eval loss any trial of the sweep "
+                                     "has reported so far"),
+    "trials_finished": ExportedMetric("lora_sweep_trials_finished", "trials that have ended: finished, stopped "
+                                      "early, failed or out of memory"),
+    "trials_running": ExportedMetric("lora_sweep_trials_running", "trials training now"),
+    "trials_total": ExportedMetric("lora_sweep_trials_total", "trials the sweep will run"),
+}
+EXPORTED_METRICS = [*TRIAL_GAUGES.values(), *SWEEP_GAUGES.values()]
+GAUGES = {metric: gauge.name for metric, gauge in TRIAL_GAUGES.items()}  # report metric -> gauge name
 TAG_KEYS = ("trial_id", "experiment", *NAMES)
 # (report metric, label in the log line, format)
 LINE_FIELDS = [("step", "step", "d"), ("eval_loss", "eval_loss", ".4f"), ("train_loss", "train_loss", ".4f"),
                ("tokens_per_s", "tokens/s", ".0f"), ("mfu", "mfu", ".1%"), ("peak_rss_mb", "peak_rss_mb", ".0f"),
                ("peak_gpu_mem_gb", "peak_gpu_mem_gb", ".2f"), ("memory_estimate_gb", "estimated_gb", ".2f")]
+# what a trial's folder name may hold: one safe path component, locally and in object storage
+FOLDER_CHARACTERS = re.compile(r"[^A-Za-z0-9._=-]")
 
 _gauges: dict = {}  # metric -> Gauge, created once per worker process (workers run many trials)
 
 
-def prometheus_names() -> set[str]:
-    return {PROMETHEUS_PREFIX + name for name in GAUGES.values()}
+def prometheus_names(metrics=TRIAL_GAUGES.values()) -> set[str]:
+    """The names Prometheus shows for `metrics` (by default the trials' gauges)."""
+    return {PROMETHEUS_PREFIX + metric.name for metric in metrics}
+
+
+def trial_label(trial_id: str, config: dict) -> str:
+    """`254c6de9 lr=6.90e-04 r=64 alpha=64`: how every line, the Actors page and a folder name name a trial (the
+    hyperparameters left out when a config lacks them)."""
+    if set(NAMES) <= set(config or {}):
+        return f"{trial_id} {Hyperparameters.from_mapping(config).compact()}"
+    return trial_id
+
+
+def trial_folder_name(trial_id: str, config: dict) -> str:
+    """`trial_254c6de9_lr=6.90e-04_r=64_alpha=64`: the trial's folder in the experiment. Tune's own name printed the
+    learning rate to 4 decimals (`learning_rate=0.0000`)."""
+    return FOLDER_CHARACTERS.sub("_", "trial_" + trial_label(trial_id, config).replace(" ", "_"))
+
+
+def trial_dirname(trial) -> str:
+    """TuneConfig's `trial_dirname_creator` (a module-level function: Tune saves it with the experiment)."""
+    return trial_folder_name(trial.trial_id, trial.config)
+
+
+def named_trials(trainable):
+    """A function trainable as Tune runs it (its `ImplicitFunc` class), with the actor's repr naming the trial:
+    `trial 254c6de9 lr=6.90e-04 r=64 alpha=64`. Ray takes an actor's repr once, after `__init__` (where Tune hands
+    the trial its id and config), for the Actors page and the log prefix; so it names the trial only when each
+    trial has an actor of its own. The class keeps the function's name: Tune registers the trainable by it, and a
+    --resume finds the experiment's trainable by that name."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    base = wrap_function(trainable)
+
+    class NamedTrial(base):
+        def __repr__(self) -> str:
+            return "trial " + trial_label(self.trial_id, self.config)
+
+    NamedTrial.__name__ = NamedTrial.__qualname__ = base._name
+    return NamedTrial
 
 
 def format_line(trial_id: str, hyperparameters: Hyperparameters, metrics: dict) -> str:
@@ -64,8 +130,7 @@ def _gauge(metric: str):
     if metric not in _gauges:
         from ray.util.metrics import Gauge
 
-        _gauges[metric] = Gauge(GAUGES[metric], description=f"the trial's {metric} at its latest evaluation",
-                                tag_keys=TAG_KEYS)
+        _gauges[metric] = Gauge(GAUGES[metric], description=TRIAL_GAUGES[metric].meaning, tag_keys=TAG_KEYS)
     return _gauges[metric]
 
 
