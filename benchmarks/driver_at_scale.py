@@ -157,7 +157,9 @@ def sleeping_trial_factory(interval_s: float, reports: int, adapter: str, events
             reported_at = time.time()
             with open(events, "a") as out:  # written first: a trial that ASHA stops never returns from this report
                 out.write(json.dumps({"trial": trial_id, "event": "report", "report": report, "at": reported_at}) + "\n")
-            tune.report({"eval_loss": simulated_loss(config, report), "step": report * settings.training.eval_steps,
+            # every evaluation scores the whole set here (--eval_steps), so rank_loss, what Tune ranks by, is eval_loss
+            tune.report({"eval_loss": simulated_loss(config, report), "rank_loss": simulated_loss(config, report),
+                         "step": report * settings.training.eval_steps,
                          "train_loss": simulated_loss(config, report) + 0.1, "tokens_per_s": 1000.0,
                          "trial_started_at": started, "reported_at": reported_at},
                         checkpoint=tune.Checkpoint.from_directory(folder))

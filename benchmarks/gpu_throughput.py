@@ -1,10 +1,14 @@
 """The product's LoRA training step on one GPU: real-token throughput, MFU and peak memory against the memory
-planner's estimate, for Llama-shape models built from a config (random weights, no download). Issue 12.
+planner's estimate, for Llama-shape models built from a config (random weights, no download). Issues 12 and 22.
 
-The whole issue-12 matrix, one fresh process per row (estimated 4-6 minutes on one H100, not yet timed there;
-one JSON object at the end, progress on stderr):
+Issue 22's matrix (ISSUE22_ROWS: 3B at 16k packed under sdpa, varlen and FlexAttention with the planner's partial
+checkpointing, today's all-layers sdpa row as the baseline, Liger's fused kernels, 8B at 4k and 16k, and 2k rows),
+one fresh process per row, each attention's first row checking that packed pairs stay apart; one JSON object at the
+end, progress on stderr. Made to fit a 15-minute GPU lease: no row starts after --time_limit_s:
 
-    .venv/bin/python benchmarks/gpu_throughput.py --matrix --out benchmarks/measured/gpu_matrix.json
+    .venv/bin/python benchmarks/gpu_throughput.py --matrix --time_limit_s 420 --out benchmarks/measured/gpu_matrix_issue22.json
+
+The earlier grid (1B/3B x 2k/16k x packed/padded x all layers/none): --matrix --matrix_set issue12.
 
 One configuration, and the opt-in GPU test:
 
@@ -109,6 +113,9 @@ SHAPES = {
                intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, max_position_embeddings=131072,
                rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    "8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,   # Llama-3-8B
+               intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False, max_position_embeddings=8192,
+               rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
 }
 
 MEDIAN_PAIR_TOKENS, PAIR_SIGMA, MIN_PAIR_TOKENS, PROMPT_TOKENS = 384, 1.0, 64, (8, 32)
@@ -121,7 +128,7 @@ HARDWARE_FORMULA = ("4*N + 6*N_lora + 12*L*d*ctx + 2*N_head per real token (froz
                     "2*(N - N_head) + 2*N_lora + 4*L*d*ctx (each decoder layer's forward again)")
 
 MATRIX_MODELS, MATRIX_SEQ_LENS = ("1b", "3b"), (2048, 16384)
-GOAL_MFU, GOAL_ESTIMATE_ERROR = 0.40, 0.15
+GOAL_MFU, GOAL_MFU_8B, GOAL_ESTIMATE_ERROR = 0.45, 0.60, 0.15  # issue 22: 3B at 16k packed; 8B at 4k (6N)
 
 
 # ---------------------------------------------------------------------------------------------------- FLOPs
@@ -133,13 +140,13 @@ def token_weighted_ctx(lengths) -> float:
 
 
 def hardware_flops_per_token(matmul_params: int, lora_params: int, head_params: int, layers: int,
-                             attention_width: int, ctx: float, gradient_checkpointing: bool) -> float:
-    """What the product's LoRA step computes per real token (HARDWARE_FORMULA)."""
+                             attention_width: int, ctx: float, checkpointed_layers: int) -> float:
+    """What the product's LoRA step computes per real token (HARDWARE_FORMULA): each checkpointed decoder layer
+    runs its forward pass again, so the recompute is that share of the layers' forward work."""
     attention = 12.0 * layers * attention_width * ctx
     flops = 4.0 * matmul_params + 6.0 * lora_params + attention + 2.0 * head_params
-    if gradient_checkpointing:
-        flops += 2.0 * (matmul_params - head_params) + 2.0 * lora_params + attention / 3
-    return flops
+    share = checkpointed_layers / layers if layers else 0.0
+    return flops + share * (2.0 * (matmul_params - head_params) + 2.0 * lora_params + attention / 3)
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -161,19 +168,31 @@ def default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-def build_model(config, device, dtype: torch.dtype, lora_r: int | None, gradient_checkpointing: bool):
+def build_model(config, device, dtype: torch.dtype, lora_r: int | None, checkpointed_layers: int,
+                fused: str = "off"):
     """LlamaForCausalLM(config), random weights created directly on `device` in `dtype`; with lora_r, wrapped by the
-    product's build_lora_model (fp32 adapters on every linear layer)."""
+    product's build_lora_model (fp32 adapters on every linear layer, the first `checkpointed_layers` decoder layers
+    checkpointed), after the product's fused kernels where `fused` asks (trainables.fused_kernels)."""
     from transformers import LlamaForCausalLM
 
+    from trainables import fused_kernels
     from trainables.lora_trial import build_lora_model
 
     with torch.device(device), default_dtype(dtype):
         model = LlamaForCausalLM(config)
     if lora_r is None:
         return model
+    if device.type != "meta":
+        print(f"kernels: {fused_kernels.apply(model, fused, device)}", file=sys.stderr)
     with torch.device(device):
-        return build_lora_model(model, lora_r, lora_r, 0.0, gradient_checkpointing)
+        return build_lora_model(model, lora_r, lora_r, 0.0, checkpointed_layers)
+
+
+def checkpointed(args, config) -> int:
+    """--checkpointed_layers, else every layer with --gradient_checkpointing, else none."""
+    if args.checkpointed_layers is not None:
+        return min(args.checkpointed_layers, config.num_hidden_layers)
+    return config.num_hidden_layers if args.gradient_checkpointing else 0
 
 
 def param_counts(model) -> dict[str, int]:
@@ -229,9 +248,11 @@ def micro_batches(args, split: TokenizedSplit, rows: list[np.ndarray], attn: str
     """Each step's pairs as the product lays them out: flash-attention 2, one row of --seq_len tokens; sdpa and
     eager (which compute a row's whole T x T), rows as long as the longest pair, together up to --seq_len tokens;
     padded, one pair a row."""
+    from trainables.attention import skips_masked_blocks
+
     if not args.packing:
         return [padded_micro_batch(split, [[i] for i in pairs]) for pairs in rows]
-    if attn == "flash_attention_2":
+    if skips_masked_blocks(attn):
         return [packed_micro_batch(split, [pairs]) for pairs in rows]
     lengths = np.diff(split.offsets)
     return [packed_micro_batch(split, pack_first_fit(pairs, lengths, int(lengths[pairs].max()))) for pairs in rows]
@@ -241,7 +262,7 @@ def memory_estimate(config, args, batches, weight_bytes: int, attn: str, device_
     """The planner's estimate for the largest of these micro-batches (a padded one: rows x width, rows of width)."""
     shape = ModelShape.from_config(config)
     return max((estimate_peak(shape, weight_bytes=weight_bytes, lora_r=args.lora_r, tokens=b["input_ids"].numel(),
-                              gradient_checkpointing=args.gradient_checkpointing, attn_implementation=attn,
+                              checkpointed_layers=checkpointed(args, config), attn_implementation=attn,
                               device_type=device_type, row_tokens=b["input_ids"].shape[1]) for b in batches),
                key=lambda estimate: estimate.total_bytes)
 
@@ -262,10 +283,10 @@ def data_summary(split: TokenizedSplit, rows: list[np.ndarray], batches: list[di
 def check_packing(attn: str, device: torch.device, seed: int = 0) -> dict:
     """The product's packed row must give every pair the loss it gets alone, and so must a padded micro-batch;
     the control, the same row without its restarting position ids (one causal sequence), must not."""
-    lowp = attn == "flash_attention_2"  # flash kernels need 16-bit inputs
+    lowp = attn in ("flash_attention_2", "varlen")  # flash kernels need 16-bit inputs
     dtype = torch.bfloat16 if lowp else torch.float32
     torch.manual_seed(seed)
-    model = build_model(llama_config("tiny", 256, attn), device, dtype, None, False).eval()
+    model = build_model(llama_config("tiny", 256, attn), device, dtype, None, 0).eval()
     lengths = np.array([61, 7, 130, 33])
     split = synthetic_split(lengths, model.config.vocab_size, seed)
     pairs = np.arange(len(lengths))
@@ -317,21 +338,25 @@ def versions() -> dict:
 def resolved_attention(args, device: torch.device) -> str:
     from trainables.model_loading import resolve_attention
 
-    if device.type == "meta":  # a dry run describes the GPU run: flash only where asked for
-        return "sdpa" if args.attn == "auto" else args.attn
+    if device.type == "meta":  # a dry run describes the GPU run: what auto picks on a bf16 card with this PyTorch
+        from trainables.attention import choose_attention, ensure_registered, planning_facts
+
+        attn = choose_attention(args.attn, planning_facts("cuda", True)).name
+        ensure_registered(attn)  # a model built for varlen needs it known to transformers, even on the meta device
+        return attn
     try:
         return resolve_attention(args.attn, device)
     except ValueError as error:
         raise SystemExit(str(error)) from None
 
 
-def flops(throughput: Throughput, counts: dict, ctx: float, gradient_checkpointing: bool) -> dict:
+def flops(throughput: Throughput, counts: dict, ctx: float, checkpointed_layers: int) -> dict:
     return {"flops_per_token": flops_per_token(throughput.matmul_params, throughput.layers,
                                                throughput.attention_width, ctx),
             "flops_formula": FLOPS_FORMULA,
             "hardware_flops_per_token": hardware_flops_per_token(
                 throughput.matmul_params, counts["params_lora"], counts["params_lm_head"], throughput.layers,
-                throughput.attention_width, ctx, gradient_checkpointing),
+                throughput.attention_width, ctx, checkpointed_layers),
             "hardware_formula": HARDWARE_FORMULA}
 
 
@@ -357,7 +382,8 @@ def run(args) -> dict:
               "model_shape": {k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers",
                               "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
                               "vocab_size", "tie_word_embeddings")},
-              "attn_implementation": attn, "gradient_checkpointing": args.gradient_checkpointing,
+              "attn_implementation": attn, "checkpointed_layers": checkpointed(args, config),
+              "layers": config.num_hidden_layers, "fused_kernels": args.fused_kernels,
               "packing": args.packing, "batch_size": None if args.packing else args.batch_size,
               "memory_estimate_gb": estimate.total_bytes / GB,
               "memory_estimate_parts_gb": {k: v / GB for k, v in estimate.parts.items()},
@@ -366,10 +392,10 @@ def run(args) -> dict:
     timed_ctx = result["ctx"]
 
     if args.dry_run:
-        model = build_model(config, device, dtype, args.lora_r, args.gradient_checkpointing)
+        model = build_model(config, device, dtype, args.lora_r, checkpointed(args, config))
         counts = param_counts(model)
         return {**result, "dry_run": True, **counts, "matmul_params": Throughput.of(model, device).matmul_params,
-                **flops(Throughput.of(model, device), counts, timed_ctx, args.gradient_checkpointing)}
+                **flops(Throughput.of(model, device), counts, timed_ctx, checkpointed(args, config))}
     if args.model != "tiny" and device.type == "cpu":
         raise SystemExit(f"--model {args.model} on the CPU is not a meaningful benchmark: use --model tiny, "
                          f"or --dry_run")
@@ -381,7 +407,7 @@ def run(args) -> dict:
     torch.manual_seed(args.seed)
     losses, times = [], []
     try:
-        model = build_model(config, device, dtype, args.lora_r, args.gradient_checkpointing)
+        model = build_model(config, device, dtype, args.lora_r, checkpointed(args, config), args.fused_kernels)
         train_steps(model, rows, batches, device, losses, times, args.profile, args.bf16_adapters)
     except Exception as error:  # noqa: BLE001: running out of memory is a result; the rest re-raise
         if not is_out_of_memory(error):
@@ -399,7 +425,7 @@ def run(args) -> dict:
     tokens = sum(real_tokens(b) for b in timed)
     tokens_per_s = tokens / elapsed
     counts = param_counts(model)
-    work = flops(throughput, counts, timed_ctx, args.gradient_checkpointing)
+    work = flops(throughput, counts, timed_ctx, checkpointed(args, config))
     peak = torch.cuda.max_memory_allocated(device) / GB if device.type == "cuda" else None
     mfu = throughput.mfu(tokens_per_s, timed_ctx)
     result.update(counts)
@@ -418,6 +444,9 @@ def run(args) -> dict:
         "mfu": mfu,
         "mfu_hardware": (tokens_per_s * work["hardware_flops_per_token"] / throughput.peak_flops
                          if throughput.peak_flops else None),
+        # the anchor's convention (NeMo AutoModel): 6 x every base parameter per token, attention not counted
+        "mfu_6n": (tokens_per_s * 6.0 * (counts["params_total"] - counts["params_lora"]) / throughput.peak_flops
+                   if throughput.peak_flops else None),
         "achieved_tflops": tokens_per_s * work["flops_per_token"] / 1e12,
         "peak_mem_gb": peak,
         "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / GB if device.type == "cuda" else None,
@@ -461,17 +490,48 @@ def train_steps(model, rows: list[np.ndarray], batches: list[dict], device: torc
 
 # ---------------------------------------------------------------------------------------------------- matrix
 
+# Issue 22's rows, most telling first (a --time_limit_s stops before the rest): 3B at 16k packed under each
+# attention, with the planner's partial checkpointing (and today's all-layers sdpa row as the baseline beside it),
+# the fused kernels, then 2k rows that must be no slower than before, and 8B at 4k and 16k against the anchor.
+# `checkpointing`: "planned" (what --gradient_checkpointing auto gives on this card), "all", or "none".
+ISSUE22_ROWS = [
+    dict(model="3b", seq_len=16384, attn="sdpa", checkpointing="all"),
+    dict(model="3b", seq_len=16384, attn="sdpa", checkpointing="planned"),
+    dict(model="3b", seq_len=16384, attn="varlen", checkpointing="planned"),
+    dict(model="3b", seq_len=16384, attn="flex_attention", checkpointing="planned"),
+    dict(model="3b", seq_len=16384, attn="varlen", checkpointing="planned", fused="liger"),
+    dict(model="8b", seq_len=4096, attn="varlen", checkpointing="planned"),
+    dict(model="8b", seq_len=16384, attn="varlen", checkpointing="planned"),
+    dict(model="3b", seq_len=2048, attn="sdpa", checkpointing="none"),
+    dict(model="3b", seq_len=2048, attn="varlen", checkpointing="planned"),
+    dict(model="1b", seq_len=2048, attn="sdpa", checkpointing="none"),
+    dict(model="1b", seq_len=2048, attn="varlen", checkpointing="planned"),
+]
+
+
 def matrix_rows(args) -> list[dict]:
-    return [dict(model=m, seq_len=s, packing=p, gradient_checkpointing=g)
-            for m in args.matrix_models for s in args.matrix_seq_lens for p in (True, False) for g in (False, True)]
+    if args.matrix_set == "issue12":  # the earlier grid: sdpa/auto, packed and padded, all layers or none
+        return [dict(model=m, seq_len=s, packing=p, attn=args.attn, checkpointing="all" if g else "none")
+                for m in args.matrix_models for s in args.matrix_seq_lens for p in (True, False) for g in (False, True)]
+    return [{"packing": True, "fused": "off", **row} for row in ISSUE22_ROWS]
 
 
-def row_flags(args, row: dict, first: bool) -> list[str]:
+def row_name(row: dict) -> str:
+    return (f"{row['model']} {row['seq_len']} {'packed' if row['packing'] else 'padded'} {row['attn']} "
+            f"checkpointing {row['checkpointing']}{' liger' if row.get('fused', 'off') != 'off' else ''}")
+
+
+def row_flags(args, row: dict, first: bool, layers: int | None = None) -> list[str]:
+    """A row's command-line flags; `layers`: the planned row's checkpointed layers (decided by run_matrix)."""
     flags = ["--model", row["model"], "--seq_len", str(row["seq_len"]),
-             "--packing" if row["packing"] else "--no-packing",
-             "--gradient_checkpointing" if row["gradient_checkpointing"] else "--no-gradient_checkpointing",
-             "--warmup", str(args.warmup), "--steps", str(args.steps), "--attn", args.attn,
-             "--lora_r", str(args.lora_r), "--seed", str(args.seed)]
+             "--packing" if row["packing"] else "--no-packing", "--attn", row["attn"],
+             "--fused_kernels", row.get("fused", "off"),
+             "--warmup", str(args.warmup + (1 if row["attn"] == "flex_attention" else 0)),  # flex compiles twice
+             "--steps", str(args.steps), "--lora_r", str(args.lora_r), "--seed", str(args.seed)]
+    if layers is not None:
+        flags += ["--checkpointed_layers", str(layers)]
+    else:
+        flags.append("--gradient_checkpointing" if row["checkpointing"] == "all" else "--no-gradient_checkpointing")
     if args.peak_tflops:
         flags += ["--peak_tflops", str(args.peak_tflops)]
     if args.dry_run:
@@ -493,38 +553,61 @@ def memory_budget(args) -> tuple[str | None, float | None]:
     return card, (gpus[0][1] - CUDA_RESERVE_BYTES if gpus else None)
 
 
-def planned_estimate(args, row: dict) -> MemoryEstimate:
-    """The planner's estimate of a row on the GPU, made here without running it."""
-    from transformers.utils import is_flash_attn_2_available
+def planned_row(args, row: dict, budget: float | None) -> tuple[int, MemoryEstimate]:
+    """The row's checkpointed layers and the planner's estimate for them, made here without running it: for a
+    "planned" row, what --gradient_checkpointing auto chooses for this budget (MemoryPlanError when nothing fits)."""
+    from trainables.memory_plan import plan
 
     row_args = parse_args(row_flags(args, row, first=False))
-    attn = row_args.attn if row_args.attn != "auto" else (
-        "flash_attention_2" if not args.dry_run and is_flash_attn_2_available() else "sdpa")
+    attn = resolved_attention(row_args, torch.device("meta"))
     config = llama_config(row_args.model, row_args.seq_len, attn)
     split, rows = step_pairs(row_args, config.vocab_size)
-    return memory_estimate(config, row_args, micro_batches(row_args, split, rows, attn), 2, attn, "cuda")
+    batches = micro_batches(row_args, split, rows, attn)
+    largest = max(batches, key=lambda b: b["input_ids"].numel())
+    if row["checkpointing"] == "planned" and budget is not None:
+        decided = plan(ModelShape.from_config(config), weight_bytes=2, lora_r=row_args.lora_r,
+                       tokens=largest["input_ids"].numel(), budget_bytes=int(budget), attn_implementation=attn,
+                       device_type="cuda", row_tokens=largest["input_ids"].shape[1])
+        layers = decided.checkpointed_layers
+    else:
+        layers = {"all": config.num_hidden_layers, "none": 0}.get(row["checkpointing"], config.num_hidden_layers)
+    row_args.checkpointed_layers = layers
+    return layers, memory_estimate(config, row_args, batches, 2, attn, "cuda")
 
 
 def run_matrix(args) -> dict:
+    from trainables.memory_plan import MemoryPlanError, margin_bytes
+
     started = time.perf_counter()
     card, budget = memory_budget(args)
     results = []
-    for k, row in enumerate(matrix_rows(args)):
-        name = f"{row['model']} {row['seq_len']} {'packed' if row['packing'] else 'padded'} " \
-               f"checkpointing {'on' if row['gradient_checkpointing'] else 'off'}"
-        estimate = planned_estimate(args, row)
-        entry = {**row, "flags": row_flags(args, row, first=False), "memory_estimate_gb": estimate.total_bytes / GB}
-        if budget is not None and estimate.total_bytes > budget:
-            entry.update(status="skipped", reason=f"the planner estimates {estimate.describe()}, over the "
-                                                  f"{budget / GB:.1f} GB a trial may use on {card or 'this card'}")
+    for row in matrix_rows(args):
+        name = row_name(row)
+        if args.time_limit_s and time.perf_counter() - started > args.time_limit_s:
+            results.append({**row, "status": "skipped", "reason": f"over --time_limit_s {args.time_limit_s}"})
+            continue
+        try:
+            layers, estimate = planned_row(args, row, budget)
+        except MemoryPlanError as error:
+            entry = {**row, "status": "skipped", "reason": str(error)}
+            print(f"[matrix] {name}: skipped (the planner refuses it)", file=sys.stderr, flush=True)
+            results.append(entry)
+            continue
+        entry = {**row, "flags": row_flags(args, row, first=False, layers=layers),
+                 "memory_estimate_gb": estimate.total_bytes / GB, "checkpointed_layers": layers}
+        if budget is not None and estimate.total_bytes + margin_bytes(estimate.total_bytes) > budget:
+            entry.update(status="skipped", reason=f"the planner estimates {estimate.describe()} and its margin, over "
+                                                  f"the {budget / GB:.1f} GB a trial may use on {card or 'this card'}")
             print(f"[matrix] {name}: skipped ({entry['reason']})", file=sys.stderr, flush=True)
             results.append(entry)
             continue
-        first = all(r["status"] == "skipped" for r in results)  # the first row run also checks the packing
-        command = [sys.executable, str(SCRIPT), *row_flags(args, row, first)]
+        first = all(r["status"] == "skipped" for r in results) or row["attn"] not in {
+            r["attn"] for r in results if r["status"] != "skipped"}  # each attention's first row checks packing
+        command = [sys.executable, str(SCRIPT), *row_flags(args, row, first, layers=layers)]
         t0 = time.perf_counter()
+        timeout = args.row_timeout * (2.5 if row["attn"] == "flex_attention" else 1)
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=args.row_timeout)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
             output = done.stdout.strip().splitlines()
             measured = json.loads(output[-1]) if output and output[-1].startswith("{") else None
             if measured is None:
@@ -532,18 +615,19 @@ def run_matrix(args) -> dict:
             else:
                 entry.update(measured, status="out_of_memory" if "out_of_memory" in measured else "ok")
         except subprocess.TimeoutExpired:
-            entry.update(status="timed_out", reason=f"over --row_timeout {args.row_timeout} s")
+            entry.update(status="timed_out", reason=f"over the row's timeout of {timeout:.0f} s")
         entry["row_wall_s"] = time.perf_counter() - t0
         print(f"[matrix] {name}: {entry['status']} in {entry['row_wall_s']:.0f} s  "
               f"{json.dumps(summarise(entry))}", file=sys.stderr, flush=True)
         results.append(entry)
     summary = [summarise(r) for r in results]
-    return {"matrix": True, "card": card, "memory_budget_gb": budget / GB if budget else None,
+    return {"matrix": args.matrix_set, "card": card, "memory_budget_gb": budget / GB if budget else None,
             "flops_formula": FLOPS_FORMULA, "hardware_formula": HARDWARE_FORMULA,
             "goal": goal(results), "summary": summary, "rows": results, "wall_s": time.perf_counter() - started}
 
 
-SUMMARY_KEYS = ("model", "seq_len", "packing", "gradient_checkpointing", "status", "tokens_per_s", "mfu",
+SUMMARY_KEYS = ("model", "seq_len", "packing", "attn", "checkpointing", "checkpointed_layers", "layers", "fused", "status",
+                "tokens_per_s", "mfu", "mfu_6n",
                 "mfu_hardware", "padding_efficiency", "peak_mem_gb", "memory_estimate_gb", "estimate_over_measured",
                 "attn_implementation", "reason", "out_of_memory")
 
@@ -560,9 +644,14 @@ def goal(rows: list[dict]) -> dict:
     ratios = [r["estimate_over_measured"] for r in rows if r.get("estimate_over_measured")]
     best = max((r["mfu"] for r in target), default=None)
     worst = max((abs(x - 1) for x in ratios), default=None)
+    best_8b = max((r["mfu_6n"] for r in rows if r["model"] == "8b" and r["seq_len"] == 4096
+                   and r.get("mfu_6n") is not None), default=None)
+    planned_out_of_memory = [row_name(r) for r in rows if r.get("status") == "out_of_memory"]
     return {"mfu_3b_16k_packed": best, "mfu_goal": GOAL_MFU, "mfu_met": best is not None and best >= GOAL_MFU,
+            "mfu_6n_8b_4k": best_8b, "mfu_6n_goal_8b": GOAL_MFU_8B,
             "worst_estimate_error": worst, "estimate_goal": GOAL_ESTIMATE_ERROR,
-            "estimate_met": worst is not None and worst <= GOAL_ESTIMATE_ERROR}
+            "estimate_met": worst is not None and worst <= GOAL_ESTIMATE_ERROR,
+            "planned_rows_out_of_memory": planned_out_of_memory}
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -570,10 +659,14 @@ def goal(rows: list[dict]) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=sorted(SHAPES), default="1b")
-    p.add_argument("--attn", choices=["auto", "sdpa", "flash_attention_2", "eager"], default="auto",
-                   help="auto: as the product, flash_attention_2 on a GPU with flash-attn installed, else sdpa")
+    p.add_argument("--attn", choices=["auto", "sdpa", "flash_attention_2", "varlen", "flex_attention", "eager"],
+                   default="auto", help="auto: as the product (trainables.attention.choose_attention)")
     p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                   help="checkpoint every decoder layer (--checkpointed_layers K: the first K)")
+    p.add_argument("--checkpointed_layers", type=int, default=None, help="checkpoint the first K decoder layers")
+    p.add_argument("--fused_kernels", choices=["off", "liger"], default="off",
+                   help="liger: Liger's fused RMSNorm, RoPE and SwiGLU (trainables.fused_kernels)")
     p.add_argument("--seq_len", type=int, default=2048, help="tokens a packed row holds at most; pairs are clipped "
                                                              "to it")
     p.add_argument("--batch_size", type=int, default=None,
@@ -589,7 +682,12 @@ def parse_args(argv=None):
                    help="first check packed losses == per-pair losses on a tiny model (same attention and device)")
     p.add_argument("--dry_run", action="store_true",
                    help="meta device: parameter counts, FLOPs per token and the planner's estimate, no training")
-    p.add_argument("--matrix", action="store_true", help="the issue-12 matrix, one fresh process per row")
+    p.add_argument("--matrix", action="store_true", help="a matrix of rows, one fresh process per row")
+    p.add_argument("--matrix_set", choices=["issue22", "issue12"], default="issue22",
+                   help="issue22: each attention, planned partial checkpointing, fused kernels, 8B (ISSUE22_ROWS); "
+                        "issue12: the earlier grid of models x lengths x packed/padded x checkpointing all/none")
+    p.add_argument("--time_limit_s", type=float, default=None,
+                   help="--matrix: start no row after this many seconds (rows left are recorded as skipped)")
     p.add_argument("--matrix_models", type=lambda s: s.split(","), default=list(MATRIX_MODELS))
     p.add_argument("--matrix_seq_lens", type=lambda s: [int(x) for x in s.split(",")], default=list(MATRIX_SEQ_LENS))
     p.add_argument("--memory_gb", type=float, default=None,

@@ -7,8 +7,8 @@ steps (`backward_micro_batch`, the trial's loss) on one packed row of T tokens m
 length mix, and prints one JSON line: the peak resident-set growth since before the model was built, the
 planner's estimate, and their ratio.
 
-    python -m benchmarks.memory_calibration --shape embedded --tokens 16384 --gradient_checkpointing on
-    python -m benchmarks.memory_calibration --sweep        # 2 shapes x 2k/16k tokens x checkpointing, a table
+    python -m benchmarks.memory_calibration --shape embedded --tokens 16384 --checkpointed_layers 1
+    python -m benchmarks.memory_calibration --sweep   # shapes x 2k/16k tokens x none, some, all layers checkpointed
 
 On the CPU the resident set stands for the accelerator's memory: torch's CPU sdpa, like CUDA's kernels, never
 holds a T x T score matrix but does hold T x T masks (see memory_plan). glibc is told to return freed blocks at
@@ -31,14 +31,18 @@ if str(REPO) not in sys.path:  # run as a script: the repository's packages are 
 
 # Tiny Llama shapes, random init. "embedded" is the embedded default model's shape; "wide" has a real 32k
 # vocabulary (the loss's logits matter), a wider MLP and head_dim not hidden/heads. Both keep attention narrow
-# (4 heads of 64): at 16k tokens the CPU's attention time grows with T x T x heads x head_dim.
+# (4 heads of 64): at 16k tokens the CPU's attention time grows with T x T x heads x head_dim. "deep" is "embedded"
+# with 6 layers, for checkpointing some layers where "some" is more than one of two (2k tokens only: at 16k its
+# masks alone would take 7 GB).
 SHAPES = {
     "embedded": dict(vocab_size=768, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2),
     "wide": dict(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=64),
+    "deep": dict(vocab_size=768, hidden_size=256, intermediate_size=512, num_hidden_layers=6,
+                 num_attention_heads=4, num_key_value_heads=2),
 }
-SWEEP_TOKENS = (2048, 16384)
+SWEEP_SHAPES = {"embedded": (2048, 16384), "wide": (2048, 16384), "deep": (2048,)}  # shape: tokens
 LORA_R = 16
 
 
@@ -129,9 +133,8 @@ def _warm_up() -> None:
 
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
-    for checkpointing in (False, True):
-        model = build_lora_model(LlamaForCausalLM(config), r=2, alpha=4, dropout=0.0,
-                                 gradient_checkpointing=checkpointing)
+    for checkpointed in (0, 1):
+        model = build_lora_model(LlamaForCausalLM(config), r=2, alpha=4, dropout=0.0, checkpointed_layers=checkpointed)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
         batch, pairs = packed_row(64, config.vocab_size)
         backward_micro_batch(model, batch, pairs)
@@ -139,7 +142,7 @@ def _warm_up() -> None:
     del model, optimizer
 
 
-def measure(shape: str, tokens: int, gradient_checkpointing: bool, attn_implementation: str = "sdpa",
+def measure(shape: str, tokens: int, checkpointed_layers: int, attn_implementation: str = "sdpa",
             dtype: str = "float32", r: int = LORA_R, threads: int = 2, steps: int = 2,
             malloc: str = "returned") -> dict:
     """Train `steps` AdamW steps in this process; the peak resident-set growth and the planner's estimate."""
@@ -161,7 +164,7 @@ def measure(shape: str, tokens: int, gradient_checkpointing: bool, attn_implemen
     before = _resident_bytes()
     started = time.perf_counter()
     base = LlamaForCausalLM(config).to(getattr(torch, dtype))
-    model = build_lora_model(base, r=r, alpha=2 * r, dropout=0.0, gradient_checkpointing=gradient_checkpointing)
+    model = build_lora_model(base, r=r, alpha=2 * r, dropout=0.0, checkpointed_layers=checkpointed_layers)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     step_peaks = []
@@ -173,22 +176,23 @@ def measure(shape: str, tokens: int, gradient_checkpointing: bool, attn_implemen
     measured = step_peaks[-1]
 
     estimate = estimate_peak(ModelShape.from_config(config), weight_bytes=torch.finfo(getattr(torch, dtype)).bits // 8,
-                             lora_r=r, tokens=tokens, gradient_checkpointing=gradient_checkpointing,
+                             lora_r=r, tokens=tokens, checkpointed_layers=checkpointed_layers,
                              attn_implementation=attn_implementation, device_type="cpu")
-    return {"shape": shape, "tokens": tokens, "gradient_checkpointing": gradient_checkpointing,
-            "attn_implementation": attn_implementation, "dtype": dtype, "r": r, "pairs": num_pairs,
+    return {"shape": shape, "tokens": tokens, "checkpointed_layers": checkpointed_layers,
+            "layers": config.num_hidden_layers, "attn_implementation": attn_implementation, "dtype": dtype, "r": r,
+            "pairs": num_pairs,
             "measured_bytes": measured, "estimate_bytes": estimate.total_bytes,
             "ratio": round(estimate.total_bytes / measured, 3), "parts": estimate.parts,
             "seconds": round(time.perf_counter() - started, 1), "peak_was_reset": reset, "malloc": malloc,
             "step_peaks": step_peaks}
 
 
-def measure_in_subprocess(shape: str, tokens: int, gradient_checkpointing: bool, attn_implementation: str = "sdpa",
+def measure_in_subprocess(shape: str, tokens: int, checkpointed_layers: int, attn_implementation: str = "sdpa",
                           dtype: str = "float32", r: int = LORA_R, threads: int = 2, steps: int = 2,
                           malloc: str = "returned", timeout: float = 300) -> dict:
     """`measure` in a fresh interpreter: the peak belongs to this run alone."""
     command = [sys.executable, "-m", "benchmarks.memory_calibration", "--shape", shape, "--tokens", str(tokens),
-               "--gradient_checkpointing", "on" if gradient_checkpointing else "off", "--attn_implementation",
+               "--checkpointed_layers", str(checkpointed_layers), "--attn_implementation",
                attn_implementation, "--dtype", dtype, "--r", str(r), "--threads", str(threads), "--steps", str(steps),
                "--malloc", malloc]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -197,17 +201,18 @@ def measure_in_subprocess(shape: str, tokens: int, gradient_checkpointing: bool,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def sweep(shapes=tuple(SHAPES), tokens=SWEEP_TOKENS, attn_implementation: str = "sdpa", dtype: str = "float32",
+def sweep(shapes=SWEEP_SHAPES, attn_implementation: str = "sdpa", dtype: str = "float32",
           threads: int = 2, malloc: str = "returned") -> list[dict]:
     rows = []
     print(f"{'shape':9} {'tokens':>6} {'ckpt':4} {'measured':>9} {'estimate':>9} {'ratio':>6} {'s':>5}  parts (MiB)")
-    for shape in shapes:
+    for shape, tokens in shapes.items():
+        layers = SHAPES[shape]["num_hidden_layers"]
         for t in tokens:
-            for ckpt in (False, True):
+            for ckpt in sorted({0, 1, layers // 2, layers - 1, layers}):  # none, some (from the first), all
                 row = measure_in_subprocess(shape, t, ckpt, attn_implementation, dtype, threads=threads, malloc=malloc)
                 rows.append(row)
                 parts = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in row["parts"].items())
-                print(f"{shape:9} {t:6} {'on' if ckpt else 'off':4} {row['measured_bytes'] / 2**20:5.0f} MiB "
+                print(f"{shape:9} {t:6} {f'{ckpt}/{layers}':4} {row['measured_bytes'] / 2**20:5.0f} MiB "
                       f"{row['estimate_bytes'] / 2**20:5.0f} MiB {row['ratio']:6.3f} {row['seconds']:5.1f}  {parts}",
                       flush=True)
     return rows
@@ -218,7 +223,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sweep", action="store_true", help="the calibration matrix, as a table")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="embedded")
     parser.add_argument("--tokens", type=int, default=2048)
-    parser.add_argument("--gradient_checkpointing", choices=("on", "off"), default="off")
+    parser.add_argument("--checkpointed_layers", type=int, default=0,
+                        help="decoder layers checkpointed, from the first (0: none)")
     parser.add_argument("--attn_implementation", choices=("sdpa", "eager"), default="sdpa")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--r", type=int, default=LORA_R)
@@ -235,7 +241,7 @@ def main(argv=None) -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
         return
-    print(json.dumps(measure(args.shape, args.tokens, args.gradient_checkpointing == "on", args.attn_implementation,
+    print(json.dumps(measure(args.shape, args.tokens, args.checkpointed_layers, args.attn_implementation,
                              args.dtype, args.r, args.threads, args.steps, args.malloc)))
 
 

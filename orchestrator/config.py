@@ -22,6 +22,7 @@ import yaml
 from publishing.setup import PublishOptions
 from publishing.subnet.competitions import CompetitionError, follow_competition, get_competition
 from trainables.documented import add_flag, check_choices, flag_name, scalar_type, setting
+from trainables.errors import one_line
 from trainables.lora_trial import TrainingSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,8 @@ class SearchConfig:
             raise ValueError(f"--max_concurrent_trials must be at least 1, got {self.max_concurrent_trials}")
         if self.grace_period < 1:
             raise ValueError(f"--grace_period must be at least 1, got {self.grace_period}")
+        if not 0 <= self.seed < 2**32:  # numpy's and Optuna's seeds
+            raise ValueError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}")
         if self.reduction_factor < 2:
             raise ValueError(f"--reduction_factor must be at least 2, got {self.reduction_factor}")
 
@@ -292,19 +295,24 @@ def read_yaml_settings(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass --config an existing YAML file")
     try:
-        settings = yaml.safe_load(path.read_text()) or {}
+        settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from None
+        raise ConfigError(f"config file {path} is not valid YAML ({one_line(str(e))}); fix its syntax") from None
+    except ValueError:  # UnicodeDecodeError: not a text file
+        raise ConfigError(f"config file {path} is not UTF-8 text; pass --config a YAML file") from None
     if not isinstance(settings, dict):
         raise ConfigError(f"config file {path} must be a mapping of setting: value")
-    unknown = sorted(set(settings) - set(KEYS))
+    unknown = sorted(str(key) for key in settings if key not in KEYS)  # str: a key may be a number or a list
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in {path}; known keys are the flags listed by --help")
     for key, value in list(settings.items()):
         kind = _scalar_type(KEYS[key])
         if kind is str and isinstance(value, bool):  # YAML 1.1 reads `packing: on` as true
             settings[key] = value = "on" if value else "off"
-        if value is None or isinstance(value, kind) or (kind is float and isinstance(value, int) and not isinstance(value, bool)):
+        # a YAML `true` is an int to Python: a number setting never takes one
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is None or (kind is bool and isinstance(value, bool)) or (kind is str and isinstance(value, str)) \
+                or (kind is int and number and isinstance(value, int)) or (kind is float and number):
             continue
         raise ConfigError(f"{key} in {path} must be {kind.__name__}, not {value!r}")
     return {KEYS[key]: value for key, value in settings.items()}

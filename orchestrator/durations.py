@@ -6,6 +6,8 @@ FLAG = "--time_budget"
 _NUMBER = r"\d+(?:\.\d+)?"
 _PARTS = re.compile(rf"(?:({_NUMBER})d)?(?:({_NUMBER})h)?(?:({_NUMBER})m)?(?:({_NUMBER})s)?")
 _UNITS = (86400, 3600, 60, 1)
+MIN_SECONDS = 10          # below this no trial can load its model and report once: the budget is a typo
+MAX_SECONDS = 366 * 86400
 
 
 def parse_duration(text: str) -> float:
@@ -21,6 +23,11 @@ def parse_duration(text: str) -> float:
         seconds = sum(float(value) * unit for value, unit in zip(parts.groups(), _UNITS) if value)
     if not seconds > 0:
         raise ValueError(f"{FLAG} must be more than 0, got {text!r}; leave it out for no time limit")
+    if not seconds < MAX_SECONDS:  # 1e999 parses to infinity
+        raise ValueError(f"{FLAG} {text!r} is longer than a year; leave it out for no time limit")
+    if seconds < MIN_SECONDS:
+        raise ValueError(f"{FLAG} {text!r} is shorter than {MIN_SECONDS} s, too short for any trial to reach an "
+                         f"evaluation; give at least {MIN_SECONDS}s (or leave it out)")
     return seconds
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from orchestrator.config import ConfigError, SweepConfig
 from publishing import storage as store
+from publishing.coordinator import PUBLISH_FILE
 
 MARKER = "lora_sweep.json"
 RUNNING, FINISHED, INTERRUPTED = "running", "finished", "interrupted"
@@ -33,6 +34,7 @@ class Experiment:
     storage: str      # --storage_path as given (a local folder, expanded, or a URI)
     name: str
     resume: bool
+    finished: bool = False  # --resume of a sweep that had finished: nothing to train, its results to report
 
     @property
     def is_local(self) -> bool:
@@ -149,9 +151,19 @@ def choose_experiment(config: SweepConfig) -> Experiment:
     else:
         where = str(check_local_storage(config.run.storage_path))
     if not config.run.resume:
-        return Experiment(where, config.run.experiment_name or new_experiment_name(), False)
+        name = config.run.experiment_name or new_experiment_name()
+        if marker := read_marker(store.join(where, name)):
+            # a second sweep in the same folder would overwrite its best_model/, publish.json and trials.csv
+            done = marker["status"] == FINISHED
+            raise ConfigError(f"--experiment_name {name!r} is a sweep of this miner that "
+                              f"{'finished' if done else 'did not finish'} in {where}; give a new --experiment_name, "
+                              f"or add --resume to {'see its result' if done else 'continue it'}")
+        return Experiment(where, name, False)
     if config.run.experiment_name:
-        if not has_tune_state(store.join(where, config.run.experiment_name)):
+        folder = store.join(where, config.run.experiment_name)
+        if (read_marker(folder) or {}).get("status") == FINISHED:
+            return Experiment(where, config.run.experiment_name, True, finished=True)
+        if not has_tune_state(folder):
             raise ConfigError(f"--resume: no experiment {config.run.experiment_name!r} to continue in {where}; "
                               "check --experiment_name and --storage_path")
         return Experiment(where, config.run.experiment_name, True)
@@ -160,3 +172,19 @@ def choose_experiment(config: SweepConfig) -> Experiment:
         raise ConfigError(f"--resume found no unfinished sweep of this miner in {where}; "
                           "pass --experiment_name (and --storage_path) of the one to continue")
     return Experiment(where, candidates[-1], True)
+
+
+def finished_report(experiment: Experiment) -> str:
+    """What a finished sweep left, for a --resume of it: nothing is trained again."""
+    lines = [f"experiment {experiment.name} finished already; nothing to resume. Its results:"]
+    record = None
+    try:
+        record = json.loads(store.read_text(store.join(experiment.path, PUBLISH_FILE)))
+    except (OSError, ValueError):
+        lines.append("  publish.json:  missing or unreadable")
+    if isinstance(record, dict):
+        loss = record.get("eval_loss")
+        lines += [f"  eval loss:     {loss:.4f}" if isinstance(loss, float) else "  eval loss:     unknown",
+                  f"  merged model:  {record.get('model_dir')}", f"  model id:      {record.get('model_id')}"]
+    lines += [f"  trials.csv:    {store.join(experiment.path, 'trials.csv')}", f"  experiment:    {experiment.path}"]
+    return "\n".join(lines)

@@ -19,8 +19,9 @@ from publishing.subnet.secrets import load_hf_token
 from publishing.setup import (PublishSetup, SetupError, open_bittensor_chain,
                               prepare_publishing)
 from trainables.data_sources import download_parquet_files, fetch_cortex_pairs, load_hub_dataset, read_local_dataset
-from trainables.data import DataError, SweepData, read_pairs, split_pairs, tokenize_split
+from trainables.data import DataError, SweepData, read_pairs, split_pairs, tokenize_split, with_responses
 from trainables.embedded_model import DATASET, ensure_embedded_model
+from trainables.errors import one_line
 from trainables.lora_trial import TrialSettings
 from trainables.task_data import TaskSamples, draw_task_samples, eval_tasks, mixture, parser_for, tokenize_references
 
@@ -141,7 +142,12 @@ def resolve_model_dir(config: SweepConfig, chain_factory=None, hub_endpoint: str
 
 
 def read_training_pairs(config: SweepConfig, hub_endpoint: str | None = None) -> list[dict]:
-    """The question/response pairs from the one source the flags choose (default: the bundled dataset)."""
+    """The question/response pairs from the one source the flags choose (default: the bundled dataset), less those
+    whose response is empty: they teach nothing but the end-of-turn token."""
+    return with_responses(source_pairs(config, hub_endpoint))
+
+
+def source_pairs(config: SweepConfig, hub_endpoint: str | None = None) -> list[dict]:
     columns = {"question_column": config.data.question_column, "response_column": config.data.response_column}
     if config.data.dataset_path:
         return read_local_dataset(config.data.dataset_path, **columns)
@@ -178,7 +184,7 @@ def choose_tokenizer(config: SweepConfig, model_dir: Path, hub_endpoint: str | N
     try:
         folder = competition_tokenizer_dir(config, hub_endpoint)
     except Exception as e:  # no network, or the repo is gated
-        reason = str(e).splitlines()[0][:200]
+        reason = one_line(e)
         if config.data.tokenizer == "competition":
             raise ConfigError(f"cannot fetch competition {config.publishing.competition_id}'s tokenizer: {reason}; "
                               "use --tokenizer model") from None
@@ -206,6 +212,10 @@ def prepare_data(config: SweepConfig, model_dir: Path, hub_endpoint: str | None 
              f"out to keep them" if max_length < competition.sequence_length else "")
     try:
         tokenizer = choose_tokenizer(config, model_dir, hub_endpoint)
+        if config.data.task_data and not competition.scored_by_reference:
+            raise DataError(f"--task_data gives rows for a competition's tasks, but competition {competition.id} has "
+                            f"none (it scores a held-out share of the training pairs); leave it out, or pass "
+                            f"--competition_id of a competition with tasks (4)")
         if competition.scored_by_reference:
             return prepare_task_data(config, competition, tokenizer, max_length, hub_endpoint, below)
         pairs = read_training_pairs(config, hub_endpoint)
@@ -267,8 +277,9 @@ def trial_settings(config: SweepConfig, model_dir: Path) -> TrialSettings:
                          cpus_per_trial=config.run.cpus_per_trial,
                          device="cpu" if config.run.device == "cpu" else "auto",
                          embedded_model=config.data.embedded_model, hub_endpoint=os.environ.get("HF_ENDPOINT"),
-                         # `on` as asked; `auto` is decided by the memory planner once the budget is known
-                         gradient_checkpointing=config.training.gradient_checkpointing == "on")
+                         # how many layers, `on` (all) included, the memory planner says once it has read the model's
+                         # shape and the budget (orchestrator.memory_budget.plan_trial_memory, before any trial)
+                         checkpointed_layers=0)
 
 
 def check_publishing(config: SweepConfig, model_dir: Path) -> PublishSetup:
@@ -279,7 +290,64 @@ def check_publishing(config: SweepConfig, model_dir: Path) -> PublishSetup:
         raise ConfigError(str(e)) from None
 
 
+def check_training_size(config: SweepConfig, data: SweepData) -> None:
+    """What the data leaves for training must make sense of the flags: at least one optimizer step of pairs, and
+    packed rows no shorter than the longest pair (which `--micro_batch_tokens` would otherwise silently raise)."""
+    import numpy as np
+
+    lengths = np.diff(data.train.offsets)
+    longest = int(lengths.max())
+    training = config.training
+    if training.packing == "on" and 0 < training.micro_batch_tokens < longest:
+        raise ConfigError(f"--micro_batch_tokens {training.micro_batch_tokens} is shorter than the longest training "
+                          f"pair ({longest} tokens); pass at least {longest}, or 0 to size it automatically")
+    per_step = (max(1, round(training.tokens_per_step / float(lengths.mean()))) if training.tokens_per_step
+                else training.batch_size * training.accumulation_steps)
+    if len(lengths) < per_step:
+        raise ConfigError(f"only {len(lengths)} training pair(s) left after holding out the eval set, fewer than "
+                          f"one optimizer step ({per_step} pairs); lower --eval_fraction (now "
+                          f"{config.data.eval_fraction}) or --tokens_per_step, or add data")
+
+
+ADDRESS_TIMEOUT_S = 10
+
+
+def check_address(config: SweepConfig, timeout_s: float = ADDRESS_TIMEOUT_S) -> None:
+    """--address host:port must answer before Ray is asked to join it: ray.init retries a dead address for minutes
+    without a word. (`auto` and `ray://` addresses are Ray's own to resolve.)"""
+    import socket
+
+    address = config.run.address
+    if not address or address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"--address {address!r} must be host:port (the head's GCS port, 6379 by default) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"--address {address}: nothing answers there ({one_line(e, 80)}); check the head's address "
+                          f"and port (6379 by default), or use --address auto on the head node") from None
+
+
+def check_env_file(config: SweepConfig) -> None:
+    """--env_file is optional, but one that exists must be a text file: a folder or a binary file would otherwise
+    read as "no token in it", which blames the wrong thing."""
+    path = Path(config.publishing.env_file).expanduser()
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise ConfigError(f"--env_file {path} is a folder, not a file of NAME=value lines; pass the .env file")
+    try:
+        path.read_text(encoding="utf-8")
+    except ValueError:
+        raise ConfigError(f"--env_file {path} is not UTF-8 text; pass a file of NAME=value lines") from None
+    except OSError as e:
+        raise ConfigError(f"--env_file {path} cannot be read ({one_line(e)})") from None
+
+
 def check_tracking(config: SweepConfig) -> None:
+    check_env_file(config)
     if not config.tracking.wandb_project:
         return  # without W&B, skip importing Ray's W&B integration (seconds before anything starts)
     from orchestrator.tracking import wandb_key_available
@@ -289,8 +357,22 @@ def check_tracking(config: SweepConfig) -> None:
                           "or WANDB_MODE=offline")
 
 
+def check_fused_kernels(config: SweepConfig) -> None:
+    """--fused_kernels liger where it cannot run fails here, not in every trial: a CPU run, or no liger-kernel."""
+    from trainables import fused_kernels
+
+    if config.training.fused_kernels != "liger":
+        return
+    if config.run.device == "cpu":
+        raise ConfigError("--fused_kernels liger needs CUDA GPUs (Liger's kernels are Triton); drop it with --device cpu")
+    if not fused_kernels.liger_installed():
+        raise ConfigError("--fused_kernels liger needs the liger-kernel package on the driver and every GPU node "
+                          "(pip install liger-kernel); or use auto or off")
+
+
 def check_device(config: SweepConfig) -> None:
     """--device cuda[:N] on a machine without that GPU fails here, not after Ray starts (local runs only)."""
+    check_fused_kernels(config)
     if config.run.address is not None or not config.run.device.startswith("cuda"):
         return
     import torch

@@ -77,10 +77,12 @@ def largest_r(space: SearchSpace) -> int:
 
 def plan_trial_memory(config: SweepConfig, settings: TrialSettings, space: SearchSpace, data: SweepData,
                       budget: Budget) -> TrialSettings:
-    """The trial settings with checkpointing decided and the estimate recorded; ConfigError when nothing fits."""
+    """The trial settings with the checkpointed layers decided and the estimate recorded; ConfigError when nothing
+    fits."""
     from transformers import AutoConfig
 
-    from trainables.memory_plan import MemoryPlanError, ModelShape, plan
+    from trainables.attention import choose_attention, planning_facts
+    from trainables.memory_plan import FRAGMENTATION_MARGIN, MemoryPlanError, ModelShape, plan
 
     model_config = AutoConfig.from_pretrained(settings.model_dir, local_files_only=True, trust_remote_code=False)
     try:
@@ -88,9 +90,16 @@ def plan_trial_memory(config: SweepConfig, settings: TrialSettings, space: Searc
     except (AttributeError, TypeError, ValueError) as e:  # not a decoder the planner knows: nothing is decided
         print(f"memory plan: skipped, {model_config.model_type} is not a shape the planner knows ({e}); "
               f"--gradient_checkpointing auto means off")
-        return dataclasses.replace(settings, gradient_checkpointing=settings.training.gradient_checkpointing == "on")
-    # auto picks flash-attention where a worker has it; sdpa's packed mask (T x T bytes) is the larger estimate
-    attention = "sdpa" if settings.training.attn_implementation == "auto" else settings.training.attn_implementation
+        every_layer = getattr(model_config, "num_hidden_layers", 0)
+        return dataclasses.replace(settings, checkpointed_layers=every_layer
+                                   if settings.training.gradient_checkpointing == "on" else 0)
+    # the attention a worker on this card picks (auto) or was asked for: it decides the rows and the masks
+    try:
+        assumed = choose_attention(settings.training.attn_implementation,
+                                   planning_facts(budget.device_type, budget.bf16))
+    except ValueError as e:  # e.g. varlen asked for where no GPU is: refused here, before any trial starts
+        raise ConfigError(str(e)) from None
+    attention = assumed.name
     rows, width = micro_batch_shape(settings.training, pair_lengths(data.train), attention)
     try:
         decided = plan(shape, weight_bytes=2 if budget.bf16 else 4, lora_r=largest_r(space), tokens=rows * width,
@@ -99,7 +108,8 @@ def plan_trial_memory(config: SweepConfig, settings: TrialSettings, space: Searc
     except MemoryPlanError as e:
         raise ConfigError(f"{e} (budget: {budget.where})") from None
     print(f"memory plan: {decided.estimate.describe()} per trial at r={largest_r(space)}, {rows} x {width} tokens "
-          f"a micro-batch; {budget.bytes / GB:.1f} GB a trial ({budget.where}); activation checkpointing "
-          f"{'on' if decided.gradient_checkpointing else 'off'}")
-    return dataclasses.replace(settings, gradient_checkpointing=decided.gradient_checkpointing,
+          f"a micro-batch under {attention} attention ({assumed.why}); {budget.bytes / GB:.1f} GB a trial "
+          f"({budget.where}) for the estimate and a "
+          f"{FRAGMENTATION_MARGIN:.0%} margin; {decided.describe_checkpointing()}")
+    return dataclasses.replace(settings, checkpointed_layers=decided.checkpointed_layers,
                                memory_estimate_gb=decided.estimate.total_bytes / GB)

@@ -56,21 +56,35 @@ class TrialCurve:
     points: list[tuple[int, float]] = field(default_factory=list)
     base_eval_loss: float = math.nan  # the untrained model's loss, which every trial's reports carry
     status: TrialStatus | None = None  # how it ended, from the sweep's trial records (None: not known)
+    # (step, rank_loss) at every report: the fixed subset of the held-out set every trial is ranked on. `points`
+    # (eval_loss, the whole set) come only from full evaluations, so a trial stopped early may have none.
+    rank_points: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def curve(self) -> list[tuple[int, float]]:
+        """What its line draws: rank_loss at every report where the trial has it, else its eval losses."""
+        return self.rank_points or self.points
 
     @property
     def best_eval_loss(self) -> float:
-        return min(loss for _, loss in self.points)
+        """Its lowest eval loss on the whole held-out set; NaN when it never had a full evaluation."""
+        return min((loss for _, loss in self.points), default=math.nan)
+
+    @property
+    def best_loss(self) -> float:
+        """Its lowest eval loss, else (no full evaluation) its lowest rank_loss: where its dot goes."""
+        return self.best_eval_loss if self.points else min(loss for _, loss in self.curve)
 
     @property
     def best_step(self) -> int:
-        return min(self.points, key=lambda point: point[1])[0]
+        return min(self.points or self.curve, key=lambda point: point[1])[0]
 
     @property
     def label(self) -> str:
         return self.hyperparameters.compact() if self.hyperparameters else self.trial_id
 
 
-def _read_points(result_file: Path) -> tuple[list[tuple[int, float]], str | None, float]:
+def _read_points(result_file: Path, metric: str = "eval_loss") -> tuple[list[tuple[int, float]], str | None, float]:
     """(step, eval_loss) by step, the trial id and the untrained model's eval loss (NaN when no report has it),
     from a result.json of one JSON object per line.
 
@@ -94,7 +108,7 @@ def _read_points(result_file: Path) -> tuple[list[tuple[int, float]], str | None
         if _finite(row.get("base_eval_loss")):
             base = float(row["base_eval_loss"])
         step = row.get("step", row.get("training_iteration"))
-        loss = row.get("eval_loss")
+        loss = row.get(metric)
         if isinstance(step, bool) or not isinstance(step, (int, float)):
             continue
         if not _finite(loss):
@@ -126,10 +140,12 @@ def read_trials(experiment_dir: str | Path, statuses: dict[str, TrialStatus] | N
         if not isinstance(params, dict):
             continue
         points, trial_id, base = _read_points(result_file)
-        if points:
+        rank_points, _, _ = _read_points(result_file, "rank_loss")
+        if points or rank_points:
             trial_id = str(trial_id or folder.name)
             trials.append(TrialCurve(name=folder.name, trial_id=trial_id, hyperparameters=_hyperparameters(params),
-                                     points=points, base_eval_loss=base, status=(statuses or {}).get(trial_id)))
+                                     points=points, base_eval_loss=base, status=(statuses or {}).get(trial_id),
+                                     rank_points=rank_points))
     return trials
 
 
@@ -142,8 +158,8 @@ def _hyperparameters(params: dict) -> Hyperparameters | None:
 
 
 def best_trial(trials: list[TrialCurve]) -> TrialCurve | None:
-    """The trial with the lowest eval loss at any report (the first such on a tie); None for no trials."""
-    return min(trials, key=lambda trial: trial.best_eval_loss, default=None)
+    """The trial with the lowest eval loss at any full evaluation (the first such on a tie); None for none."""
+    return min((t for t in trials if t.points), key=lambda trial: trial.best_eval_loss, default=None)
 
 
 def untrained_loss(trials: list[TrialCurve]) -> float:
@@ -188,12 +204,14 @@ def curves_figure(trials: list[TrialCurve]) -> Figure:
     figure = _new_figure(10, 6)
     axes = figure.add_subplot()
     labelled = len(trials) <= MAX_LEGEND_ENTRIES
+    # rank_loss on a subset between full evaluations (--eval_tokens): the line and the circles differ
+    ranked_apart = any(t.rank_points and t.rank_points != t.points for t in trials)
     base = untrained_loss(trials)
     if math.isfinite(base):
         _untrained_line(axes, base, label=True)
     for trial in trials:
         style = END_STYLES.get(trial.status)
-        steps, losses = zip(*trial.points)
+        steps, losses = zip(*trial.curve)
         if trial is best:
             line, = axes.plot(steps, losses, color="black", marker="o", linewidth=3, zorder=3,
                               linestyle=style.linestyle if style else "-",
@@ -204,12 +222,20 @@ def curves_figure(trials: list[TrialCurve]) -> Figure:
         if style:
             axes.plot([steps[-1]], [losses[-1]], marker=style.marker, markersize=11, markeredgewidth=2.5,
                       color=style.color or line.get_color(), linestyle="none", zorder=4)
+        if ranked_apart and trial.points:  # its full evaluations, where they differ from the line's subset
+            axes.plot(*zip(*trial.points), marker="o", markersize=7, markerfacecolor="none", linestyle="none",
+                      color=line.get_color(), zorder=4)
     if best is not None:
         axes.plot([best.best_step], [best.best_eval_loss], marker="*", markersize=18, color="gold",
                   markeredgecolor="black", linestyle="none", zorder=5)
     axes.set_xlabel("step")
-    axes.set_ylabel("eval loss")
-    axes.set_title(f"Eval loss over steps ({len(trials)} trials)")
+    if ranked_apart:
+        axes.set_ylabel("loss")
+        axes.set_title(f"rank_loss over steps ({len(trials)} trials): lines, the fixed subset every trial is ranked on;"
+                       f"\ncircles, eval_loss on the whole held-out set", fontsize="medium")
+    else:
+        axes.set_ylabel("eval loss")
+        axes.set_title(f"Eval loss over steps ({len(trials)} trials)")
     axes.grid(True, alpha=0.3)
     if trials:
         handles, _ = axes.get_legend_handles_labels()
@@ -237,7 +263,7 @@ def hyperparameters_figure(trials: list[TrialCurve]) -> Figure:
         for status, group in groups.items():
             style = END_STYLES.get(status)
             axes.scatter([float(getattr(t.hyperparameters, name)) for t in group],
-                         [t.best_eval_loss for t in group], s=60 if style else 40, alpha=0.8,
+                         [t.best_loss for t in group], s=60 if style else 40, alpha=0.8,
                          marker=style.marker if style else "o",
                          color=(style.color or "tab:orange") if style else "tab:blue",
                          label=style.legend.split(" (")[0] if style else "ran to the end")

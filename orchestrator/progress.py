@@ -38,7 +38,8 @@ HEADER_WORDS = [(TrialStatus.STOPPED, "stopped early"), (TrialStatus.TIME_BUDGET
                 (TrialStatus.OUT_OF_MEMORY, "out of memory"), (TrialStatus.FAILED, "failed"),
                 (TrialStatus.INTERRUPTED, "interrupted")]
 # (report metric, label, format) of a trial's line
-LINE_FIELDS = [("step", "step", "d"), ("eval_loss", "eval_loss", ".4f"), ("train_loss", "train_loss", ".4f"),
+LINE_FIELDS = [("step", "step", "d"), ("eval_loss", "eval_loss", ".4f"), ("rank_loss", "rank_loss", ".4f"),
+               ("train_loss", "train_loss", ".4f"),
                ("tokens_per_s", "tokens/s", ".0f")]
 
 
@@ -74,6 +75,8 @@ def trial_line(view: TrialView) -> str:
     state = ENDED_WORDS.get(view.ended, view.ended.name) if view.ended else view.state
     parts = [view.trial_id, state] + ([view.hyperparameters.compact()] if view.hyperparameters else [])
     for key, label, spec in LINE_FIELDS:
+        if key == "rank_loss" and "eval_loss" in view.latest:
+            continue  # a full evaluation shows the whole set's loss; a subset one (no eval_loss) its rank_loss
         value = finite(view.latest.get(key))
         if value is not None:
             parts.append(f"{label} {int(value) if spec == 'd' else value:{spec}}")

@@ -7,12 +7,12 @@
 import sys
 
 from orchestrator.config import ConfigError, load_config
-from orchestrator.experiment import choose_experiment
-from orchestrator.inputs import (check_device, check_publishing, check_tracking, prepare_data, resolve_model_dir, resolve_opponent,
+from orchestrator.experiment import choose_experiment, finished_report
+from orchestrator.inputs import (check_address, check_device, check_publishing, check_training_size, check_tracking, prepare_data, resolve_model_dir, resolve_opponent,
                                  trial_settings)
 from orchestrator.memory_budget import local_budget, plan_trial_memory
 from orchestrator.search_space import load_search_space
-from orchestrator.study import choose_study
+from orchestrator.study import choose_study, ranking
 from publishing.subnet.competitions import CompetitionError, competitions_table, load_competitions
 
 INTERRUPTED_EXIT = 130  # the shell's code for a program ended by Ctrl-C
@@ -30,13 +30,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_tracking(config)
         check_device(config)
+        check_address(config)
         experiment = choose_experiment(config)
+        if experiment.finished:
+            print(finished_report(experiment))
+            return 0
         space = load_search_space(config.search.search)
         model_dir = resolve_model_dir(config)
         publishing = check_publishing(config, model_dir)  # a model outside the competition fails before data is read
         data = prepare_data(config, model_dir)
+        check_training_size(config, data)
         study = (choose_study(config.search.study, config.run.storage_path, model_dir, data, space,
-                              config.publishing.competition_id) if config.search.study else None)
+                              config.publishing.competition_id, ranking(config.training))
+                 if config.search.study else None)
         settings = trial_settings(config, model_dir)
         if config.run.address is None:  # a cluster's GPUs are known once Ray is joined (run_sweep plans there)
             settings = plan_trial_memory(config, settings, space, data, local_budget(config))

@@ -18,6 +18,7 @@ import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from orchestrator.config import CONFIGS_DIR, ConfigError
+from trainables.errors import one_line
 from trainables.hyperparameters import NAMES, TYPES
 
 RANGES = {"loguniform": True, "uniform": False}  # a range's name -> whether it is sampled on a log scale
@@ -110,7 +111,7 @@ def parse_search_space(raw: dict, where: str) -> SearchSpace:
     if sampler == "grid" and any(isinstance(d, FloatDistribution) for d in distributions.values()):
         raise ConfigError(f"a grid search in {where} needs a list of values for every parameter, not a range")
     num_samples = raw.get("num_samples")
-    if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
+    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1):
         raise ConfigError(f"num_samples in {where} must be at least 1, got {num_samples!r}")
     n_startup = raw.get("n_startup_trials", 3)
     if not isinstance(n_startup, int) or n_startup < 1:
@@ -122,9 +123,11 @@ def parse_search_space(raw: dict, where: str) -> SearchSpace:
 def load_search_space(search: str) -> SearchSpace:
     path = resolve_search_path(search)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ConfigError(f"search file {path} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from None
+        raise ConfigError(f"search file {path} is not valid YAML ({one_line(str(e))}); fix its syntax") from None
+    except ValueError:  # UnicodeDecodeError
+        raise ConfigError(f"search file {path} is not UTF-8 text; pass --search a YAML file") from None
     return parse_search_space(raw, str(path))
 
 

@@ -130,9 +130,21 @@ def space_description(space: SearchSpace) -> str:
                       sort_keys=True)
 
 
-def fingerprint(model_dir: Path, data: SweepData, space: SearchSpace, competition: str) -> dict:
-    return {"model": model_digest(model_dir), "data": data_digest(data), "space": space_description(space),
-            "competition": competition}
+def ranking(training) -> str | None:
+    """What a study's values are, where they are not the whole held-out set's loss: rank_loss on a subset
+    (--eval_tokens' cadence with --eval_rank_share below 1). None where every evaluation scores the whole set
+    (--eval_steps, or a share of 1), as every study before rank_loss existed did: those stay one study."""
+    if training.eval_steps is not None and training.eval_tokens is None or training.eval_rank_share >= 1:
+        return None
+    return f"rank_loss on {training.eval_rank_share:g} of each task's held-out samples"
+
+
+def fingerprint(model_dir: Path, data: SweepData, space: SearchSpace, competition: str,
+                ranked_on: str | None = None) -> dict:
+    parts = {"model": model_digest(model_dir), "data": data_digest(data), "space": space_description(space),
+             "competition": competition}
+    # values scored on a subset never mix with the whole set's in one study
+    return {**parts, "ranked_on": ranked_on} if ranked_on else parts
 
 
 def _digest(parts: dict) -> str:
@@ -179,12 +191,12 @@ def fits_space(params: dict, space: SearchSpace) -> bool:
 
 
 def choose_study(spec: str, storage_path: str, model_dir: Path, data: SweepData, space: SearchSpace,
-                 competition: str) -> StudyChoice:
+                 competition: str, ranked_on: str | None = None) -> StudyChoice:
     """The study this sweep continues (or starts), checked: called in the driver before Ray starts."""
     import optuna
 
     storage = resolve_storage(spec, storage_path)
-    parts = fingerprint(model_dir, data, space, competition)
+    parts = fingerprint(model_dir, data, space, competition, ranked_on)
     where = redacted(storage)
     with storage_errors(storage):
         backend = open_storage(storage)

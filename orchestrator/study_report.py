@@ -31,11 +31,18 @@ UNSCORED = (TrialStatus.FAILED, TrialStatus.OUT_OF_MEMORY, TrialStatus.INTERRUPT
 LABELS = {"learning_rate": "learning rate"}
 
 
+def search_loss(record: TrialRecord) -> float:
+    """What the search compared of a trial: its best rank_loss (a fixed subset of the held-out set, the same for
+    every trial, reported at every evaluation, so even a trial stopped at its first rung has one); the best eval
+    loss of a record from before rank_loss existed."""
+    return record.best_rank_loss if math.isfinite(record.best_rank_loss) else record.best_eval_loss
+
+
 def scored_trials(records: list[TrialRecord]) -> list[TrialRecord]:
-    """The trials that reported a finite eval loss and ran to the end or were stopped early (by the scheduler, or
-    by a time budget); failed, out-of-memory and interrupted trials are left out."""
+    """The trials that reported a finite loss and ran to the end or were stopped early (by the scheduler, or by a
+    time budget); failed, out-of-memory and interrupted trials are left out."""
     return [r for r in records if r.status not in UNSCORED and r.hyperparameters is not None
-            and math.isfinite(r.best_eval_loss)]
+            and math.isfinite(search_loss(r))]
 
 
 def observed_distributions(records: list[TrialRecord]) -> dict:
@@ -67,7 +74,7 @@ def study_from_records(records: list[TrialRecord], distributions: dict | None = 
     for record in scored_trials(records):
         try:
             trial = optuna.trial.create_trial(params=record.hyperparameters.as_dict(), distributions=distributions,
-                                              value=record.best_eval_loss, user_attrs={"trial_id": record.trial_id})
+                                              value=search_loss(record), user_attrs={"trial_id": record.trial_id})
         except ValueError:  # a value the distribution does not contain
             continue
         study.add_trial(trial)
@@ -86,7 +93,7 @@ class Importances:
         if not self.values:
             return f"importances:     {self.note}"
         shares = ", ".join(f"{name} {share:.2f}" for name, share in self.values.items())
-        return f"importances:     {shares} (fANOVA over {self.trials} trials of this sweep, each by its best eval loss)"
+        return f"importances:     {shares} (fANOVA over {self.trials} trials of this sweep, each by its best loss)"
 
     def lines(self, stored_study: bool = False) -> list[str]:
         """The line, and with a stored study (--study), why optuna-dashboard's importances for it can differ: it
@@ -96,7 +103,7 @@ class Importances:
         if not (self.values and stored_study):
             return [self.line()]
         return [self.line(), "                 (optuna-dashboard's can differ: PED-ANOVA over the study's complete "
-                             "trials, earlier sweeps' too, each by its last eval loss)"]
+                             "trials, earlier sweeps' too, each by its last value)"]
 
 
 def param_importances(records: list[TrialRecord], distributions: dict | None = None, seed: int = 0,
@@ -107,7 +114,7 @@ def param_importances(records: list[TrialRecord], distributions: dict | None = N
     study = study_from_records(records, distributions)
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     if len(trials) < min_trials:
-        return Importances({}, len(trials), f"need at least {min_trials} trials with an eval loss for fANOVA "
+        return Importances({}, len(trials), f"need at least {min_trials} trials with a loss for fANOVA "
                                             f"(this sweep has {len(trials)})")
     if len({tuple(t.params[name] for name in NAMES) for t in trials}) < 2:
         return Importances({}, len(trials), "none: every trial had the same hyperparameters")

@@ -139,6 +139,18 @@ def study_lines(outcome: SweepOutcome) -> list[str]:
             f"{outcome.num_trials} from this sweep (open it: {dashboard})"]
 
 
+def evaluation_lines(trials) -> list[str]:
+    """How the trials' time split between training and evaluating (the held-out set is scored while the GPU waits)."""
+    from orchestrator.trial_records import eval_share
+
+    evaluating, share = eval_share(trials)
+    if share != share:  # NaN: no trial reported its seconds
+        return []
+    training = sum(t.train_s for t in trials if t.train_s == t.train_s and t.eval_s == t.eval_s)
+    return [f"evaluation:      {share:.1%} of the trials' time ({evaluating:.0f} s evaluating, {training:.0f} s "
+            f"training; each trial's in trials.csv)"]
+
+
 def render_summary(outcome: SweepOutcome, config: SweepConfig) -> str:
     gain = 1 - outcome.best_eval_loss / outcome.base_eval_loss if outcome.base_eval_loss else 0.0
     best = outcome.best_trial
@@ -148,6 +160,7 @@ def render_summary(outcome: SweepOutcome, config: SweepConfig) -> str:
         f"trials:          {trial_counts(outcome)}",
         *ended_lines(outcome),
         *failure_lines(outcome.trials),
+        *evaluation_lines(outcome.trials),
         f"best trial:      {best.trial_id + '  ' if best else ''}{_hyperparameters(outcome.best_hyperparameters)}  "
         f"(step {outcome.best_step})",
         *([f"best trial dir:  {best.folder}"] if best else []),

@@ -23,9 +23,11 @@ from publishing.coordinator import CoordinatorReport
 from publishing.setup import PublishSetup
 from publishing.subnet.iswin import Comparison
 from trainables.data import SweepData
-from trainables.lora_trial import TrialSettings, lora_trainable, planned_reports
+from trainables.lora_trial import EVAL_LOSS, RANK_LOSS, TrialSettings, lora_trainable, planned_reports
 
-METRIC, MODE = "eval_loss", "min"
+# What Tune ranks by (ASHA's rungs, Optuna's values, TuneConfig): rank_loss, in every report and scored on the same
+# pairs in every trial. eval_loss, the whole set's, is in full evaluations only: what is published and merged.
+METRIC, MODE = RANK_LOSS, "min"
 TRIAL_THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
 # Quiet libraries keep the progress block readable. (Trials load only local folders, with local_files_only;
 # the Hub stays reachable for the coordinator, which publishes.)
@@ -371,11 +373,13 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     import ray
     from ray import tune
 
+    from orchestrator.fault_lines import condense_trial_failures
     from orchestrator.time_budget import release_clock, start_clock
     from publishing.coordinator_actor import start_coordinator
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's newer output ignores a progress reporter: ours is kept
     logging.getLogger("ray.tune.tune").addFilter(_NO_TUNER_RESTORE_HINT)
+    condense_trial_failures()  # a failed attempt's traceback becomes one line (the trial's error.txt keeps it)
     started = time.perf_counter()
     experiment = experiment or choose_experiment(config)
     plan = plan or plan_cluster(config)
@@ -383,7 +387,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
         from orchestrator.memory_budget import cluster_budget, plan_trial_memory
 
         settings = plan_trial_memory(config, settings, space, data, cluster_budget(config, "gpu" in plan.resources))
-    max_reports = planned_reports(settings, data.train)
+    max_reports = planned_reports(settings, data.train, data.eval, data.tasks)
     # --time_budget counts the whole sweep from here (a resumed one: from its resume); Tune's loop runs in this
     # process, and the budget's searcher and stopper find this clock by the sweep's name
     budget = start_clock(experiment.name, config.run.time_budget_s, max_reports, spent_s=time.perf_counter() - started)
@@ -444,7 +448,8 @@ def delete_leftover_checkpoints(results) -> int:
     doomed = []
     for result in results:
         saved = sorted(result.best_checkpoints or [], key=lambda pair: pair[1].get("training_iteration", 0))
-        doomed += leftovers([(checkpoint, metrics.get(METRIC, math.nan)) for checkpoint, metrics in saved])
+        # by the whole set's loss, as each trial kept them: a checkpoint of a subset evaluation is a resume point only
+        doomed += leftovers([(checkpoint, metrics.get(EVAL_LOSS, math.nan)) for checkpoint, metrics in saved])
 
     def delete(checkpoint) -> bool:
         try:

@@ -40,6 +40,10 @@ class TrialRecord:
     folder: str
     # the untrained model's eval loss, as this trial's worker measured it (the same for every trial of a sweep)
     base_eval_loss: float = math.nan
+    last_rank_loss: float = math.nan  # the rank subset's loss at its last report: what ASHA and Optuna compared
+    best_rank_loss: float = math.nan  # its lowest rank_loss: what the search saw of it (every trial has one)
+    train_s: float = math.nan         # seconds it spent training and evaluating, over all its attempts
+    eval_s: float = math.nan
 
 
 def one_line_reason(error_text: str) -> str:
@@ -73,20 +77,21 @@ def trial_status(has_error: bool, done: bool, reports: int, planned_reports: int
     return TrialStatus.FINISHED if reports >= planned_reports else TrialStatus.STOPPED
 
 
-def ended_reason(status: TrialStatus, reports: int, planned_reports: int, step: int, last_eval_loss: float,
+def ended_reason(status: TrialStatus, reports: int, planned_reports: int, step: int, last_rank_loss: float,
                  error_text: str = "", out_of_memory: str = "") -> str:
     """Why a trial did not run to the end, in one line, as far as its own reports tell (empty for a finished one).
 
     ASHA stops a trial only at a rung, when the loss it reports there is above the rung's cutoff (the
     1/reduction_factor best losses recorded there so far); the cutoff's value is the scheduler's and is not in the
-    trial's results, so the line gives the loss but not the cutoff."""
+    trial's results, so the line gives the loss but not the cutoff. The loss is rank_loss, the one ASHA compares
+    (the rank subset's; the whole set's where every evaluation is full)."""
     where = f"at step {step}, after {reports} of {planned_reports} evaluations"
     if status is TrialStatus.FAILED:
         return one_line_reason(error_text)
     if status is TrialStatus.OUT_OF_MEMORY:
         return out_of_memory
     if status is TrialStatus.STOPPED:
-        loss = f"eval_loss {last_eval_loss:.4f}" if math.isfinite(last_eval_loss) else "its eval_loss"
+        loss = f"rank_loss {last_rank_loss:.4f}" if math.isfinite(last_rank_loss) else "its rank_loss"
         return f"stopped early by ASHA {where} ({loss} above the rung's cutoff)"
     if status is TrialStatus.TIME_BUDGET:
         return f"stopped by --time_budget {where}"
@@ -112,20 +117,37 @@ def records_from_results(results, planned_reports: int,
                               out_of_memory=bool(metrics.get("out_of_memory")),
                               stopped_by_budget=trial_id in budget_stopped)
         last = losses[-1] if losses else math.nan
+        rank = _finite_or_nan(metrics.get("rank_loss"))
+        ranks = [] if history is None or "rank_loss" not in history else list(history["rank_loss"].dropna())
+        ranks = [loss for loss in ranks if math.isfinite(loss)]
         base = metrics.get("base_eval_loss")
         records.append(TrialRecord(
             trial_id=trial_id,
             hyperparameters=Hyperparameters.from_mapping(config) if set(NAMES) <= set(config) else None,
             status=status,
-            reason=ended_reason(status, reports, planned_reports, step, last, str(result.error or ""),
+            reason=ended_reason(status, reports, planned_reports, step, rank, str(result.error or ""),
                                 str(metrics.get("out_of_memory") or "")),
             steps=step,
             best_eval_loss=min(losses) if losses else math.nan,
             last_eval_loss=last,
             seconds=float(metrics.get("time_total_s", 0.0)),
             folder=result_folder(result),
-            base_eval_loss=float(base) if isinstance(base, (int, float)) else math.nan))
+            base_eval_loss=float(base) if isinstance(base, (int, float)) else math.nan,
+            last_rank_loss=rank, best_rank_loss=min(ranks) if ranks else math.nan, train_s=_finite_or_nan(metrics.get("train_s_total")),
+            eval_s=_finite_or_nan(metrics.get("eval_s_total"))))
     return records
+
+
+def _finite_or_nan(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
+
+
+def eval_share(records: list[TrialRecord]) -> tuple[float, float]:
+    """(evaluation seconds, evaluation's share of the trials' training and evaluation seconds) over the sweep's
+    trials that reported them (NaN when none did)."""
+    timed = [r for r in records if math.isfinite(r.train_s) and math.isfinite(r.eval_s)]
+    evaluating, total = sum(r.eval_s for r in timed), sum(r.train_s + r.eval_s for r in timed)
+    return (evaluating, evaluating / total) if total > 0 else (math.nan, math.nan)
 
 
 def result_folder(result) -> str:
@@ -160,14 +182,19 @@ def write_trials_csv(records: list[TrialRecord], experiment_dir: str | Path) -> 
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["trial_id", "best", *NAMES, "status", "reason", "steps", "best_eval_loss",
-                         "last_eval_loss", "seconds", "folder"])
+                         "last_eval_loss", "last_rank_loss", "seconds", "train_s", "eval_s", "folder"])
         for r in ranked(records):
             hyperparameters = r.hyperparameters.as_dict().values() if r.hyperparameters else [""] * len(NAMES)
             writer.writerow([r.trial_id, "yes" if r is best else "", *hyperparameters, r.status.value,
                              r.reason, r.steps, _number(r.best_eval_loss), _number(r.last_eval_loss),
-                             f"{r.seconds:.1f}", r.folder])
+                             _number(r.last_rank_loss), f"{r.seconds:.1f}", _seconds(r.train_s), _seconds(r.eval_s),
+                             r.folder])
     return path
 
 
 def _number(value: float) -> str:
     return "" if math.isnan(value) else f"{value:.6g}"
+
+
+def _seconds(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.1f}"

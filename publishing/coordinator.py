@@ -37,6 +37,7 @@ from publishing.subnet.constants import BLOCK_SECONDS
 from publishing.subnet.epsilon import worth_restarting_the_wait
 from publishing.subnet.model_checks import ModelCheckError
 from publishing.subnet.model_id import ModelId
+from trainables.errors import one_line
 
 log = logging.getLogger("publishing")
 PUBLISH_FILE = "publish.json"
@@ -150,7 +151,7 @@ class PublishCoordinator:
             storage.move(self.state_path, damaged)
             aside = f"set aside as {storage.name(damaged)}"
         except OSError as e:
-            aside = f"could not be set aside ({e.strerror or str(e).splitlines()[0][:100]})"
+            aside = f"could not be set aside ({e.strerror or one_line(e, 100)})"
         self._note(f"warning: {self.state_path} is damaged ({problem}); {aside}, and publishing starts from an "
                    "empty state (the 20-minute window is still read from the chain)")
         return state
@@ -318,12 +319,15 @@ class PublishCoordinator:
             try:
                 decision = self.step()
             except Exception as e:  # the thread must outlive any one failure; the failure is reported
-                self._note(f"publishing failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
-            timeout = None
+                self._note(f"publishing failed: {one_line(e, 300)}")
+                failed = True
+            else:
+                failed = False
+            timeout = None  # nothing to do until the next candidate wakes us
             if decision is not None and decision.action is Action.WAIT:
                 timeout = max(1.0, decision.not_before - self.clock())
-            elif decision is not None and decision.action is Action.RETRY:
-                timeout = self.target.retry_after_s
+            elif failed or (decision is not None and decision.action is Action.RETRY):
+                timeout = self.target.retry_after_s  # a failure is retried like a refused publish, not forgotten
             self._wake.wait(timeout)
             self._wake.clear()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from publishing import storage
 from publishing.subnet.model_id import ModelId, ModelIdError
+from trainables.errors import one_line
 
 STATE_FILE = "publish_state.json"
 
@@ -104,12 +105,12 @@ def read_state(path: Path | str) -> tuple[PublishState, str | None]:
     except FileNotFoundError:
         return PublishState(), None
     except (OSError, ValueError) as e:  # ValueError: UnicodeDecodeError; never trusted as "nothing published"
-        return PublishState(), f"unreadable: {str(e).splitlines()[0][:100]}"
+        return PublishState(), f"unreadable: {one_line(e, 100)}"
     try:
         data = json.loads(text)
         problem = state_problem(data)
     except ValueError as e:  # JSONDecodeError
-        problem = f"unreadable: {str(e).splitlines()[0][:100]}"
+        problem = f"unreadable: {one_line(e, 100)}"
     return (PublishState(), problem) if problem else (PublishState.from_json(data), None)
 
 

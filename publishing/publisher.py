@@ -21,6 +21,7 @@ from publishing.subnet.hub import HubClient, HubError
 from publishing.subnet.model_checks import ModelStats, check_model
 from publishing.subnet.model_hash import hash_directory, hash_with_hotkey
 from publishing.subnet.model_id import ModelId, parse_repo_id
+from trainables.errors import one_line
 
 log = logging.getLogger("publishing")
 BEST_MODEL_DIR = "best_model"
@@ -85,7 +86,7 @@ def retry(action: Callable, attempts: int, backoff_s: float, errors: tuple, what
                 raise
             wait = backoff_s * 2 ** (attempt - 1)
             log.warning("%s failed (attempt %d/%d: %s); retrying in %.0f s", what, attempt, attempts,
-                        str(e).splitlines()[0][:200], wait)
+                        one_line(e), wait)
             sleep(wait)
 
 
@@ -153,7 +154,7 @@ class Publisher:
             return retry(upload_and_verify, self.target.upload_attempts, self.target.backoff_s, (Exception,),
                          "upload", self.sleep)
         except Exception as e:  # huggingface_hub raises many types; none of them may lead to a commit
-            raise UploadFailed(f"upload to {self.target.repo_id} failed: {str(e).splitlines()[0][:300]}") from None
+            raise UploadFailed(f"upload to {self.target.repo_id} failed: {one_line(e, 300)}") from None
 
     def commit(self, model_id: ModelId) -> Commitment:
         """Commit to the chain and read it back; retried without uploading again."""

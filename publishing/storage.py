@@ -16,9 +16,12 @@ replaces the object whole (one PUT), which is atomic there too.
 import os
 import re
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+from trainables.errors import one_line
 
 # query parameters of a storage URI that would put a credential into it (pyarrow reads these from S3 URIs)
 SECRET_QUERY_KEYS = {"access_key", "secret_key", "session_token", "aws_access_key_id", "aws_secret_access_key",
@@ -177,16 +180,32 @@ def upload(local_file, location) -> str:
     return str(location)
 
 
-def writable_problem(location: str) -> str | None:
+PROBE_TIMEOUT_S = 30  # a storage that has not answered by then is not one to run a sweep on
+
+
+def writable_problem(location: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
     """Why `location` (a URI) cannot hold experiments, in one line, or None: a probe object is written there, read
     back and deleted, the way every node will write checkpoints. A bad bucket, missing or wrong credentials and an
-    unknown scheme all end here before anything starts."""
+    unknown scheme all end here before anything starts; so does a storage that does not answer within `timeout_s`
+    (pyarrow's clients retry for many minutes: gs:// without credentials never returned)."""
     probe = join(location, f".lora-sweep-write-probe-{uuid.uuid4().hex}")
-    try:
-        write_bytes(probe, b"probe")
-        if read_bytes(probe) != b"probe":
-            return "a probe written there read back differently"
-        delete(probe)
-    except Exception as e:  # noqa: BLE001: pyarrow raises OSError, ArrowInvalid (a bad URI), ValueError, ...
-        return " ".join(str(e).split())[:300] or type(e).__name__
-    return None
+    outcome: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            write_bytes(probe, b"probe")
+            if read_bytes(probe) != b"probe":
+                outcome.append("a probe written there read back differently")
+                return
+            delete(probe)
+            outcome.append(None)
+        except Exception as e:  # noqa: BLE001: pyarrow raises OSError, ArrowInvalid (a bad URI), ValueError, ...
+            outcome.append(one_line(e, 300))
+
+    # a daemon thread: one that never returns cannot keep the process from exiting with its error line
+    worker = threading.Thread(target=attempt, name="storage-probe", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        return f"no answer within {timeout_s:g} s"
+    return outcome[0]

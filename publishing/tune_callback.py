@@ -5,6 +5,7 @@ from ray import tune
 from publishing.coordinator_actor import NAMESPACE, actor_name
 from publishing.publisher import Candidate
 from trainables.hyperparameters import Hyperparameters
+from trainables.lora_trial import EVAL_LOSS
 
 
 class PublishCallback(tune.Callback):
@@ -19,10 +20,13 @@ class PublishCallback(tune.Callback):
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         result = trial.last_result  # Tune processes a result before saving its checkpoint
-        if "eval_loss" not in result:
+        # Only a full evaluation carries eval_loss (the whole held-out set's, as validators score): a checkpoint
+        # reported with the rank subset's loss alone is a resume point, never a candidate, so no subset-scored
+        # number is ever compared with a published model's loss or published itself.
+        if EVAL_LOSS not in result:
             return
         candidate = Candidate(trial_id=trial.trial_id, step=int(result.get("step", 0)),
-                              eval_loss=float(result["eval_loss"]),
+                              eval_loss=float(result[EVAL_LOSS]),
                               hyperparameters=Hyperparameters.from_mapping(trial.config).as_dict(),
                               checkpoint=checkpoint, reported_at=result.get("reported_at"))
         import ray

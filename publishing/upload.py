@@ -24,6 +24,7 @@ from publishing.publisher import Candidate
 from publishing.rules import Action
 from publishing.setup import PublishOptions, SetupError, prepare_publishing
 from trainables.documented import add_flag
+from trainables.errors import one_line
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -65,7 +66,7 @@ def read_publish_record(model_dir: Path) -> dict | None:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
-        raise SetupError(f"{path} is not readable JSON ({str(e).splitlines()[0][:100]}); pass --eval_loss "
+        raise SetupError(f"{path} is not readable JSON ({one_line(e, 100)}); pass --eval_loss "
                          "with the model's eval loss, or fix or remove the file") from None
     if not isinstance(record, dict):
         raise SetupError(f"{path} is not a JSON object; pass --eval_loss with the model's eval loss, "

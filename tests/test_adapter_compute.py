@@ -12,7 +12,7 @@ from trainables.packing import packed_micro_batch
 def lora_model(model_dir, dtype):
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=False, dtype=dtype)
-    model = build_lora_model(base, r=8, alpha=16, dropout=0.0, gradient_checkpointing=False)
+    model = build_lora_model(base, r=8, alpha=16, dropout=0.0, checkpointed_layers=0)
     for name, param in model.named_parameters():  # lora_B starts at zero: give the adapters something to do
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.02)

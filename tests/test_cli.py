@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,29 @@ def bad_inputs(tmp_path, model_dir):
     (no_weights / "config.json").write_text("{}")
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("num_epochs: 1\nnum_epoch: 2\n")
+    binary = tmp_path / "binary"
+    binary.write_bytes(bytes(range(256)) * 4)
+    def yaml_file(name: str, text: str) -> str:
+        (tmp_path / name).write_text(text)
+        return str(tmp_path / name)
+
+    shipped = (Path(__file__).resolve().parents[1] / "configs" / "competitions.yaml").read_text()
+
+    def competitions(name: str, old: str, new: str) -> str:
+        assert old in shipped
+        return yaml_file(name, shipped.replace(old, new, 1))
+
+    # competition 4 as shipped, but for the two rules the tiny model breaks (3.2B parameters, bfloat16 weights)
+    tiny_4 = yaml_file("tiny4.yaml", shipped.replace("min_parameters: 3200000000", "min_parameters: 0")
+                       .replace("dtype: bfloat16", "").replace("sequence_length: 16384", "sequence_length: 2048"))
+    epsilon_4 = "epsilon: {start: 0.05, end: 0.01, decay_blocks: 21600}"
+    empty_responses = write_jsonl(tmp_path / "empty-responses.jsonl",
+                                  ['{"question": "q%d", "response": " "}' % i for i in range(20)])
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1" + b"\0" * 100 + b"PAR1")
+    finished = tmp_path / "finished"
+    (finished / "done").mkdir(parents=True)
+    (finished / "done" / "lora_sweep.json").write_text('{"status": "finished"}')
     return {
         "unknown flag": (["--learningrate", "3"], "unrecognized arguments"),
         "unknown config key": (["--config", str(bad_yaml)], "unknown key 'num_epoch'"),
@@ -90,6 +114,46 @@ def bad_inputs(tmp_path, model_dir):
         "a trial that cannot fit": (["--micro_batch_tokens", "50000000"], "with gradient checkpointing"),
         "a trial that cannot fit without checkpointing": (
             ["--micro_batch_tokens", "50000000", "--gradient_checkpointing", "off"], "--gradient_checkpointing on"),
+        # issue 23: each of these once ended in a traceback, a hang, or a sweep that should not have run
+        "a task without a weight": (["--competitions_file", competitions("w.yaml", ", weight: 0.5}", "}")],
+                                    "each task needs exactly name, method, dataset and weight"),
+        "epsilon without its end": (["--competitions_file", competitions("e.yaml", epsilon_4, "epsilon: {start: 0.05}")],
+                                    "epsilon takes start, end and decay_blocks"),
+        "epsilon not a number": (["--competitions_file", competitions("a.yaml", epsilon_4, "epsilon: abc")],
+                                 "epsilon value must be a number"),
+        "a competition that is a number": (["--competitions_file", yaml_file("n.yaml", "competitions: {m1: 5}\n")],
+                                           "must be a mapping of its rules"),
+        "a negative task weight": (["--competitions_file", competitions("neg.yaml", "weight: 0.5}", "weight: -0.5}")],
+                                   "a weight must be a positive number"),
+        "a zero task weight": (["--competitions_file", competitions("zero.yaml", "weight: 0.5}", "weight: 0}")],
+                               "a weight must be a positive number"),
+        "one competition id twice": (["--competitions_file", yaml_file("dup.yaml", shipped + "  4: {architectures: [X]}\n")],
+                                     "the key '4' appears twice"),
+        "binary competitions file": (["--competitions_file", str(binary)], "UnicodeDecodeError"),
+        "binary config": (["--config", str(binary)], "is not UTF-8 text"),
+        "binary search file": (["--search", str(binary)], "is not UTF-8 text"),
+        "binary env file": (["--env_file", str(binary)], "--env_file"),
+        "a folder as env file": (["--env_file", str(tmp_path)], "is a folder, not a file"),
+        "config keys that are not names": (["--config", yaml_file("k.yaml", "1: 2\nnull: 3\n")], "unknown key"),
+        "num_samples: true": (["--config", yaml_file("true.yaml", "num_samples: true\n")], "num_samples in"),
+        "num_samples: true in a search file": (["--search", space_file(tmp_path, "t", **{"sampler: tpe": "sampler: tpe\nnum_samples: true"})],
+                                               "num_samples"),
+        "a negative seed": (["--seed", "-1"], "--seed must be between 0"),
+        "an endless time budget": (["--time_budget", "9" * 400], "longer than a year"),
+        "a time budget no trial can use": (["--time_budget", "0.001"], "shorter than 10 s"),
+        "task data for a competition without tasks": (["--task_data", "X=/nonexistent"], "has none"),
+        "a corrupt parquet as task data": (
+            ["--competition_id", "4", "--competitions_file", tiny_4, "--tokenizer", "model",
+             "--task_data", f"SYNTHETIC_1_SFT={corrupt},CODEFORCES_COTS={corrupt}"],
+            "is not a readable Parquet file"),
+        "micro-batches shorter than a pair": (["--micro_batch_tokens", "1"], "shorter than the longest training pair"),
+        "an eval share that leaves no step": (["--eval_fraction", "0.999"], "fewer than one optimizer step"),
+        "every response empty": (["--dataset_path", str(empty_responses)], "has an empty response"),
+        "a finished experiment's name again": (["--storage_path", str(finished), "--experiment_name", "done"],
+                                               "give a new --experiment_name, or add --resume"),
+        "an address where nothing answers": (["--address", "127.0.0.1:1"], "nothing answers there"),
+        "flash-attention without flash-attn": (["--attn_implementation", "flash_attention_2"], "cannot run here"),
+        "fused kernels on the CPU": (["--fused_kernels", "liger", "--device", "cpu"], "needs CUDA GPUs"),
     }
 
 
@@ -105,7 +169,18 @@ def bad_inputs(tmp_path, model_dir):
                                   "weight decay nan", "flag prefix", "experiment outside storage", "storage is a file",
                                   "storage cannot be written", "resume a missing experiment", "dataset not UTF-8",
                                   "model needs its own code", "tokenizer needs its own code",
-                                  "a trial that cannot fit", "a trial that cannot fit without checkpointing"])
+                                  "a trial that cannot fit", "a trial that cannot fit without checkpointing",
+                                  "a task without a weight", "epsilon without its end", "epsilon not a number",
+                                  "a competition that is a number", "a negative task weight", "a zero task weight",
+                                  "one competition id twice", "binary competitions file", "binary config",
+                                  "binary search file", "binary env file", "a folder as env file",
+                                  "config keys that are not names", "num_samples: true",
+                                  "num_samples: true in a search file", "a negative seed", "an endless time budget",
+                                  "a time budget no trial can use", "task data for a competition without tasks",
+                                  "a corrupt parquet as task data", "micro-batches shorter than a pair",
+                                  "an eval share that leaves no step", "every response empty",
+                                  "a finished experiment's name again", "an address where nothing answers",
+                                  "flash-attention without flash-attn", "fused kernels on the CPU"])
 def test_bad_input_fails_at_the_edge(case, tmp_path, capsys, monkeypatch, model_dir):
     def ray_must_not_start(_config):
         raise AssertionError("Ray started for bad input")
@@ -149,3 +224,20 @@ def test_every_load_refuses_a_folders_code_even_past_the_edge_check(tmp_path, mo
     load_tokenizer(folder)
     assert type(model.get_base_model()).__name__ == "LlamaForCausalLM"
     assert not (folder / "CODE_RAN").exists()
+
+
+def test_a_storage_that_never_answers_is_refused_in_one_line_not_waited_on_forever():
+    """gs://x without credentials once hung the driver in the storage probe for over 1,000 s."""
+    import socket
+    import time
+
+    from publishing.storage import writable_problem
+
+    with socket.socket() as silent:  # accepts connections and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        problem = writable_problem(f"s3://bucket/x?endpoint_override=127.0.0.1:{port}&scheme=http", timeout_s=2)
+        assert time.monotonic() - started < 10
+    assert problem == "no answer within 2 s"

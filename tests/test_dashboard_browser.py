@@ -38,10 +38,12 @@ RAY = str(Path(sys.executable).parent / "ray")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1400,1000"]
-EVAL_LINE = re.compile(r"\[trial (\w+)\] lr=\d\.\d\de-\d\d r=\d+ alpha=\d+ step=\d+ eval_loss=\d+\.\d+ "
-                       r"train_loss=\S+ tokens/s=\d+")
+# (a full evaluation reports eval_loss, the whole held-out set's, beside rank_loss; the others rank_loss alone)
+EVAL_LINE = re.compile(r"\[trial (\w+)\] lr=\d\.\d\de-\d\d r=\d+ alpha=\d+ step=\d+ (?:eval_loss=\d+\.\d+ )?"
+                       r"rank_loss=\d+\.\d+ train_loss=\S+ tokens/s=\d+")
 # a running trial's line in the driver's progress block (orchestrator/progress.py)
-RUNNING_LINE = re.compile(r"^(\w+) RUNNING lr=\d\.\d\de-\d\d r=\d+ alpha=\d+ step \d+ eval_loss \d+\.\d{4}", re.M)
+RUNNING_LINE = re.compile(r"^(\w+) RUNNING lr=\d\.\d\de-\d\d r=\d+ alpha=\d+ step \d+ (?:eval|rank)_loss \d+\.\d{4}",
+                          re.M)
 # a trial's actor on the Actors page: its repr, then its state
 RUNNING_ACTOR = re.compile(r"trial \w+ lr=\d\.\d\de-\d\d r=\d+ alpha=\d+\s+ALIVE")
 SUBMISSION_ID = "lora-sweep-dashboard-test"

@@ -14,7 +14,7 @@ import torch
 
 from benchmarks.gpu_throughput import (check_packing, hardware_flops_per_token, llama_config, parse_args, run,
                                        step_pairs, token_weighted_ctx)
-from trainables.memory_plan import ModelShape
+from trainables.memory_plan import ModelShape, margin_bytes
 from trainables.throughput import flops_per_token, peak_bf16_flops
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_throughput.py"
@@ -24,11 +24,13 @@ def test_mfu_counts_6n_per_real_token_and_the_hardware_figure_what_the_lora_step
     # the convention the benchmark reports MFU in (the product's own): 6N + 12 L d ctx
     assert flops_per_token(matmul_params=1000, layers=2, attention_width=8, ctx=10) == 6000 + 12 * 2 * 8 * 10
     # a frozen base: forward 2N + activation gradients 2N; adapters 6 N_lora; the loss's logits made twice
-    assert hardware_flops_per_token(1000, 10, 100, 2, 8, 10, gradient_checkpointing=False) == \
+    assert hardware_flops_per_token(1000, 10, 100, 2, 8, 10, checkpointed_layers=0) == \
         4000 + 60 + 1920 + 200
-    # checkpointing runs the decoder layers' forward again (not lm_head's)
-    assert hardware_flops_per_token(1000, 10, 100, 2, 8, 10, gradient_checkpointing=True) == \
+    # checkpointing runs the decoder layers' forward again (not lm_head's): all of them, or the share checkpointed
+    assert hardware_flops_per_token(1000, 10, 100, 2, 8, 10, checkpointed_layers=2) == \
         4000 + 60 + 1920 + 200 + 2 * 900 + 20 + 640
+    assert hardware_flops_per_token(1000, 10, 100, 2, 8, 10, checkpointed_layers=1) == \
+        4000 + 60 + 1920 + 200 + (2 * 900 + 20 + 640) / 2
     assert token_weighted_ctx([10, 30]) == (100 + 900) / 40
     assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == pytest.approx(989e12)
 
@@ -98,15 +100,26 @@ def test_the_matrix_runs_each_row_in_its_own_process_and_skips_what_the_planner_
         return subprocess.CompletedProcess(command, 0, stdout="log line\n" + json.dumps(row) + "\n", stderr="")
 
     monkeypatch.setattr(bench.subprocess, "run", child)
-    result = bench.run_matrix(parse_args(["--matrix", "--memory_gb", "79.6"]))
-    rows = {(r["model"], r["seq_len"], r["packing"], r["gradient_checkpointing"]): r for r in result["rows"]}
+    result = bench.run_matrix(parse_args(["--matrix", "--matrix_set", "issue12", "--memory_gb", "79.6"]))
+    rows = {(r["model"], r["seq_len"], r["packing"], r["checkpointing"]): r for r in result["rows"]}
     assert len(rows) == 16 and len(commands) == sum(r["status"] == "ok" for r in rows.values())
-    assert rows["3b", 16384, True, False]["status"] == "skipped"  # ~120 GB without checkpointing
-    for row in rows.values():
-        assert (row["status"] == "skipped") == (row["memory_estimate_gb"] * 1e9 > result["memory_budget_gb"] * 1e9)
+    assert rows["3b", 16384, True, "none"]["status"] == "skipped"  # ~120 GB without checkpointing
+    for row in rows.values():  # skipped exactly where the estimate and its margin exceed the budget
+        needs = row["memory_estimate_gb"] * (1 + margin_bytes(10**9) / 10**9)
+        assert (row["status"] == "skipped") == (needs > result["memory_budget_gb"])
     assert ["--check_packing" in c for c in commands] == [True] + [False] * (len(commands) - 1)
     assert all("--warmup" in c and c[c.index("--steps") + 1] == "5" for c in commands)
     assert result["goal"]["mfu_3b_16k_packed"] == 0.5 and result["goal"]["estimate_met"]
+
+    # issue 22's rows: each attention's first row checks packing; planned rows pass the planner's layers
+    commands.clear()
+    result = bench.run_matrix(parse_args(["--matrix", "--memory_gb", "79.6"]))
+    planned = [r for r in result["rows"] if r["checkpointing"] == "planned" and r["status"] == "ok"]
+    assert planned and all(0 <= r["checkpointed_layers"] < 32 for r in planned)
+    assert all(c[c.index("--checkpointed_layers") + 1] == str(r["checkpointed_layers"])
+               for c, r in zip(commands, [r for r in result["rows"] if r["status"] == "ok"]))
+    checked = [c[c.index("--attn") + 1] for c in commands if "--check_packing" in c]
+    assert sorted(checked) == sorted({c[c.index("--attn") + 1] for c in commands})
 
 
 def test_the_dry_run_sizes_the_3b_shape_as_transformers_builds_it_without_allocating_it():
@@ -117,7 +130,7 @@ def test_the_dry_run_sizes_the_3b_shape_as_transformers_builds_it_without_alloca
         reference = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
     assert reference == 3_212_749_824 == ModelShape.from_config(config).base_params()
     dry = run(parse_args(["--model", "3b", "--seq_len", "16384", "--steps", "2", "--warmup", "1", "--dry_run",
-                          "--gradient_checkpointing"]))
+                          "--gradient_checkpointing", "--attn", "sdpa"]))
     assert dry["params_total"] - dry["params_lora"] == reference
     assert dry["params_lora"] == ModelShape.from_config(config).lora_params(64) == 97_255_424
     assert dry["matmul_params"] == reference - 28 * 2 * 3072 - 3072  # every weight but the norms (lm_head is tied)

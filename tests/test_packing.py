@@ -108,7 +108,7 @@ def test_a_tiny_model_trains_16k_token_pairs_on_the_cpu_with_checkpointing(model
     split = TokenizedSplit(tokens, np.concatenate([[0], np.cumsum(lengths)]), np.array([100, 10], dtype=np.int32))
     data = dataclasses.replace(_data(split), eval=_subset_last(split))
     s = dataclasses.replace(settings(model_dir, packing="on", tokens_per_step=16384, micro_batch_tokens=16384,
-                                     eval_batch_size=1), gradient_checkpointing=True)
+                                     eval_batch_size=1), checkpointed_layers=2)  # both of its layers
     s = dataclasses.replace(s, training=dataclasses.replace(s.training, num_epochs=1, eval_steps=1))
     torch.set_num_threads(2)
     curve = losses(s, data)
@@ -129,7 +129,8 @@ def _subset_last(split: TokenizedSplit) -> TokenizedSplit:
 @pytest.mark.parametrize("bad, message", [
     ({"packing": "maybe"}, "--packing must be one of on, off"),
     ({"gradient_checkpointing": "yes"}, "--gradient_checkpointing must be one of auto, on, off"),
-    ({"attn_implementation": "flash"}, "--attn_implementation must be one of auto, sdpa, flash_attention_2, eager"),
+    ({"attn_implementation": "flash"},
+     "--attn_implementation must be one of auto, sdpa, flash_attention_2, varlen, flex_attention, eager"),
     ({"tokens_per_step": -1}, "--tokens_per_step must be 0"),
 ])
 def test_bad_training_layout_flags_are_refused(bad, message):

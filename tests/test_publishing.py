@@ -445,3 +445,48 @@ def test_the_typed_state_reads_back_what_it_writes(tmp_path):
     raw = json.loads((tmp_path / STATE_FILE).read_text())
     assert raw["published"][0]["block"] == 120 and raw["uploaded"]["eval_loss"] == 3.4 and state_problem(raw) is None
     assert read_state(tmp_path / STATE_FILE) == (state, None)
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("this message cannot be read")
+
+
+@pytest.mark.parametrize("where", ["hub", "chain"])
+def test_the_publishing_thread_survives_faults_with_empty_or_unreadable_messages(world, candidate, where):
+    """`str(TimeoutError()) == ""` once made the catch-all's own error line raise IndexError and killed the thread
+    for the rest of the sweep. Faults from the Hub and the chain, of every kind, must each cost one retry."""
+    import threading
+    import time
+
+    faults = [TimeoutError(), ConnectionError(), Unprintable()]
+    lock = threading.Lock()
+
+    def faulty(method):
+        def call(*args, **kwargs):
+            with lock:
+                fault = faults.pop(0) if faults else None
+            if fault is not None:
+                raise fault
+            return method(*args, **kwargs)
+        return call
+
+    coordinator = world.coordinator(retry_after_s=0.05)
+    coordinator.finish()  # the step-driven coordinator of `world`; a threaded one over the same publisher follows
+    threaded = PublishCoordinator(coordinator.publisher, world.experiment, clock=world.clock, background=True)
+    if where == "hub":
+        threaded.publisher.hub.upload = faulty(threaded.publisher.hub.upload)
+    else:
+        world.chain.set_commitment = faulty(world.chain.set_commitment)
+    threaded.offer(candidate(4.0))
+    deadline = time.monotonic() + 60
+    while not world.chain.history and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threaded._thread.is_alive(), threaded.lines
+    assert len(world.chain.history) == 1 and faults == [], threaded.lines  # each fault cost one retry, then the publish happened
+    if where == "chain":  # escaped the publisher: the thread's catch-all names each, and retries
+        failures = [line for line in threaded.lines if line.startswith("publishing failed")]
+        assert [line.split(":")[1].strip() for line in failures] == ["TimeoutError", "ConnectionError", "Unprintable"]
+    else:  # the publisher's own upload retries caught them (2 attempts a publish): one failed publish, then one done
+        assert f"upload to {REPO} failed: ConnectionError; nothing committed" in threaded.lines
+    threaded.finish()

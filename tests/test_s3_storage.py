@@ -35,7 +35,7 @@ from tests.test_publishing import adapter_checkpoint  # noqa: E402,F401  (the fi
 
 BUCKET = "sweeps-bucket"
 GRID = "sampler: grid\nspace:\n  learning_rate: [1.0e-3, 2.0e-4]\n  r: [8]\n  alpha: [16]\n"
-EVAL_STEPS = 10  # the default --eval_steps: a checkpoint every 10 optimizer steps
+EVAL_STEPS = 10  # --eval_steps: a checkpoint every 10 optimizer steps, every report a full evaluation
 RUN = uuid.uuid4().hex[:6]  # experiment names of this run: Ray's session folders on this machine outlive a run
 
 
@@ -177,7 +177,7 @@ def cluster(s3, tmp_path_factory):
 def sweep_argv(cluster, tmp_path, name: str, *extra: str) -> list[str]:
     (tmp_path / "grid.yaml").write_text(GRID)
     return [sys.executable, "-m", "orchestrator.run", "--address", cluster.address, "--search",
-            str(tmp_path / "grid.yaml"), "--scheduler", "fifo", "--num_epochs", "3",
+            str(tmp_path / "grid.yaml"), "--scheduler", "fifo", "--num_epochs", "3", "--eval_steps", str(EVAL_STEPS),
             "--storage_path", f"s3://{BUCKET}/sweeps", "--experiment_name", name, *extra]
 
 

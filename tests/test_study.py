@@ -34,8 +34,9 @@ def test_a_trial_is_complete_only_when_it_made_every_planned_report():
 def swept(local_ray, tmp_path_factory):
     """One ASHA sweep on the embedded model with --study, shared by the tests below."""
     storage = tmp_path_factory.mktemp("studies")
+    # --eval_steps: every evaluation on the whole set, so rank_loss (what the study holds) equals eval_loss here
     argv = ["--num_samples", "6", "--num_epochs", "2", "--grace_period", "1", "--reduction_factor", "3",
-            "--max_concurrent_trials", "2", "--storage_path", str(storage), "--experiment_name", "warm",
+            "--eval_steps", "10", "--max_concurrent_trials", "2", "--storage_path", str(storage), "--experiment_name", "warm",
             "--no-dashboard", "--study", "studies.journal", "--pruned_trials", "pruned"]
     return storage, argv
 
@@ -53,7 +54,8 @@ def test_trial_states_and_intermediate_losses_reach_the_study_truthfully(swept, 
     assert (model, competition) == (model_dir.name, "m1") and len(digest) == 8 and int(digest, 16) >= 0
     study = optuna.load_study(study_name=summary.study_name, storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))))
-    assert study.metric_names == ["eval_loss"]  # optuna-dashboard and trials_dataframe() name the objective
+    # optuna-dashboard and trials_dataframe() name the objective: the loss trials are ranked by
+    assert study.metric_names == ["rank_loss"]
     assert study.user_attrs["model"] == model_dir.name
     results = trial_results(storage / "warm")
     reports = {json.dumps(t["params"], sort_keys=True): t["reports"] for t in results}
@@ -64,9 +66,10 @@ def test_trial_states_and_intermediate_losses_reach_the_study_truthfully(swept, 
         # each Optuna trial names the Ray Tune trial it was: the id in trials.csv, the summary and Ray's dashboard
         assert trial.user_attrs[RAY_TRIAL_ID] == ran[-1]["trial_id"]
         # every evaluation at its optimizer step, with its loss
-        assert trial.intermediate_values == {r["step"]: pytest.approx(r["eval_loss"]) for r in ran}
+        assert trial.intermediate_values == {r["step"]: pytest.approx(r["rank_loss"]) for r in ran}
+        assert all(r["rank_loss"] == r["eval_loss"] for r in ran)  # every evaluation scored the whole set
         expected = TrialState.COMPLETE if len(ran) == full else TrialState.PRUNED
-        assert trial.state == expected and trial.value == pytest.approx(ran[-1]["eval_loss"])
+        assert trial.state == expected and trial.value == pytest.approx(ran[-1]["rank_loss"])
         states.append(trial.state)
     assert TrialState.PRUNED in states and TrialState.COMPLETE in states  # ASHA stopped some, not all
     assert sorted(t.user_attrs[RAY_TRIAL_ID] for t in study.trials) == sorted(r["reports"][-1]["trial_id"]
@@ -89,7 +92,7 @@ def test_trials_csv_of_that_sweep_ranks_flags_and_explains(swept):
     for row in stopped:
         ran = reports[row["trial_id"]]
         assert row["reason"] == (f"stopped early by ASHA at step {ran[-1]['step']}, after {len(ran)} of {full} "
-                                 f"evaluations (eval_loss {ran[-1]['eval_loss']:.4f} above the rung's cutoff)")
+                                 f"evaluations (rank_loss {ran[-1]['rank_loss']:.4f} above the rung's cutoff)")
     assert all(row["reason"] == "" for row in rows if row["status"] == "finished")
 
 
@@ -176,3 +179,17 @@ def test_the_model_in_a_study_name_is_what_a_person_calls_it(tmp_path):
     assert model_label(tmp_path / "tiny-llama-f02ee987b292") == "tiny-llama-f02ee987b292"
     assert model_label(tmp_path / "my model (copy)") == "my-model-copy"  # only what every storage and shell takes
     assert len(model_label(tmp_path / ("x" * 300))) == 64
+
+
+def test_a_study_ranked_on_a_subset_never_mixes_with_one_of_whole_set_losses(model_dir, sweep_data):
+    from orchestrator.config import load_config
+    from orchestrator.study import fingerprint, ranking
+
+    whole = load_config(["--eval_steps", "10"]).training
+    subset = load_config([]).training  # --eval_tokens' cadence, rank_loss on 25% of each task's samples
+    assert ranking(whole) is None and ranking(load_config(["--eval_rank_share", "1"]).training) is None
+    assert ranking(subset) == "rank_loss on 0.25 of each task's held-out samples"
+    space = load_search_space("default")
+    before = fingerprint(model_dir, sweep_data, space, "m1")
+    assert fingerprint(model_dir, sweep_data, space, "m1", ranking(whole)) == before  # earlier studies continue
+    assert fingerprint(model_dir, sweep_data, space, "m1", ranking(subset)) != before

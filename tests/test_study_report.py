@@ -62,7 +62,7 @@ def test_the_importances_agree_with_the_trial_results(name, loss_of):
     # the summary line prints them largest first, with the number of trials
     assert importances.line() == ("importances:     " + ", ".join(
         f"{n} {s:.2f}" for n, s in sorted(importances.values.items(), key=lambda kv: -kv[1]))
-        + f" (fANOVA over {len(trials)} trials of this sweep, each by its best eval loss)")
+        + f" (fANOVA over {len(trials)} trials of this sweep, each by its best loss)")
 
 
 def test_importances_score_each_trial_by_its_best_loss_and_say_how_the_dashboard_differs():
@@ -81,7 +81,7 @@ def test_importances_score_each_trial_by_its_best_loss_and_say_how_the_dashboard
     assert importances.lines(stored_study=True) == [
         importances.line(),
         "                 (optuna-dashboard's can differ: PED-ANOVA over the study's complete trials, earlier "
-        "sweeps' too, each by its last eval loss)"]
+        "sweeps' too, each by its last value)"]
     # no importances, no note
     none = param_importances(trials[:2], DEFAULT_SPACE.distributions)
     assert none.lines(stored_study=True) == [none.line()]
@@ -121,7 +121,7 @@ def test_too_few_trials_say_so_in_one_line(tmp_path):
     trials.append(record("bad", Hyperparameters(1e-4, 8, 8), math.nan, status=TrialStatus.FAILED))
     importances = param_importances(trials, DEFAULT_SPACE.distributions)
     assert importances.values == {}
-    assert importances.line() == ("importances:     need at least 4 trials with an eval loss for fANOVA "
+    assert importances.line() == ("importances:     need at least 4 trials with a loss for fANOVA "
                                   "(this sweep has 3)")
     # no bars are drawn for importances that were not computed; every trial is still drawn
     assert write_study_plots(importances, trials, tmp_path) == [tmp_path / PARALLEL_COORDINATES_PNG]
@@ -164,9 +164,9 @@ def test_the_early_stopping_savings_agree_with_the_steps_counted_from_the_report
                                            TrialStatus.FINISHED, TrialStatus.STOPPED, TrialStatus.FAILED]
     # each record says why it did not run to the end, from its own last report
     assert [r.reason for r in records] == [
-        "", "stopped early by ASHA at step 20, after 2 of 5 evaluations (eval_loss 5.8000 above the rung's cutoff)",
-        "stopped early by ASHA at step 10, after 1 of 5 evaluations (eval_loss 5.9000 above the rung's cutoff)", "",
-        "stopped early by ASHA at step 30, after 3 of 5 evaluations (eval_loss 5.7000 above the rung's cutoff)",
+        "", "stopped early by ASHA at step 20, after 2 of 5 evaluations (its rank_loss above the rung's cutoff)",
+        "stopped early by ASHA at step 10, after 1 of 5 evaluations (its rank_loss above the rung's cutoff)", "",
+        "stopped early by ASHA at step 30, after 3 of 5 evaluations (its rank_loss above the rung's cutoff)",
         "RuntimeError: boom"]
     assert {r.base_eval_loss for r in records} == {6.5}  # the untrained loss each trial's reports carry
     savings = early_stopping_savings(records, 45, {"cpu": 2})

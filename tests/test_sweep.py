@@ -36,7 +36,9 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
     # a damaged state file left by an earlier run costs a warning, not the sweep
     (tmp_path / "e2e").mkdir()
     (tmp_path / "e2e" / "publish_state.json").write_text("garbage")
-    code = main(["--num_samples", "4", "--num_epochs", "2", "--storage_path", str(tmp_path),
+    # --eval_steps: every evaluation on the whole held-out set, so each report is a candidate and keeps the
+    # checkpoint retention below simple to recount (the rank subset's cadence: tests/test_eval_schedule.py)
+    code = main(["--num_samples", "4", "--num_epochs", "2", "--eval_steps", "10", "--storage_path", str(tmp_path),
                  "--experiment_name", "e2e", "--no-dashboard"])
     captured = capsys.readouterr()
     out = captured.out
@@ -46,7 +48,7 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
     assert re.search(r"^trials: \d/4 done.*, \d running, \d pending · best eval_loss \d\.\d{4} \(trial \w+ "
                      r"lr=\d\.\d\de-\d\d r=\d+ alpha=\d+\) · (about \S+ left|all trials ended)$", out, re.M), out
     # a line per trial (the block every 10 s may or may not catch one running: tests/test_dashboard_browser.py does)
-    assert re.search(r"^\w+ (RUNNING|FINISHED|STOPPED) lr=\S+ r=\d+ alpha=\d+ step \d+ eval_loss \d\.\d{4} "
+    assert re.search(r"^\w+ (RUNNING|FINISHED|STOPPED) lr=\S+ r=\d+ alpha=\d+ step \d+ (eval|rank)_loss \d\.\d{4} "
                      r"train_loss \d\.\d{4} tokens/s \d+$", out, re.M), out
     assert "+----" not in out and "Current best trial" not in out and "/tmp/ray" not in out, out
     assert not re.search(r"(eval_loss|Iter \S+:) -\d", out), out
@@ -56,7 +58,8 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
 
     trials = trial_results(tmp_path / "e2e")
     assert len(trials) == 4
-    best_loss = min(r["eval_loss"] for t in trials for r in t["reports"])
+    # eval_loss (the whole held-out set) is in the full evaluations' reports only; rank_loss is in every one
+    best_loss = min(r["eval_loss"] for t in trials for r in t["reports"] if "eval_loss" in r)
     assert f"{best_loss:.4f} best" in summary
 
     # each trial's actor is named for it: Ray prefixes the log lines it forwards with the actor's repr (Ray's
@@ -70,7 +73,8 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
 
     assert "publish_state.json" in summary and "set aside" in summary
     # the best trial by id and folder, every trial in trials.csv, and what to run next
-    best_trial = next(t for t in trials if min(r["eval_loss"] for r in t["reports"]) == best_loss)
+    best_trial = next(t for t in trials if min((r["eval_loss"] for r in t["reports"] if "eval_loss" in r),
+                                               default=None) == best_loss)
     trial_id = best_trial["reports"][0]["trial_id"]
     assert f"best trial:      {trial_id}" in summary
     best_dir = next(p for p in (tmp_path / "e2e").iterdir() if trial_id in p.name and p.is_dir())
@@ -81,7 +85,8 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
     assert "python -m publishing.upload --load_model_dir" in summary and "from_pretrained(" in summary
 
     # what mattered, recounted from each trial's reports: a full trial's steps are a finished trial's last step, and
-    # every trial the scheduler stopped saved the steps it did not run, at its own seconds per step (1 CPU each)
+    # every trial the scheduler stopped saved the steps it did not run, at the finished trials' median seconds per
+    # step (1 CPU each)
     import math
 
     status = {r["trial_id"]: r["status"] for r in rows}
@@ -93,7 +98,10 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
     saved_line = re.search(rf"early stopping:  saved {saved} of {4 * full} steps \({saved / (4 * full):.1%}\), "
                            r"about (\S+) CPU-hours\n", summary)
     assert saved_line, summary
-    saved_s = sum((full - last[t]["step"]) * last[t]["time_total_s"] / last[t]["step"] for t in stopped)
+    import statistics
+
+    pace = statistics.median(last[t]["time_total_s"] / last[t]["step"] for t in status if status[t] == "finished")
+    saved_s = sum((full - last[t]["step"]) * pace for t in stopped)
     assert math.isclose(float(saved_line.group(1)), saved_s / 3600, rel_tol=0.06, abs_tol=1e-12)
     spent = re.search(r"compute:         (\S+) CPU-hours over 4 trials\n", summary)
     assert spent and math.isclose(float(spent.group(1)), sum(r["time_total_s"] for r in last.values()) / 3600,

@@ -16,7 +16,7 @@ from orchestrator.trial_records import TrialStatus, trial_status
 
 @pytest.mark.parametrize("text, seconds", [("45s", 45), ("90m", 5400), ("6h", 21600), ("1h30m", 5400),
                                            ("5400", 5400), ("1h30m15s", 5415), ("2d", 172800), ("1.5h", 5400),
-                                           (" 90M ", 5400), ("1h 30m", 5400), ("0.5s", 0.5)])
+                                           (" 90M ", 5400), ("1h 30m", 5400), ("10s", 10)])
 def test_durations_a_renter_writes(text, seconds):
     assert parse_duration(text) == seconds
     assert load_config(["--time_budget", text]).run.time_budget_s == seconds
@@ -29,6 +29,16 @@ def test_bad_durations_fail_in_one_line_saying_how_to_fix_them(text):
     message = str(error.value)
     assert "\n" not in message and message.startswith("--time_budget must be")
     assert "90m" in message or "leave it out" in message
+
+
+@pytest.mark.parametrize("text, fragment", [("0.001", "shorter than 10 s"), ("0.5s", "shorter than 10 s"),
+                                            ("9" * 400, "longer than a year"), ("400d", "longer than a year")])
+def test_budgets_no_trial_could_use_are_refused(text, fragment):
+    """0.001 once ran a sweep whose summary read `eval loss: nan`; a number too large for a float once parsed to
+    infinity and failed in the summary."""
+    with pytest.raises(ConfigError, match=fragment) as error:
+        load_config(["--time_budget", text])
+    assert "\n" not in str(error.value)
 
 
 def test_no_budget_by_default():

@@ -1,6 +1,8 @@
 import csv
 import math
 
+import pytest
+
 from orchestrator.trial_records import (TrialRecord, TrialStatus, ended_reason, one_line_reason, trial_status,
                                         write_trials_csv)
 from trainables.hyperparameters import Hyperparameters
@@ -47,7 +49,8 @@ def test_trials_csv_has_a_row_per_trial_best_first_with_status_and_reason(tmp_pa
     path = write_trials_csv(records, tmp_path)
     rows = list(csv.DictReader(path.open()))
     assert list(rows[0]) == ["trial_id", "best", "learning_rate", "r", "alpha", "status", "reason", "steps",
-                             "best_eval_loss", "last_eval_loss", "seconds", "folder"]
+                             "best_eval_loss", "last_eval_loss", "last_rank_loss", "seconds", "train_s", "eval_s",
+                             "folder"]
     # by best eval loss; trials without one last, in trial order
     assert [r["trial_id"] for r in rows] == ["e5", "a1", "d4", "b2", "c3"]
     assert [r["best"] for r in rows] == ["yes", "", "", "", ""]
@@ -58,7 +61,7 @@ def test_trials_csv_has_a_row_per_trial_best_first_with_status_and_reason(tmp_pa
     assert b2["status"] == "failed" and b2["reason"] == "RuntimeError: boom, badly"
     assert b2["best_eval_loss"] == ""
     assert d4["status"] == "stopped by the scheduler" and d4["reason"] == (
-        "stopped early by ASHA at step 20, after 2 of 8 evaluations (eval_loss 4.2500 above the rung's cutoff)")
+        "stopped early by ASHA at step 20, after 2 of 8 evaluations (rank_loss 4.2500 above the rung's cutoff)")
     assert c3["reason"] == "the sweep was interrupted before it reported"
 
 
@@ -71,9 +74,9 @@ def test_no_trial_with_a_loss_flags_no_row_as_best(tmp_path):
 def test_every_trial_that_did_not_finish_says_why():
     assert ended_reason(TrialStatus.FINISHED, 8, 8, 80, 3.0) == ""
     assert ended_reason(TrialStatus.STOPPED, 2, 8, 20, 4.123456) == (
-        "stopped early by ASHA at step 20, after 2 of 8 evaluations (eval_loss 4.1235 above the rung's cutoff)")
+        "stopped early by ASHA at step 20, after 2 of 8 evaluations (rank_loss 4.1235 above the rung's cutoff)")
     assert ended_reason(TrialStatus.STOPPED, 1, 8, 10, math.nan) == (
-        "stopped early by ASHA at step 10, after 1 of 8 evaluations (its eval_loss above the rung's cutoff)")
+        "stopped early by ASHA at step 10, after 1 of 8 evaluations (its rank_loss above the rung's cutoff)")
     assert ended_reason(TrialStatus.TIME_BUDGET, 3, 8, 30, 4.0) == (
         "stopped by --time_budget at step 30, after 3 of 8 evaluations")
     assert ended_reason(TrialStatus.INTERRUPTED, 3, 8, 30, 4.0) == (
@@ -83,3 +86,20 @@ def test_every_trial_that_did_not_finish_says_why():
         "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
     assert ended_reason(TrialStatus.OUT_OF_MEMORY, 1, 8, 10, math.nan, out_of_memory="at step 12 (batch of 8)") == (
         "at step 12 (batch of 8)")
+
+
+def test_trials_csv_and_the_eval_share_count_each_trials_training_and_evaluation_seconds(tmp_path):
+    from orchestrator.trial_records import eval_share
+
+    records = [
+        TrialRecord("a1", None, TrialStatus.FINISHED, "", 40, 3.5, 3.5, 12.0, "/x/a1", last_rank_loss=3.4,
+                    train_s=9.0, eval_s=1.0),
+        TrialRecord("b2", None, TrialStatus.STOPPED, "", 10, math.nan, math.nan, 3.0, "/x/b2", last_rank_loss=4.0,
+                    train_s=2.5, eval_s=0.5),
+        TrialRecord("c3", None, TrialStatus.FAILED, "OSError: x", 0, math.nan, math.nan, 1.0, "/x/c3"),  # no report
+    ]
+    rows = {r["trial_id"]: r for r in csv.DictReader(write_trials_csv(records, tmp_path).open())}
+    assert (rows["b2"]["last_rank_loss"], rows["b2"]["train_s"], rows["b2"]["eval_s"]) == ("4", "2.5", "0.5")
+    assert (rows["c3"]["train_s"], rows["c3"]["eval_s"]) == ("", "")
+    assert eval_share(records) == (1.5, pytest.approx(1.5 / 13.0))
+    assert all(math.isnan(v) for v in eval_share(records[2:]))

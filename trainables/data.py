@@ -61,6 +61,17 @@ def read_pairs(path: str | Path) -> list[dict]:
     return pairs
 
 
+def with_responses(pairs: list[dict]) -> list[dict]:
+    """The pairs whose response has text; a line says how many were dropped, and none left is a DataError."""
+    kept = [pair for pair in pairs if pair["response"].strip()]
+    if not kept:
+        raise DataError(f"every one of the {len(pairs)} pairs has an empty response: there is nothing to learn; "
+                        "check --response_column")
+    if len(kept) < len(pairs):
+        print(f"note: dropped {len(pairs) - len(kept)} of {len(pairs)} pairs whose response is empty")
+    return kept
+
+
 def split_pairs(pairs: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Hold out a seeded share of the pairs for evaluation; both halves are non-empty."""
     if len(pairs) < 2:

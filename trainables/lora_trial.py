@@ -15,6 +15,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,19 +24,32 @@ import torch
 from safetensors.torch import load_file
 
 from trainables.data import SweepData, TokenizedSplit
-from trainables.evaluation import pair_losses, per_pair_means, token_losses
+from trainables.evaluation import pair_losses, per_pair_means, rank_subset, token_losses
 from trainables.hyperparameters import Hyperparameters
 from trainables.scoring import competition_score
-from trainables.model_loading import (ensure_model_here, load_causal_lm, pick_device,
+from trainables import fused_kernels
+from trainables.model_loading import (ensure_model_here, load_causal_lm, measured_load, pick_device,
                                       release_accelerator_memory, resolve_attention, training_dtype, use_cpus)
 from trainables.out_of_memory import is_out_of_memory, out_of_memory_reason
 from trainables.settings import TrainingSettings, TrialSettings  # noqa: F401  (imported from here too)
 from trainables.packing import (StepPlan, auto_tokens_per_step, micro_batch, pairs_of, plan_steps, real_tokens,
                                rows_per_micro_batch)
 from trainables.throughput import Throughput
+from trainables.attention import attention_here, skips_masked_blocks
 
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
+TIMING_STATE = "timing.json"  # the trial's training and evaluation seconds so far, so a resumed trial keeps counting
+# The report's two losses. eval_loss scores the whole held-out set, the validators' way: only full evaluations carry
+# it, and only those are offered to the coordinator (publishing.tune_callback), merged or published. rank_loss scores
+# the fixed rank subset (`rank_pairs`) and is in every report: ASHA's rungs and Optuna's values compare it, like with
+# like, whichever evaluations were full. Where every evaluation is full (--eval_steps, --eval_rank_share 1) the two
+# are the same number.
+EVAL_LOSS, RANK_LOSS = "eval_loss", "rank_loss"
+FORWARD_SHARE = 1 / 3  # an evaluated token's work beside a trained one's (a forward and a backward: ~3 forwards)
+EVAL_SHARE = 0.15      # the most of a trial's work the automatic --eval_tokens lets evaluation take
+FULL_EVERY = 4         # every 4th evaluation, and the last, scores the whole set: candidates to publish come from
+                       # stopped and budget-ended trials too, not only from the trials that finish
 
 
 
@@ -56,10 +70,10 @@ def micro_batch_tokens(training: TrainingSettings, lengths: np.ndarray) -> int:
 
 def row_tokens(training: TrainingSettings, lengths: np.ndarray, attention: str) -> int:
     """A packed row's length. sdpa and eager compute every row's whole T x T, the blocks that keep pairs apart
-    included, so their rows are no longer than the longest pair; flash-attention 2 skips those blocks, so its
-    micro-batch is one row."""
+    included, so their rows are no longer than the longest pair; flash-attention 2, varlen and FlexAttention skip
+    those blocks (`skips_masked_blocks`), so their micro-batch is one row."""
     budget = micro_batch_tokens(training, lengths)
-    return budget if attention == "flash_attention_2" else min(budget, int(lengths.max()))
+    return budget if skips_masked_blocks(attention) else min(budget, int(lengths.max()))
 
 
 def micro_batch_shape(training: TrainingSettings, lengths: np.ndarray, attention: str) -> tuple[int, int]:
@@ -79,35 +93,150 @@ def step_plan(settings: TrialSettings, split: TokenizedSplit, attention: str = "
                       row_tokens(training, lengths, attention))
 
 
-def planned_reports(settings: TrialSettings, split: TokenizedSplit) -> int:
+@dataclass(frozen=True)
+class EvalSchedule:
+    """When a trial evaluates (and checkpoints and reports), and which of those evaluations score the whole set."""
+    steps: tuple[int, ...]   # optimizer steps, counted from 1, after which it evaluates; the last step always
+    full: frozenset[int]     # of them, those scored on the whole held-out set (the rest: the rank subset)
+    every_tokens: int = 0    # the token cadence it was built from (0: --eval_steps)
+
+
+def evaluation_steps(step_tokens, every_tokens: int = 0, every_steps: int = 0,
+                     full_every: int = FULL_EVERY) -> EvalSchedule:
+    """The schedule over steps of `step_tokens` training tokens each: every `every_steps` steps, all full (the old
+    cadence); else after the step at which each further `every_tokens` tokens have been trained, every
+    `full_every`-th full. The last step always evaluates on the whole set: a trial that runs to the end ends scored
+    the validators' way."""
+    count = len(step_tokens)
+    if every_steps:
+        steps = sorted({*range(every_steps, count + 1, every_steps), count})
+        return EvalSchedule(tuple(steps), frozenset(steps))
+    due = np.cumsum(np.asarray(step_tokens, dtype=np.int64)) // every_tokens  # evaluations due by each step's end
+    steps = [i + 1 for i in range(count) if due[i] > (due[i - 1] if i else 0)]
+    if not steps or steps[-1] != count:
+        steps.append(count)
+    full = {step for number, step in enumerate(steps, 1) if number % full_every == 0} | {count}
+    return EvalSchedule(tuple(steps), frozenset(full), every_tokens)
+
+
+def evaluation_share(schedule: EvalSchedule, step_tokens, full_tokens: int, subset_tokens: int) -> float:
+    """Evaluation's share of a trial's work under `schedule`, counted in trained tokens: an evaluated token costs
+    FORWARD_SHARE of a trained one (the forward pass only, of the forward and backward)."""
+    evaluated = FORWARD_SHARE * sum(full_tokens if step in schedule.full else subset_tokens for step in schedule.steps)
+    return evaluated / (evaluated + sum(step_tokens))
+
+
+def auto_eval_tokens(step_tokens, full_tokens: int, subset_tokens: int, full_every: int = FULL_EVERY) -> int:
+    """Training tokens between evaluations that keep evaluation at most EVAL_SHARE of a trial's work.
+
+    An evaluation costs on average c = FORWARD_SHARE x (full_tokens + (full_every - 1) x subset_tokens) / full_every
+    trained tokens of work, so after N trained tokens evaluation's share is c / (N + c): at most EVAL_SHARE when
+        N >= c x (1 - EVAL_SHARE) / EVAL_SHARE  (= 5.67 c).
+    Competition 4: 240 held-out reasoning samples of ~6k tokens (~1.44M) and a 25% subset (~0.36M) give c ~ 0.21M
+    and N ~ 1.19M, an evaluation every ~25 steps of 8 such pairs. (The cadence this replaces, the whole set every 10
+    steps of 8 pairs, spent 0.48M of work evaluating per 0.48M trained: half the GPU.) N then grows by 5% at a
+    time while the trial's own schedule (steps end between intervals; the last evaluation is always full) is over
+    EVAL_SHARE. A trial too short for even its one last full evaluation to fit stays over it."""
+    per_evaluation = FORWARD_SHARE * (full_tokens + (full_every - 1) * subset_tokens) / full_every
+    every = max(1, math.ceil(per_evaluation * (1 - EVAL_SHARE) / EVAL_SHARE))
+    total = int(np.sum(step_tokens))
+    while every < total:
+        schedule = evaluation_steps(step_tokens, every_tokens=every, full_every=full_every)
+        if evaluation_share(schedule, step_tokens, full_tokens, subset_tokens) <= EVAL_SHARE:
+            break
+        every = math.ceil(every * 1.05)
+    return every
+
+
+def by_steps(training: TrainingSettings) -> bool:
+    """The old cadence: --eval_steps set and --eval_tokens not (a config file's eval_steps yields to the flag)."""
+    return training.eval_steps is not None and training.eval_tokens is None
+
+
+@dataclass(frozen=True)
+class RankSet:
+    """The held-out pairs rank_loss scores: their indices, their tasks re-indexed over them, and the split."""
+    pairs: np.ndarray
+    tasks: tuple
+    split: TokenizedSplit
+
+
+def rank_pairs(settings: TrialSettings, held_out: TokenizedSplit, tasks=()) -> RankSet:
+    """The whole set where every evaluation is full (--eval_steps, or --eval_rank_share 1), else its fixed seeded
+    subset (trainables.evaluation.rank_subset): the same pairs in every trial of the sweep."""
+    training = settings.training
+    if by_steps(training) or training.eval_rank_share >= 1:
+        return RankSet(np.arange(len(held_out)), tuple(tasks), held_out)
+    pairs, subset_tasks = rank_subset(len(held_out), tuple(tasks), training.eval_rank_share, settings.seed)
+    return RankSet(pairs, subset_tasks, _subset(held_out, pairs))
+
+
+def eval_schedule(settings: TrialSettings, train: TokenizedSplit, held_out: TokenizedSplit | None = None,
+                  tasks=()) -> EvalSchedule:
+    """The trial's schedule (a pure function of the settings and data: the driver's max_t, a resume, the same)."""
+    training, lengths = settings.training, pair_lengths(train)
+    step_tokens = [sum(int(lengths[pairs_of(rows)].sum()) for rows in step) for step in step_plan(settings, train).steps]
+    if by_steps(training):
+        return evaluation_steps(step_tokens, every_steps=training.eval_steps)
+    full_every = 1 if training.eval_rank_share >= 1 else FULL_EVERY
+    every = training.eval_tokens
+    if every is None:
+        if held_out is None:
+            raise ValueError("the automatic --eval_tokens is sized from the held-out set: pass it")
+        subset = rank_pairs(settings, held_out, tasks).split.num_tokens
+        every = auto_eval_tokens(step_tokens, held_out.num_tokens, subset, full_every)
+    return evaluation_steps(step_tokens, every_tokens=every, full_every=full_every)
+
+
+def planned_reports(settings: TrialSettings, split: TokenizedSplit, held_out: TokenizedSplit | None = None,
+                    tasks=()) -> int:
     """How many times a trial that is never stopped reports: the scheduler's max_t."""
-    return math.ceil(len(step_plan(settings, split)) / settings.training.eval_steps)
+    return len(eval_schedule(settings, split, held_out, tasks).steps)
 
 
 def ensure_starting_model(settings: TrialSettings) -> None:
     ensure_model_here(settings.model_dir, settings.embedded_model, settings.hub_endpoint)
 
 
-def build_lora_model(base, r: int, alpha: int, dropout: float, gradient_checkpointing: bool):
+def build_lora_model(base, r: int, alpha: int, dropout: float, checkpointed_layers: int):
     """LoRA on every linear layer of `base`. The adapters stay fp32 over a bf16 base (peft's default), so their
-    gradients and AdamW state are fp32. Checkpointing keeps each decoder layer's input only and recomputes the
-    rest in the backward pass: about a third more compute for a fraction of the activation memory."""
+    gradients and AdamW state are fp32.
+
+    checkpointed_layers: how many decoder layers, from the first, keep only their input and recompute the rest in
+    the backward pass (the memory planner's choice: 0 to all). The first rather than the last: their backward runs
+    last, after the other layers have freed their activations, so rebuilding them never adds to the peak (the last
+    k would rebuild theirs while every other layer still holds its own; trainables.memory_plan counts both)."""
     # peft is imported where models are built: the driver imports this module (settings, the Tune entry point)
     # but never builds a model, and importing peft costs it seconds before the sweep can start.
     from peft import LoraConfig, get_peft_model
+    from transformers.modeling_layers import GradientCheckpointingLayer
 
-    if gradient_checkpointing:
+    layers = [module for module in base.modules() if isinstance(module, GradientCheckpointingLayer)]
+    if isinstance(checkpointed_layers, bool) or not 0 <= checkpointed_layers <= len(layers):
+        raise ValueError(f"checkpointed_layers must be a number of decoder layers from 0 to {len(layers)}, "
+                         f"got {checkpointed_layers!r}")
+    if checkpointed_layers:
+        # transformers' own switch turns every layer on (and makes the embeddings' output require grad); each
+        # GradientCheckpointingLayer then checkpoints only while its `gradient_checkpointing` flag is set
         base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        for index, layer in enumerate(layers):
+            layer.gradient_checkpointing = index < checkpointed_layers
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", bias="none",
                       task_type="CAUSAL_LM")
     return get_peft_model(base, lora)
 
 
 def load_lora_model(settings: TrialSettings, r: int, alpha: int, device: torch.device):
+    """The starting model with LoRA, its weights read straight onto `device` (never the whole model in host memory
+    first: eight 8B trials starting together on a node would hold 128 GB there). Wrap the call in
+    `model_loading.measured_load` for its load time and host peak."""
     ensure_starting_model(settings)
     base = load_causal_lm(settings.model_dir, training_dtype(device),
-                          resolve_attention(settings.training.attn_implementation, device))
-    return build_lora_model(base, r, alpha, settings.training.lora_dropout, settings.gradient_checkpointing).to(device)
+                          resolve_attention(settings.training.attn_implementation, device), device=device)
+    # fused kernels patch the base's modules before peft wraps them; one line says which and why
+    print(f"kernels: {fused_kernels.apply(base, settings.training.fused_kernels, device)}", flush=True)
+    # peft puts each adapter on its base layer's device: nothing to move
+    return build_lora_model(base, r, alpha, settings.training.lora_dropout, settings.checkpointed_layers)
 
 
 def backward_micro_batch(model, batch: dict[str, torch.Tensor], pairs_in_step: int,
@@ -179,7 +308,7 @@ def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, 
                                       settings.memory_estimate_gb)
     # here the exception and its frames (which held the model and its activations) are gone
     release_accelerator_memory()
-    report({"eval_loss": math.inf, "out_of_memory": reason, "step": progress["step"], **memory_metrics(device)}, None)
+    report({EVAL_LOSS: math.inf, RANK_LOSS: math.inf, "out_of_memory": reason, "step": progress["step"], **memory_metrics(device)}, None)
 
 
 def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, report: Report, resume_from: Path | None,
@@ -187,8 +316,10 @@ def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, repo
     from transformers import get_cosine_with_min_lr_schedule_with_warmup  # imports peft and the Trainer's helpers
 
     chosen = Hyperparameters.from_mapping(hyperparameters)
-    model = load_lora_model(settings, chosen.r, chosen.alpha, device)
+    model, load_cost = measured_load(lambda: load_lora_model(settings, chosen.r, chosen.alpha, device))
     attention = model.config._attn_implementation
+    # once per trial, in the worker's log: which attention trains and why (the driver's memory plan names its own)
+    print(attention_here(settings.training.attn_implementation, device).line(), flush=True)
     plan = step_plan(settings, data.train, attention)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=chosen.learning_rate,
                                   weight_decay=settings.training.weight_decay)
@@ -202,6 +333,9 @@ def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, repo
     layout = eval_layout(settings, data.eval, attention)
     throughput = Throughput.of(model, device)
     lengths = pair_lengths(data.train)  # once: the loop below reads it every micro-batch
+    schedule = eval_schedule(settings, data.train, data.eval, data.tasks)
+    evaluate_at, ranked = set(schedule.steps), rank_pairs(settings, data.eval, data.tasks)
+    spent = _spent_so_far(resume_from)  # training and evaluation seconds of the trial, across its restarts
     model.train()
     window = _Window()
     while step < total_steps:
@@ -218,16 +352,41 @@ def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, repo
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        if step % settings.training.eval_steps == 0 or step == total_steps:
+        if step in evaluate_at:
             trained = window.metrics(throughput)  # read before evaluating: tokens_per_s is the training throughput
-            score, per_task = competition_score(pair_losses(model, data.eval, device, **layout), data.tasks)
-            metrics = {"eval_loss": score, **({"task_losses": per_task} if per_task else {}),
-                       **trained, "step": step, "learning_rate_now": scheduler.get_last_lr()[0],
-                       "base_eval_loss": untrained, **memory_metrics(device, settings.memory_estimate_gb)}
+            evaluating = time.perf_counter()
+            losses = evaluation_metrics(model, data, ranked, device, layout, full=step in schedule.full)
+            took = time.perf_counter() - evaluating
+            spent["train_s_total"] += trained["train_s"]
+            spent["eval_s_total"] += took
+            metrics = {**losses, **trained, "eval_s": took, **spent, "step": step,
+                       "learning_rate_now": scheduler.get_last_lr()[0],
+                       "base_eval_loss": untrained, **memory_metrics(device, settings.memory_estimate_gb),
+                       **load_cost.metrics()}
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder), model, optimizer, scheduler, step, hyperparameters, settings)
+                (Path(folder) / TIMING_STATE).write_text(json.dumps(spent))
                 report(metrics, Path(folder))
             window = _Window()
+
+
+def evaluation_metrics(model, data: SweepData, ranked: RankSet, device: torch.device, layout: dict,
+                       full: bool) -> dict:
+    """A full evaluation: eval_loss (with each task's loss) and rank_loss, read from the same per-pair losses.
+    Otherwise only the rank subset is scored: rank_loss alone."""
+    if full:
+        losses = pair_losses(model, data.eval, device, **layout)
+        score, per_task = competition_score(losses, data.tasks)
+        rank = competition_score([losses[int(i)] for i in ranked.pairs], ranked.tasks)[0]
+        return {EVAL_LOSS: score, RANK_LOSS: rank, "eval_set": "full", **({"task_losses": per_task} if per_task else {})}
+    rank = competition_score(pair_losses(model, ranked.split, device, **layout), ranked.tasks)[0]
+    return {RANK_LOSS: rank, "eval_set": "subset"}
+
+
+def _spent_so_far(checkpoint: Path | None) -> dict:
+    saved = checkpoint / TIMING_STATE if checkpoint else None
+    spent = json.loads(saved.read_text()) if saved and saved.is_file() else {}
+    return {"train_s_total": float(spent.get("train_s_total", 0.0)), "eval_s_total": float(spent.get("eval_s_total", 0.0))}
 
 
 def eval_layout(settings: TrialSettings, split: TokenizedSplit, attention: str) -> dict:
@@ -255,25 +414,65 @@ def untrained_eval_loss(model, settings: TrialSettings, data: SweepData, device:
     digest = hashlib.sha1(eval_split.tokens.tobytes() + eval_split.prompt_lens.tobytes()).hexdigest()
     key = (settings.model_dir, digest)
     if key not in _UNTRAINED_LOSSES:
+        if settings.training.packing == "on":  # with the adapters on: their gradients are checked too
+            check_packing_is_kept_apart(model, eval_split, device)
         with model.disable_adapter():
-            if settings.training.packing == "on":
-                check_packing_is_kept_apart(model, eval_split, device)
             _UNTRAINED_LOSSES[key] = pair_losses(model, eval_split, device,
                                                  **eval_layout(settings, eval_split, model.config._attn_implementation))
     return competition_score(_UNTRAINED_LOSSES[key], data.tasks)[0]
 
 
 def check_packing_is_kept_apart(model, split: TokenizedSplit, device: torch.device) -> None:
-    """A few pairs packed into one row must score as they do padded. An architecture whose attention ignores
-    restarting position ids would let pairs attend to each other and train on a different loss, silently."""
-    pairs = np.argsort(pair_lengths(split))[:3]
-    packed = pair_losses(model, _subset(split, pairs), device, packing=True, row_tokens=split.num_tokens,
-                         micro_batch_tokens=split.num_tokens)
-    padded = pair_losses(model, _subset(split, pairs), device, batch_size=len(pairs), packing=False)
-    if not np.allclose(packed, padded, rtol=2e-2, atol=2e-2):
-        raise ValueError(f"{model.config.model_type} with {model.config._attn_implementation} attention does not keep "
-                         f"packed pairs apart (packed losses {np.round(packed, 3).tolist()} vs alone "
-                         f"{np.round(padded, 3).tolist()}); run with --packing off")
+    """A few pairs packed into one row, under the attention the trial trains with, must score and move the LoRA
+    weights as each pair does alone in a padded batch under sdpa (a dense mask: the reference, nothing skipped).
+    An attention that let pairs see each other (one that ignores restarting position ids), or a kernel fed the wrong
+    boundaries, would train on a different loss, silently. Run once per worker, on the real model."""
+    few = _subset(split, np.argsort(pair_lengths(split))[:3])
+    attention = model.config._attn_implementation
+    packed, packed_grads = _losses_and_gradients(model, micro_batch(few, [np.arange(len(few))], True), device)
+    with _attention(model, "sdpa"):
+        alone, alone_grads = _losses_and_gradients(model, micro_batch(few, [[i] for i in range(len(few))], False),
+                                                   device)
+    # bf16 kernels (flash, varlen, flex, sdpa's) round differently; in fp32 they agree to rounding
+    low_precision = model.get_input_embeddings().weight.dtype != torch.float32
+    loss_tolerance, grad_tolerance = (2e-2, 5e-2) if low_precision else (1e-4, 1e-4)
+    scale = max((g.abs().max().item() for g in alone_grads), default=0.0)
+    grad_error = max(((p - a).abs().max().item() for p, a in zip(packed_grads, alone_grads)), default=0.0)
+    grad_error = grad_error / scale if scale > 0 else 0.0  # relative to the largest gradient
+    if not np.allclose(packed, alone, rtol=loss_tolerance, atol=loss_tolerance) or grad_error > grad_tolerance:
+        remedy = "run with --packing off" if attention in ("sdpa", "eager") else \
+            "run with --attn_implementation sdpa (or --packing off)"
+        raise ValueError(f"{model.config.model_type} with {attention} attention does not keep packed pairs apart as "
+                         f"sdpa does (packed losses {np.round(packed, 4).tolist()} vs each alone under sdpa "
+                         f"{np.round(alone, 4).tolist()}; LoRA gradients off by {grad_error:.1%} of the largest); "
+                         f"{remedy}")
+
+
+def _losses_and_gradients(model, batch: dict[str, torch.Tensor], device: torch.device):
+    """Each pair's loss in `batch` and the gradient of their sum for every trainable parameter, computed as a
+    training step computes them (no dropout, so both sides compute the same function; nothing accumulates in .grad)."""
+    batch = {k: v.to(device) for k, v in batch.items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad(), adapter_compute(model):
+            means = per_pair_means(token_losses(model, batch), batch)
+        grads = torch.autograd.grad(means.sum(), params, allow_unused=True) if means.requires_grad else ()
+    finally:
+        model.train(was_training)
+    return means.detach().float().cpu().numpy(), [g.float() for g in grads if g is not None]
+
+
+@contextlib.contextmanager
+def _attention(model, attention: str):
+    """The model computes with `attention` inside, with its own again after."""
+    own = model.config._attn_implementation
+    model.set_attn_implementation(attention)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(own)
 
 
 def _subset(split: TokenizedSplit, pairs) -> TokenizedSplit:
@@ -326,7 +525,7 @@ def model_pair_losses(model_dir: str, settings: TrialSettings, eval_split: Token
     device = pick_device(settings.device)
     use_cpus(device, settings.cpus_per_trial)
     model = load_causal_lm(model_dir, training_dtype(device),
-                           resolve_attention(settings.training.attn_implementation, device)).to(device)
+                           resolve_attention(settings.training.attn_implementation, device), device=device)
     try:
         return pair_losses(model, eval_split, device, **eval_layout(settings, eval_split,
                                                                     model.config._attn_implementation))

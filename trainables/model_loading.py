@@ -7,9 +7,15 @@ Every load is local (`local_files_only`), safetensors only, and never runs code 
 
 import gc
 import os
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 CACHE_ENV = "LORA_SWEEP_CACHE"
 # What is fetched of a starting model from the Hub: weights, configs, tokenizer files; never code.
@@ -30,17 +36,15 @@ def pick_device(requested: str) -> torch.device:
 
 
 def resolve_attention(requested: str, device: torch.device) -> str:
-    """auto: flash-attention 2 where it can run (a CUDA GPU and the flash-attn package), else torch's sdpa.
-    Every choice keeps packed pairs apart (transformers reads the restarting position ids)."""
-    from transformers.utils import is_flash_attn_2_available
+    """The attention implementation a model on `device` is built with, ready to use (varlen registered with
+    transformers): auto picks the fastest exact one that runs here (trainables.attention.choose_attention); an
+    explicit choice that cannot run here is refused in one line (ValueError). Every choice keeps packed pairs apart
+    (each reads the restarting position ids)."""
+    from trainables.attention import attention_here, ensure_registered
 
-    flash_possible = device.type == "cuda" and is_flash_attn_2_available()
-    if requested == "auto":
-        return "flash_attention_2" if flash_possible else "sdpa"
-    if requested == "flash_attention_2" and not flash_possible:
-        raise ValueError("--attn_implementation flash_attention_2 needs a CUDA GPU and the flash-attn package "
-                         "(pip install flash-attn) on every worker; use sdpa or auto")
-    return requested
+    attention = attention_here(requested, device).name
+    ensure_registered(attention)
+    return attention
 
 
 def training_dtype(device: torch.device) -> torch.dtype:
@@ -83,12 +87,71 @@ def ensure_model_here(model_dir: str, embedded: bool, hub_endpoint: str | None) 
                           allow_patterns=STARTING_MODEL_PATTERNS)
 
 
-def load_causal_lm(model_dir: str | Path, dtype: torch.dtype | str, attn_implementation: str = "sdpa"):
-    """A model folder as a causal LM: local files, safetensors, transformers' own code only."""
+def load_causal_lm(model_dir: str | Path, dtype: torch.dtype | str, attn_implementation: str = "sdpa",
+                   device: torch.device | str | None = None):
+    """A model folder as a causal LM: local files, safetensors, transformers' own code only.
+
+    device: where the weights go. Each is read from its file straight onto it (transformers' device_map, through
+    accelerate: one device, so no dispatch hooks), rather than the whole model into host memory first and then
+    moved, which holds every page of the file at once and, where the file's dtype is not the trial's (an fp32
+    checkpoint trained in bf16), a private host copy per trial: 16 GB for an 8B model. None: host memory."""
     from transformers import AutoModelForCausalLM
 
+    from trainables.attention import ensure_registered
+
+    ensure_registered(attn_implementation)  # varlen is ours: transformers must know it before it builds the model
+    placement = {} if device is None else {"device_map": {"": torch.device(device)}}
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True, local_files_only=True,
-                                                trust_remote_code=False, attn_implementation=attn_implementation)
+                                                trust_remote_code=False, attn_implementation=attn_implementation,
+                                                **placement)
+
+
+@dataclass(frozen=True)
+class LoadCost:
+    """What loading a trial's model cost the trial before it trained."""
+    seconds: float
+    host_peak_mb: float  # the most anonymous host memory the load held at once beyond what the process held before
+
+    def metrics(self) -> dict:
+        """For the trial's report."""
+        return {"load_s": round(self.seconds, 3), "load_host_peak_mb": round(self.host_peak_mb, 1)}
+
+
+def _anonymous_resident_bytes() -> int:
+    """This process's resident memory that is not file pages (0 where there is no /proc: macOS). The safetensors
+    files are memory-mapped: the pages a load reads count in the resident set too, but they are the kernel's page
+    cache, shared by every trial reading the same file and dropped under pressure, not what a trial costs the host."""
+    try:
+        with open("/proc/self/statm") as f:
+            _, resident, shared = (int(field) for field in f.read().split()[:3])
+    except OSError:
+        return 0
+    return (resident - shared) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measured_load(load: Callable[[], T], interval_s: float = 0.002) -> tuple[T, LoadCost]:
+    """Run `load` (e.g. a model's), and say how long it took and its host memory peak, sampled every interval_s
+    from a thread (the process's own peak, VmHWM, could only be read by resetting it, which would lose the worker's
+    lifetime peak that its reports carry; a load's tensors outlive any sampling interval)."""
+    before = _anonymous_resident_bytes()
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(interval_s):
+            peak[0] = max(peak[0], _anonymous_resident_bytes())
+
+    sampler = threading.Thread(target=sample, name="load-host-memory", daemon=True)
+    started = time.perf_counter()
+    sampler.start()
+    try:
+        result = load()
+    finally:
+        seconds = time.perf_counter() - started
+        done.set()
+        sampler.join()
+    peak[0] = max(peak[0], _anonymous_resident_bytes())
+    return result, LoadCost(seconds=seconds, host_peak_mb=(peak[0] - before) / 2**20)
 
 
 def release_accelerator_memory() -> None:

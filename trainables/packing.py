@@ -5,10 +5,11 @@ An optimizer step is a number of *tokens* (`tokens_per_step`), not of rows: each
 micro-batches one of two ways:
 
 - packed (the default): pairs share rows, each pair's position ids starting at 0, and rows share a micro-batch
-  of at most `micro_batch_tokens` tokens. transformers turns restarting position ids into a block-diagonal
-  causal mask (sdpa, eager) or varlen boundaries (flash-attention 2), so no pair attends to another. sdpa and
-  eager compute a row's whole T x T, masked blocks included, so their rows are as long as the longest pair;
-  flash-attention 2 skips the masked blocks, so its micro-batch is one long row;
+  of at most `micro_batch_tokens` tokens. Restarting position ids become a block-diagonal causal mask (sdpa,
+  eager), sequence boundaries (flash-attention 2, and PyTorch's varlen through trainables.attention) or a document
+  block mask (FlexAttention), so no pair attends to another. sdpa and eager compute a row's whole T x T, masked
+  blocks included, so their rows are as long as the longest pair; the others skip the masked blocks, so their
+  micro-batch is one long row (trainables.attention.skips_masked_blocks);
 - padded (`--packing off`): `batch_size` pairs a micro-batch, right-padded to the longest.
 
 Either way a micro-batch carries `targets` already shifted (position t is labelled with token t+1 when that

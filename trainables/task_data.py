@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from trainables.data import DataError, EvalTask, TokenizedSplit, jsonl_values, splits_of
+from trainables.errors import one_line
 from trainables.reasoning_data import PARSERS
 from trainables.scoring import reference_sample
 
@@ -43,9 +44,21 @@ def parser_for(dataset: str) -> Callable[[dict, int], Sample | None]:
 
 
 def parquet_row_count(paths: list[Path]) -> int:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
+    total = 0
+    for path in paths:
+        try:
+            total += pq.ParquetFile(path).metadata.num_rows
+        except (pa.ArrowException, OSError) as error:  # the footer is read first: a damaged file fails here
+            raise _unreadable(path, error) from None
+    return total
+
+
+def _unreadable(path: Path, error: BaseException) -> DataError:
+    return DataError(f"{path} is not a readable Parquet file ({one_line(error, 120)}); download the data set again "
+                     f"or pass another file")
 
 
 def _parquet_rows(paths: list[Path], wanted: set[int]) -> dict[int, dict]:
@@ -65,8 +78,7 @@ def _parquet_rows(paths: list[Path], wanted: set[int]) -> dict[int, dict]:
                     rows.update({base + i: row for i, row in zip(local, table.take(local).to_pylist())})
                 base += size
         except (pa.ArrowException, OSError) as error:
-            raise DataError(f"{path} is not a readable Parquet file ({str(error).splitlines()[0][:120]}); "
-                            f"download the data set again or pass another file") from None
+            raise _unreadable(path, error) from None
     return rows
 
 

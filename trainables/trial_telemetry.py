@@ -33,6 +33,8 @@ PROMETHEUS_PREFIX = "ray_"
 TRIAL_GAUGES = {
     "eval_loss": ExportedMetric("lora_trial_eval_loss", "the trial's eval loss at its latest evaluation "
                                 "(validator-style)"),
+    "rank_loss": ExportedMetric("lora_trial_rank_loss", "the trial's loss on the fixed subset of the held-out set "
+                                "every trial is ranked on, at its latest evaluation"),
     "train_loss": ExportedMetric("lora_trial_train_loss", "the trial's mean training loss since its previous "
                                  "evaluation"),
     "tokens_per_s": ExportedMetric("lora_trial_tokens_per_s", "real (unpadded) tokens trained per second"),
@@ -57,7 +59,8 @@ EXPORTED_METRICS = [*TRIAL_GAUGES.values(), *SWEEP_GAUGES.values()]
 GAUGES = {metric: gauge.name for metric, gauge in TRIAL_GAUGES.items()}  # report metric -> gauge name
 TAG_KEYS = ("trial_id", "experiment", *NAMES)
 # (report metric, label in the log line, format)
-LINE_FIELDS = [("step", "step", "d"), ("eval_loss", "eval_loss", ".4f"), ("train_loss", "train_loss", ".4f"),
+LINE_FIELDS = [("step", "step", "d"), ("eval_loss", "eval_loss", ".4f"), ("rank_loss", "rank_loss", ".4f"),
+               ("train_loss", "train_loss", ".4f"),
                ("tokens_per_s", "tokens/s", ".0f"), ("mfu", "mfu", ".1%"), ("peak_rss_mb", "peak_rss_mb", ".0f"),
                ("peak_gpu_mem_gb", "peak_gpu_mem_gb", ".2f"), ("memory_estimate_gb", "estimated_gb", ".2f")]
 # what a trial's folder name may hold: one safe path component, locally and in object storage

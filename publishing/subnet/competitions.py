@@ -6,6 +6,7 @@ evaluation delay, and its evaluation tasks (a scoring method, a data source and 
 competitions (m1, g1) keep their values; keys they leave out take the original validators' behaviour.
 """
 
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,45 +83,119 @@ def follow_competition(settings: dict, competition: Competition) -> dict:
     return {**settings, **owned}
 
 
-def _competition(cid: str, fields: dict, path: Path) -> Competition:
+def _epsilon(value, where: str) -> Epsilon:
+    """A number, or {start, end, decay_blocks}: epsilon decaying linearly over that many blocks."""
+    def fraction(x, what: str) -> float:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x < 1:
+            raise CompetitionError(f"{where}: epsilon {what} must be a number in [0, 1), got {x!r}")
+        return float(x)
+
+    if isinstance(value, dict):
+        if set(value) != {"start", "end", "decay_blocks"}:
+            raise CompetitionError(f"{where}: epsilon takes start, end and decay_blocks (or one number), got "
+                                   f"{', '.join(map(str, value)) or 'nothing'}")
+        blocks = value["decay_blocks"]
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
+            raise CompetitionError(f"{where}: epsilon decay_blocks must be a whole number of blocks, got {blocks!r}")
+        return Epsilon(fraction(value["start"], "start"), fraction(value["end"], "end"), blocks)
+    return Epsilon(fraction(value, "value"))
+
+
+def _tasks(value, where: str) -> tuple[Task, ...]:
+    if not isinstance(value, list):
+        raise CompetitionError(f"{where}: tasks must be a list of {{name, method, dataset, weight}}")
+    tasks = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"name", "method", "dataset", "weight"}:
+            raise CompetitionError(f"{where}: each task needs exactly name, method, dataset and weight, got "
+                                   f"{item!r:.120}")
+        weight = item["weight"]
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
+            raise CompetitionError(f"{where}: task {item['name']} has weight {weight!r}; a weight must be a positive "
+                                   f"number (the score is the weight-averaged task loss)")
+        if item["method"] not in SCORING_METHODS:
+            raise CompetitionError(f"{where}: task {item['name']} has method {item['method']!r}; use one of "
+                                   f"{', '.join(SCORING_METHODS)}")
+        tasks.append(Task(str(item["name"]), item["method"], str(item["dataset"]), float(weight)))
+    if len({t.name for t in tasks}) < len(tasks):
+        raise CompetitionError(f"{where} names a task twice; task names must differ")
+    if len({t.method for t in tasks}) > 1:
+        raise CompetitionError(f"{where} mixes scoring methods; a competition's tasks all score response_loss or "
+                               f"all reference_loss")
+    return tuple(tasks)
+
+
+def _check_types(fields: dict, where: str) -> None:
+    """Each remaining key is a Competition field, of its type (a number where a number is meant)."""
+    hints = typing.get_type_hints(Competition)
+    for key, value in fields.items():
+        if key not in hints:
+            raise CompetitionError(f"{where} has an unknown key {key!r}; see the keys of m1 and 4")
+        kind = hints[key]
+        allowed = tuple(t for t in typing.get_args(kind) if t is not type(None)) or (kind,)
+        if float in allowed:
+            allowed = (*allowed, int)
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+            if value is None and type(None) in typing.get_args(kind):
+                continue
+            raise CompetitionError(f"{where}: {key} must be {' or '.join(t.__name__ for t in allowed)}, got "
+                                   f"{value!r:.60}")
+
+
+def _competition(cid: str, fields, path: Path) -> Competition:
     where = f"competition {cid} in {path.name}"
+    if not isinstance(fields, dict):
+        raise CompetitionError(f"{where} must be a mapping of its rules (see m1), got {fields!r:.60}")
     fields = dict(fields)
     architectures = fields.pop("architectures", None) or fields.pop("architecture", None)
     if isinstance(architectures, str):
         architectures = [architectures]
-    if not architectures:
+    if not architectures or not isinstance(architectures, list):
         raise CompetitionError(f"{where} names no architecture; add `architectures: [LlamaForCausalLM, ...]`")
-    epsilon = fields.pop("epsilon", VALIDATOR_EPSILON)
-    if isinstance(epsilon, dict):
-        epsilon = Epsilon(float(epsilon["start"]), float(epsilon["end"]), int(epsilon["decay_blocks"]))
-    else:
-        epsilon = Epsilon(float(epsilon))
-    tasks = tuple(Task(t["name"], t["method"], t["dataset"], float(t["weight"])) for t in fields.pop("tasks", []))
-    for task in tasks:
-        if task.method not in SCORING_METHODS:
-            raise CompetitionError(f"{where}: task {task.name} has method {task.method!r}; use one of "
-                                   f"{', '.join(SCORING_METHODS)}")
-    if len({t.method for t in tasks}) > 1:
-        raise CompetitionError(f"{where} mixes scoring methods; a competition's tasks all score response_loss or "
-                               f"all reference_loss")
+    epsilon = _epsilon(fields.pop("epsilon", VALIDATOR_EPSILON), where)
+    tasks = _tasks(fields.pop("tasks", []), where)
     if fields.get("hash", "plain") not in HASH_FORMS:
         raise CompetitionError(f"{where}: hash must be plain or salted, got {fields['hash']!r}")
+    _check_types(fields, where)
     try:
-        return Competition(id=cid, architectures=tuple(architectures), epsilon=epsilon,
+        return Competition(id=cid, architectures=tuple(map(str, architectures)), epsilon=epsilon,
                            tasks=tasks or ORIGINAL_TASKS, **fields)
     except TypeError as e:
         raise CompetitionError(f"{where} is not a competition ({e}); see the keys of m1") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a mapping that repeats a key (`r1` twice, or `4` and "4") is an error, not a silent last-wins."""
+
+
+def _unique_mapping(loader, node, deep=False):
+    loader.flatten_mapping(node)  # YAML merge keys (<<: *constraints) first: a merged key may be overridden
+    seen = set()
+    for key_node, _ in node.value:
+        key = str(loader.construct_object(key_node, deep=deep))
+        if key in seen:
+            raise CompetitionError(f"the key {key!r} appears twice (line {key_node.start_mark.line + 1}); each "
+                                   f"competition and rule once")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def load_competitions(path: str | Path | None = None) -> dict[str, Competition]:
     """The competitions of `path` (default: the shipped configs/competitions.yaml)."""
     path = Path(path or COMPETITIONS_FILE).expanduser()
     try:
-        raw = yaml.safe_load(path.read_text())["competitions"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)["competitions"]
+        items = raw.items()
+    except CompetitionError as e:
+        raise CompetitionError(f"{path.name}: {e}") from None
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError, ValueError) as e:
+        # ValueError: a binary file (UnicodeDecodeError); TypeError/AttributeError: not a mapping
         raise CompetitionError(f"cannot read competitions from {path} ({type(e).__name__}); pass a YAML file with a "
                                f"`competitions:` mapping like configs/competitions.yaml") from None
-    return {str(cid): _competition(str(cid), fields, path) for cid, fields in raw.items()}
+    return {str(cid): _competition(str(cid), fields, path) for cid, fields in items}
 
 
 def get_competition(competition_id: str, path: str | Path | None = None) -> Competition:

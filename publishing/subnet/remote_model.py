@@ -12,6 +12,7 @@ from pathlib import Path
 from publishing.subnet.chain import Chain
 from publishing.subnet.hub import HubClient
 from publishing.subnet.model_id import ModelId, ModelIdError
+from trainables.errors import one_line
 from trainables.model_loading import STARTING_MODEL_PATTERNS, cache_root
 
 
@@ -37,7 +38,7 @@ def fetch_model(hub: HubClient, repo_id: str, commit: str, max_bytes: int, cache
     try:
         sizes = hub.file_sizes(repo_id, commit)
     except Exception as e:  # huggingface_hub raises several types for a missing repo or revision
-        raise RemoteModelError(f"cannot read {where} from {hub.endpoint}: {str(e).splitlines()[0][:200]}") from None
+        raise RemoteModelError(f"cannot read {where} from {hub.endpoint}: {one_line(e)}") from None
     check_remote_files(sizes, max_bytes, where)
     wanted = [name for name in sizes if any(fnmatch.fnmatch(name, p) for p in STARTING_MODEL_PATTERNS)]
     return hub.download(repo_id, commit, cache_dir or default_model_cache(), allow_patterns=wanted)
