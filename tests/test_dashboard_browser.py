@@ -128,7 +128,8 @@ def head(tmp_path):
 def submit_sweep(head: Head, storage: Path) -> None:
     """The README's cluster command, with a sweep small enough for a test."""
     entrypoint = [sys.executable, "-m", "orchestrator.run", "--address", "auto", "--experiment_name", "dashboard",
-                  "--storage_path", str(storage), "--num_samples", "4", "--scheduler", "fifo"]
+                  # trials long enough (8 epochs of the tiny data, ~20 s each) that the pages catch one running
+                  "--storage_path", str(storage), "--num_samples", "4", "--scheduler", "fifo", "--num_epochs", "8"]
     argv = [RAY, "job", "submit", "--address", head.url, "--submission-id", SUBMISSION_ID, "--no-wait", "--",
             *entrypoint]
 
