@@ -22,7 +22,7 @@ from trainables.data_sources import download_parquet_files, fetch_cortex_pairs, 
 from trainables.data import DataError, SweepData, read_pairs, split_pairs, tokenize_split, with_responses
 from trainables.embedded_model import DATASET, ensure_embedded_model
 from trainables.errors import one_line
-from trainables.lora_trial import TrialSettings
+from trainables.lora_trial import TrialSettings, tokens_per_step
 from trainables.task_data import TaskSamples, draw_task_samples, eval_tasks, mixture, parser_for, tokenize_references
 
 
@@ -301,8 +301,7 @@ def check_training_size(config: SweepConfig, data: SweepData) -> None:
     if training.packing == "on" and 0 < training.micro_batch_tokens < longest:
         raise ConfigError(f"--micro_batch_tokens {training.micro_batch_tokens} is shorter than the longest training "
                           f"pair ({longest} tokens); pass at least {longest}, or 0 to size it automatically")
-    per_step = (max(1, round(training.tokens_per_step / float(lengths.mean()))) if training.tokens_per_step
-                else training.batch_size * training.accumulation_steps)
+    per_step = max(1, round(tokens_per_step(training, lengths) / float(lengths.mean())))  # the trial's own rule
     if len(lengths) < per_step:
         raise ConfigError(f"only {len(lengths)} training pair(s) left after holding out the eval set, fewer than "
                           f"one optimizer step ({per_step} pairs); lower --eval_fraction (now "
@@ -347,7 +346,6 @@ def check_env_file(config: SweepConfig) -> None:
 
 
 def check_tracking(config: SweepConfig) -> None:
-    check_env_file(config)
     if not config.tracking.wandb_project:
         return  # without W&B, skip importing Ray's W&B integration (seconds before anything starts)
     from orchestrator.tracking import wandb_key_available
@@ -372,7 +370,6 @@ def check_fused_kernels(config: SweepConfig) -> None:
 
 def check_device(config: SweepConfig) -> None:
     """--device cuda[:N] on a machine without that GPU fails here, not after Ray starts (local runs only)."""
-    check_fused_kernels(config)
     if config.run.address is not None or not config.run.device.startswith("cuda"):
         return
     import torch

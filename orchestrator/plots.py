@@ -84,15 +84,18 @@ class TrialCurve:
         return self.hyperparameters.compact() if self.hyperparameters else self.trial_id
 
 
-def _read_points(result_file: Path, metric: str = "eval_loss") -> tuple[list[tuple[int, float]], str | None, float]:
-    """(step, eval_loss) by step, the trial id and the untrained model's eval loss (NaN when no report has it),
-    from a result.json of one JSON object per line.
+CURVE_METRICS = ("eval_loss", "rank_loss")  # the whole held-out set's (full evaluations), the rank subset's (all)
+
+
+def _read_points(result_file: Path) -> tuple[dict[str, list[tuple[int, float]]], str | None, float]:
+    """For each of CURVE_METRICS its (step, loss) by step, the trial id and the untrained model's eval loss (NaN when
+    no report has it), from a result.json of one JSON object per line, read once.
 
     Blank lines and lines that are not a complete JSON object (the last line of a trial still
-    writing) are skipped, as are reports without a finite eval_loss. A step reported twice (a
+    writing) are skipped, as are losses that are not finite. A step reported twice (a
     trial restored from a checkpoint reports its steps again) keeps its latest loss.
     """
-    by_step: dict[int, float] = {}
+    by_step: dict[str, dict[int, float]] = {metric: {} for metric in CURVE_METRICS}
     trial_id, base = None, math.nan
     for line in result_file.read_text(encoding="utf-8", errors="replace").splitlines():
         line = line.strip()
@@ -108,13 +111,12 @@ def _read_points(result_file: Path, metric: str = "eval_loss") -> tuple[list[tup
         if _finite(row.get("base_eval_loss")):
             base = float(row["base_eval_loss"])
         step = row.get("step", row.get("training_iteration"))
-        loss = row.get(metric)
         if isinstance(step, bool) or not isinstance(step, (int, float)):
             continue
-        if not _finite(loss):
-            continue
-        by_step[int(step)] = float(loss)
-    return sorted(by_step.items()), trial_id, base
+        for metric in CURVE_METRICS:
+            if _finite(row.get(metric)):
+                by_step[metric][int(step)] = float(row[metric])
+    return {metric: sorted(points.items()) for metric, points in by_step.items()}, trial_id, base
 
 
 def _finite(value) -> bool:
@@ -139,8 +141,8 @@ def read_trials(experiment_dir: str | Path, statuses: dict[str, TrialStatus] | N
             continue
         if not isinstance(params, dict):
             continue
-        points, trial_id, base = _read_points(result_file)
-        rank_points, _, _ = _read_points(result_file, "rank_loss")
+        curves, trial_id, base = _read_points(result_file)
+        points, rank_points = curves["eval_loss"], curves["rank_loss"]
         if points or rank_points:
             trial_id = str(trial_id or folder.name)
             trials.append(TrialCurve(name=folder.name, trial_id=trial_id, hyperparameters=_hyperparameters(params),

@@ -8,7 +8,8 @@ import sys
 
 from orchestrator.config import ConfigError, load_config
 from orchestrator.experiment import choose_experiment, finished_report
-from orchestrator.inputs import (check_address, check_device, check_publishing, check_training_size, check_tracking, prepare_data, resolve_model_dir, resolve_opponent,
+from orchestrator.inputs import (check_address, check_device, check_env_file, check_fused_kernels, check_publishing,
+                                 check_tracking, check_training_size, prepare_data, resolve_model_dir, resolve_opponent,
                                  trial_settings)
 from orchestrator.memory_budget import local_budget, plan_trial_memory
 from orchestrator.search_space import load_search_space
@@ -28,8 +29,10 @@ def main(argv: list[str] | None = None) -> int:
             except CompetitionError as e:
                 raise ConfigError(f"--competitions_file: {e}") from None
             return 0
+        check_env_file(config)
         check_tracking(config)
         check_device(config)
+        check_fused_kernels(config)
         check_address(config)
         experiment = choose_experiment(config)
         if experiment.finished:

@@ -289,8 +289,9 @@ Report = Callable[[dict, Path | None], None]  # metrics, checkpoint folder (None
 
 def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, report: Report,
                resume_from: Path | None = None) -> None:
-    """Train, evaluating every eval_steps steps. Running out of accelerator memory ends the trial with one last
-    report saying where (`out_of_memory`), after the memory is freed (a restarted attempt, or a test's trials in one process, may reuse the worker)."""
+    """Train, evaluating on the trial's schedule (`eval_schedule`). Running out of accelerator memory ends the trial
+    with one last report saying where (`out_of_memory`), after the memory is freed (a restarted attempt, or a test's
+    trials in one process, may reuse the worker)."""
     device = pick_device(settings.device)
     use_cpus(device, settings.cpus_per_trial)
     if device.type == "cuda":
@@ -308,7 +309,8 @@ def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, 
                                       settings.memory_estimate_gb)
     # here the exception and its frames (which held the model and its activations) are gone
     release_accelerator_memory()
-    report({EVAL_LOSS: math.inf, RANK_LOSS: math.inf, "out_of_memory": reason, "step": progress["step"], **memory_metrics(device)}, None)
+    report({EVAL_LOSS: math.inf, RANK_LOSS: math.inf, "out_of_memory": reason, "step": progress["step"],
+            **memory_metrics(device)}, None)
 
 
 def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, report: Report, resume_from: Path | None,
