@@ -49,7 +49,7 @@ def test_the_driver_checkpoints_the_layers_the_plan_chose_and_says_how_many(mode
 
     config, space = load_config([]), load_search_space("default")
     settings = trial_settings(config, model_dir)
-    shape = ModelShape.from_config(AutoConfig.from_pretrained(model_dir))
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(model_dir, trust_remote_code=False))
     rows, width = micro_batch_shape(settings.training, pair_lengths(sweep_data.train), "sdpa")
     needs = [estimate_peak(shape, weight_bytes=4, lora_r=largest_r(space), tokens=rows * width, row_tokens=width,
                            checkpointed_layers=k, device_type="cpu").total_bytes for k in range(shape.layers + 1)]
