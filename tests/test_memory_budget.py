@@ -67,6 +67,7 @@ def test_the_driver_checkpoints_the_layers_the_plan_chose_and_says_how_many(mode
 def test_loading_straight_onto_the_device_gives_the_same_weights_and_reports_its_cost(model_dir):
     """On the CPU, loading through device_map changes nothing but the path; its load time and host peak are
     measured, and the measurement sees a transient allocation."""
+    import mmap
     import time
 
     import torch
@@ -87,9 +88,12 @@ def test_loading_straight_onto_the_device_gives_the_same_weights_and_reports_its
     assert [layer.gradient_checkpointing for layer in model.get_base_model().model.layers] == [True, False]
     assert math.isfinite(cost.host_peak_mb) and cost.seconds > 0
 
-    def transient() -> None:  # 128 MiB held for 0.1 s, then freed: only the sampler can see it
-        held = torch.ones(32 * 2**20)
-        time.sleep(0.1)
-        del held
+    def transient() -> None:  # 128 MiB held for 0.3 s, then freed: only the sampler can see it
+        # fresh private pages from the kernel, each written (a tensor may reuse pages the process holds already)
+        held = mmap.mmap(-1, 128 * 2**20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        for offset in range(0, len(held), mmap.PAGESIZE):
+            held[offset] = 1
+        time.sleep(0.3)
+        held.close()
 
     assert measured_load(transient)[1].host_peak_mb >= 120
