@@ -2,7 +2,8 @@
 
 Every sweep writes `lora_sweep.json` into its folder (its status and the command that started it).
 A bare `--resume` continues only a folder with that marker whose sweep did not end, never just the
-newest folder in storage: resuming unpickles Tune's state (`tuner.pkl`), so it must be ours.
+newest folder in storage; and resuming unpickles Tune's state (`tuner.pkl`, ...), so every such file must carry
+this machine's seal (orchestrator.state_seal) before anything is loaded.
 Checked before Ray starts, so a wrong path or name costs one line, not a sweep.
 
 The folder may be in object storage (`s3://bucket/sweeps`, `gs://...`): the marker, the checks and the
@@ -13,17 +14,24 @@ storage does). What needs a file system (the merged best model) and local copies
 
 import json
 import os
+import pickletools
+import re
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.config import ConfigError, SweepConfig
+from orchestrator.state_seal import check_sealed
 from publishing import storage as store
 from publishing.coordinator import PUBLISH_FILE
 
 MARKER = "lora_sweep.json"
-RUNNING, FINISHED, INTERRUPTED = "running", "finished", "interrupted"
+# FAILED: the storage filled or failed (the marker's `reason` says how); like INTERRUPTED, --resume continues it
+RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "failed"
+# While a sweep runs, a local experiment folder holds this much in a reserve file; when the disk fills, releasing it
+# leaves room to record the end whole: the marker, and Tune's last state (see orchestrator.storage_failure)
+RESERVE, RESERVE_BYTES = ".lora_sweep.reserve", 4 * 2**20
 # With --storage_path in object storage: where this machine keeps the experiment's local files (<dir>/<name>)
 LOCAL_DIR_ENV = "LORA_SWEEP_LOCAL_DIR"
 DEFAULT_LOCAL_DIR = "~/ray_results"
@@ -102,14 +110,30 @@ def read_marker(folder: Path | str) -> dict | None:
         marker = json.loads(store.read_text(store.join(folder, MARKER)))
     except (OSError, ValueError):  # OSError: FileNotFoundError, and object storage that cannot be read
         return None
-    return marker if isinstance(marker, dict) and marker.get("status") in (RUNNING, FINISHED, INTERRUPTED) else None
+    statuses = (RUNNING, FINISHED, INTERRUPTED, FAILED)
+    return marker if isinstance(marker, dict) and marker.get("status") in statuses else None
 
 
-def write_marker(experiment: Experiment, status: str, command: list[str] | None = None) -> None:
-    """Record the sweep's status in its folder (beside Tune's files, local or in object storage)."""
+def write_marker(experiment: Experiment, status: str, command: list[str] | None = None,
+                 reason: str | None = None) -> None:
+    """Record the sweep's status in its folder (beside Tune's files, local or in object storage), whole or not at all
+    (publishing.storage writes a temporary file, then renames it). A running sweep's local folder also keeps
+    RESERVE_BYTES in a reserve file, released when it ends, or to make room when its disk is full."""
+    if status != RUNNING:
+        release_reserve(experiment)
     marker = read_marker(experiment.path) or {"created_at": time.time()}
-    marker.update(status=status, updated_at=time.time(), **({"command": command} if command is not None else {}))
+    marker.pop("reason", None)
+    marker.update(status=status, updated_at=time.time(), **({"command": command} if command is not None else {}),
+                  **({"reason": reason} if reason else {}))
     store.write_text(store.join(experiment.path, MARKER), json.dumps(marker, indent=2))
+    if status == RUNNING and experiment.is_local and not Path(experiment.path, RESERVE).is_file():
+        # random bytes: a file system that compresses or deduplicates still sets aside the whole size
+        store.write_bytes(store.join(experiment.path, RESERVE), os.urandom(RESERVE_BYTES))
+
+
+def release_reserve(experiment: Experiment) -> None:
+    if experiment.is_local:
+        Path(experiment.path, RESERVE).unlink(missing_ok=True)
 
 
 def has_tune_state(folder: Path | str) -> bool:
@@ -124,7 +148,7 @@ def resumable(storage_path: Path | str) -> list[str]:
     found = []
     for name in store.folders(storage_path):
         folder = store.join(storage_path, name)
-        if (read_marker(folder) or {}).get("status") in (RUNNING, INTERRUPTED) and has_tune_state(folder):
+        if (read_marker(folder) or {}).get("status") in (RUNNING, INTERRUPTED, FAILED) and has_tune_state(folder):
             when = (Path(folder).stat().st_mtime if not store.is_remote(folder)
                     else store.mtime(store.join(folder, MARKER)) or 0.0)
             found.append((when, name))
@@ -166,11 +190,15 @@ def choose_experiment(config: SweepConfig) -> Experiment:
         if not has_tune_state(folder):
             raise ConfigError(f"--resume: no experiment {config.run.experiment_name!r} to continue in {where}; "
                               "check --experiment_name and --storage_path")
+        set_aside_cut_short_state(folder)  # a disk that filled while Tune saved: its last whole state, or one line
+        check_sealed(folder)  # resuming unpickles Tune's state: only what this machine's sweeps sealed
         return Experiment(where, config.run.experiment_name, True)
     candidates = resumable(where)
     if not candidates:
         raise ConfigError(f"--resume found no unfinished sweep of this miner in {where}; "
                           "pass --experiment_name (and --storage_path) of the one to continue")
+    set_aside_cut_short_state(store.join(where, candidates[-1]))
+    check_sealed(store.join(where, candidates[-1]))
     return Experiment(where, candidates[-1], True)
 
 
@@ -188,3 +216,58 @@ def finished_report(experiment: Experiment) -> str:
                   f"  merged model:  {record.get('model_dir')}", f"  model id:      {record.get('model_id')}"]
     lines += [f"  trials.csv:    {store.join(experiment.path, 'trials.csv')}", f"  experiment:    {experiment.path}"]
     return "\n".join(lines)
+
+
+# --- Tune's state that a full disk cut short: set aside before a --resume, so Tune continues from a whole one -------
+
+# Tune names each run's state files for its session: experiment_state-2024-01-31_12-00-00.json
+_TUNE_SESSION = re.compile(r"^(?:experiment_state|searcher-state|search_gen_state|callback-states|basic-variant-state)"
+                           r"-(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})\.(?:json|pkl)$")
+SET_ASIDE_DIR = "cut_short_state"  # where a --resume moves Tune state files that a full disk cut short
+
+
+def whole_state(name: str, data: bytes) -> bool:
+    """A Tune state file that is whole: experiment_state-*.json parses as JSON; the others (pickles, whatever their
+    name ends with) run to pickle's STOP. Read without unpickling anything."""
+    if not data:
+        return False
+    if name.startswith("experiment_state"):
+        try:
+            json.loads(data)
+        except ValueError:
+            return False
+        return True
+    try:
+        for _ in pickletools.genops(data):
+            pass
+    except Exception:  # noqa: BLE001 - pickletools raises ValueError, IndexError, ... on a pickle cut short
+        return False
+    return True
+
+
+def set_aside_cut_short_state(folder: str) -> None:
+    """Before a --resume: Tune restores from its newest state files, and a disk that filled while Tune uploaded them
+    left them cut short (Tune then starts the sweep over). Each session's files are moved into cut_short_state/ while
+    any of them is cut short and an earlier session's are whole; with none whole, one line."""
+    def cut_short(name: str) -> ConfigError:
+        return ConfigError(f"--resume: Tune's state in {folder} was cut short ({name}: the storage filled or failed "
+                           "while it was written) and no earlier state is whole, so its trials cannot be continued; "
+                           "start a new sweep with a new --experiment_name")
+
+    # (tuner.pkl is written once, when the sweep starts, after the storage was probed: not checked here)
+    names = [n for n in store.files(folder) if _TUNE_SESSION.match(n)]
+    sessions = sorted({_TUNE_SESSION.match(n).group(1) for n in names})
+    while sessions:
+        newest = [n for n in names if _TUNE_SESSION.match(n).group(1) == sessions[-1]]
+        cut = [n for n in newest if not whole_state(n, store.read_bytes(store.join(folder, n)))]
+        if not cut:
+            return
+        sessions.pop()
+        if not any(n.startswith("experiment_state") and _TUNE_SESSION.match(n).group(1) in sessions for n in names):
+            raise cut_short(cut[0])
+        if not store.is_remote(folder):
+            Path(folder, SET_ASIDE_DIR).mkdir(exist_ok=True)
+        for n in newest:
+            store.move(store.join(folder, n), store.join(folder, SET_ASIDE_DIR, n))
+        print(f"resume: Tune's state in {folder} was cut short ({cut[0]}); moved into {SET_ASIDE_DIR}/, continuing "
+              f"from its earlier state of {sessions[-1]}")

@@ -17,6 +17,7 @@ from orchestrator.study import choose_study, ranking
 from publishing.subnet.competitions import CompetitionError, competitions_table, load_competitions
 
 INTERRUPTED_EXIT = 130  # the shell's code for a program ended by Ctrl-C
+STORAGE_FAILED_EXIT = 1  # the storage filled or failed: the sweep stopped where --resume continues it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,9 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {model_dir}\ndata: {len(data.train)} training pairs, {len(data.eval)} held-out eval pairs{tasks}")
 
     # Ray is imported only now, so bad input never pays for starting it.
-    from orchestrator.summary import render_interrupted, render_summary, resume_command
+    from orchestrator.fault_lines import condense_storage_sync_failures
+    from orchestrator.storage_failure import StorageFailed, storage_failure_of
+    from orchestrator.summary import render_interrupted, render_storage_failure, render_summary, resume_command
     from orchestrator.sweep import run_sweep, start_ray
 
+    condense_storage_sync_failures()  # Tune's failed uploads to a full storage: one line each, not a traceback
+    started_ray = False
     try:
         started_ray = start_ray(config)
         outcome = run_sweep(config, space, settings, data, publishing, opponent, experiment=experiment,
@@ -75,6 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: nothing was merged or published. To continue:\n  {resume_command(argv, experiment.name)}",
               file=sys.stderr)
         return INTERRUPTED_EXIT
+    except (StorageFailed, OSError) as e:  # a full or unwritable storage is an outcome: one line, and --resume
+        failure = e.failure if isinstance(e, StorageFailed) else storage_failure_of(experiment, [e])
+        if failure is None:
+            raise
+        if started_ray:
+            import ray
+
+            ray.shutdown()  # the workers' last log lines come before the error line, not after it
+        print(f"error: {render_storage_failure(failure, argv, experiment.name)}", file=sys.stderr)
+        return STORAGE_FAILED_EXIT
     if outcome.interrupted:
         print(render_interrupted(outcome, argv))
         return INTERRUPTED_EXIT

@@ -56,6 +56,12 @@ def resume_command(argv: list[str], experiment_name: str) -> str:
     return shlex.join(["python", "-m", "orchestrator.run", *kept, "--resume", "--experiment_name", experiment_name])
 
 
+def render_storage_failure(failure, argv: list[str], experiment_name: str) -> str:
+    """One line: `storage /mnt/x is full (0.0 MiB free of 50.0 MiB): free space, then continue with: python -m ...`
+    (`failure`: a publishing.storage.StorageFailure)."""
+    return failure.line(f"continue with: {resume_command(argv, experiment_name)}")
+
+
 def _hyperparameters(hp: Hyperparameters | dict | None) -> str:
     """A trial record's hyperparameters, or the coordinator's plain dict of the best ones; empty when unknown."""
     if not hp:

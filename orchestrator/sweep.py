@@ -252,8 +252,10 @@ _NO_TUNER_RESTORE_HINT = _NoTunerRestoreHint()  # one instance: adding it again 
 def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Experiment, callbacks: list,
               scheduler, num_trials: int, max_concurrent: int, max_reports: int | None = None, study=None):
     from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
 
     from orchestrator.progress import ProgressBlock
+    from orchestrator.sealed_search import SealedSearch
     from orchestrator.time_budget import TimeBudgetSearcher, TimeBudgetStopper
     from trainables.trial_telemetry import named_trials, trial_dirname
 
@@ -265,10 +267,13 @@ def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Ex
         # space, and each trial's config is its suggestion)
         named_trials(trainable),
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode=MODE, num_samples=num_trials, max_concurrent_trials=max_concurrent,
+            metric=METRIC, mode=MODE, num_samples=num_trials,
             # --time_budget: declines trials that would not finish in time (a pass-through without a budget; always
-            # there, and found by name, so a --resume may bring a budget of its own)
-            search_alg=TimeBudgetSearcher(searcher, experiment.name), scheduler=scheduler,
+            # there, and found by name, so a --resume may bring a budget of its own). Tune's own concurrency limit,
+            # and a seal on the state each save writes (orchestrator.state_seal), so a --resume loads only ours.
+            search_alg=SealedSearch(ConcurrencyLimiter(TimeBudgetSearcher(searcher, experiment.name), max_concurrent),
+                                    experiment.path),
+            scheduler=scheduler,
             # Ray names an actor once, when it starts: a reused actor would show its first trial's name for
             # every later one. A new actor costs a trial a second or two of imports; trials run minutes to hours.
             reuse_actors=False,
@@ -340,6 +345,7 @@ def build_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from orchestrator.fault_lines import ProgressKeeper
     from orchestrator.sweep_metrics import SweepMetricsCallback
     from orchestrator.tracking import wandb_callback
     from publishing.tune_callback import PublishCallback
@@ -347,12 +353,16 @@ def build_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: 
     if experiment.resume:
         # finished trials stay finished; the callbacks saved with the experiment reach the new coordinator by name
         print(f"resuming {experiment.path}")
+        from orchestrator.state_seal import check_sealed
         from trainables.trial_telemetry import named_trials
+
+        check_sealed(experiment.path)  # again, just before Tune reads: the folder may have changed since the input checks
 
         return tune.Tuner.restore(experiment.path, trainable=named_trials(trainable), resume_unfinished=True,
                                   resume_errored=True)
     callbacks = [PublishCallback(experiment.name),
-                 SweepMetricsCallback(experiment.name, space.trials(config.search.num_samples))]  # Grafana's gauges
+                 SweepMetricsCallback(experiment.name, space.trials(config.search.num_samples)),  # Grafana's gauges
+                 ProgressKeeper()]  # each trial's step and checkpoint, for the one line a failed attempt gets
     if config.tracking.wandb_project:
         Path(experiment.local_dir).mkdir(parents=True, exist_ok=True)  # W&B's run folders need a file system
         callbacks.append(wandb_callback(config.tracking.wandb_entity, config.tracking.wandb_project, experiment.name, config.publishing.env_file,
@@ -370,10 +380,10 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
               experiment: Experiment | None = None, command: list[str] | None = None,
               plan: ClusterPlan | None = None, study=None) -> SweepOutcome:
     """Run the sweep on the Ray this process is connected to; publishing happens in the coordinator actor."""
-    import ray
     from ray import tune
 
     from orchestrator.fault_lines import condense_trial_failures
+    from orchestrator.storage_failure import raise_if_storage_failed
     from orchestrator.time_budget import release_clock, start_clock
     from publishing.coordinator_actor import start_coordinator
 
@@ -400,8 +410,14 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     coordinator = start_coordinator(publishing, settings.model_dir, experiment.path, experiment.name,
                                     work_dir=experiment.local_dir)
     try:
-        results = build_tuner(config, space, trainable, experiment, plan, max_reports, study).fit()
-        records = records_from_results(results, max_reports, budget_stopped=budget.stopped)
+        try:
+            results = build_tuner(config, space, trainable, experiment, plan, max_reports, study).fit()
+            records = records_from_results(results, max_reports, budget_stopped=budget.stopped)
+        except Exception as error:  # a full or unwritable storage ends the sweep as an outcome; anything else is raised
+            raise_if_storage_failed(experiment, [error])
+            raise
+        if count(records, TrialStatus.FAILED):  # trials that could not write their checkpoints: the storage's doing?
+            raise_if_storage_failed(experiment, [result.error for result in results if result.error is not None])
         budget_end = budget.report(records, space.trials(config.search.num_samples))
         trials_csv = experiment.keep(write_trials_csv(records, experiment.local_dir))
         # Trials the time budget never started or stopped are its end, not an interruption (Ctrl-C still is one).
@@ -417,9 +433,10 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
         if records and count(records, TrialStatus.FAILED) + count(records, TrialStatus.OUT_OF_MEMORY) == len(records):
             raise RuntimeError(f"all {len(records)} trials failed; the first error: {records[0].reason}")
         # The coordinator saw every checkpoint: it publishes (or, offline, packages) the best and merges it.
-        report = ray.get(coordinator.finish.remote(config.publishing.wait_for_publish))
+        # (the link reaches the actor alive now: a restarted one, if the first died during the sweep)
+        report = coordinator.finish(config.publishing.wait_for_publish)
     finally:
-        ray.kill(coordinator)  # its state is on disk; the name is free for the next sweep in this Ray session
+        coordinator.stop()  # kills the actor (its state is on disk; the name is free) and releases the link
         release_clock(experiment.name)
     write_marker(experiment, FINISHED)
     deleted = delete_leftover_checkpoints(results)

@@ -130,7 +130,8 @@ class PublishCoordinator:
         self._warned_unknown = False
         self._rejected: set[str] = set()      # candidates that break the competition's limits
         self.result_lag = ResultLag()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="publish") if background else None
+        self.thread_end: tuple[float, str] | None = None  # (time.time(), why) once the publishing thread has died
+        self._thread = threading.Thread(target=self._run, daemon=True, name="publish") if background else None
         if self._thread:
             self._thread.start()
 
@@ -312,6 +313,23 @@ class PublishCoordinator:
                 return candidate, self._prepare(candidate)
             except CheckpointGone:
                 self._give_up(candidate)
+
+    def _run(self) -> None:
+        """The publishing thread: `_loop`, and why it ended if it ends before `finish` (what its catch-all lets
+        through: SystemExit, KeyboardInterrupt, a fault outside its try). The driver reads it through `health`."""
+        try:
+            self._loop()
+        except BaseException as e:  # noqa: BLE001 - recorded for the driver, which restarts the actor
+            self.thread_end = (time.time(), one_line(e, 200))
+            log.error("the publishing thread ended: %s", self.thread_end[1])
+
+    def health(self, since: int = 0) -> dict:
+        """Is the publishing thread alive (and why it ended if not); the lines noted since line `since`."""
+        alive = self._thread is None or self._thread.is_alive() or self._stopping
+        ended_at, why = self.thread_end or (time.time(), "it ended without an error")
+        lines = list(self.lines)  # the publishing thread may add one meanwhile
+        return {"thread_alive": alive, "ended_at": None if alive else ended_at, "why": None if alive else why,
+                "lines": lines[since:], "count": len(lines)}
 
     def _loop(self) -> None:
         while not self._stopping:

@@ -1,11 +1,14 @@
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The key that seals resumable sweeps (orchestrator.state_seal): this test session's own, never the user's
+os.environ.setdefault("LORA_SWEEP_STATE_KEY_FILE", str(Path(tempfile.mkdtemp(prefix="lora-sweep-key-")) / "state.key"))
 
 
 @pytest.fixture(scope="session")

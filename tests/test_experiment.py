@@ -8,6 +8,7 @@ import pytest
 from orchestrator.config import ConfigError, load_config
 from orchestrator.experiment import (FINISHED, INTERRUPTED, MARKER, RUNNING, Experiment, choose_experiment,
                                      read_marker, write_marker)
+from orchestrator.state_seal import SEAL_FILE, load_key, seal
 
 
 def fake_tune_experiment(folder, status=None, mtime=None):
@@ -15,6 +16,8 @@ def fake_tune_experiment(folder, status=None, mtime=None):
     folder.mkdir(parents=True)
     (folder / "experiment_state-2026.json").write_text("{}")
     (folder / "tuner.pkl").write_bytes(b"")
+    files = {name: (folder / name).read_bytes() for name in ("experiment_state-2026.json", "tuner.pkl")}
+    (folder / SEAL_FILE).write_text(json.dumps(seal(load_key(create=True), files)))  # as the sweep's saves seal them
     if status:
         write_marker(Experiment(str(folder.parent), folder.name, False), status)
     if mtime:

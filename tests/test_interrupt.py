@@ -5,11 +5,17 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
+
+from orchestrator.config import ConfigError
+from orchestrator.state_seal import check_sealed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,6 +51,16 @@ def test_ctrl_c_interrupts_publishes_nothing_and_tells_how_to_resume(tmp_path):
     assert "interrupted" in statuses, statuses
     assert json.loads((experiment / "lora_sweep.json").read_text())["status"] == "interrupted"
 
+    # Tune's state carries this machine's seal; a copy with one sealed file changed is refused, naming it
+    check_sealed(str(experiment))
+    tampered = tmp_path / "tampered"
+    shutil.copytree(experiment, tampered)
+    searcher_state = next(tampered.glob("searcher-state-*.pkl"))
+    searcher_state.write_bytes(searcher_state.read_bytes() + b"\0")
+    with pytest.raises(ConfigError, match=f"{searcher_state.name} in .* do(es)? not match the seal"):
+        check_sealed(str(tampered))
+    shutil.rmtree(tampered)
+
     command = out[out.index("to continue from the last checkpoints:"):].splitlines()[1].strip()
     assert command == shlex.join(["python", "-m", "orchestrator.run", *argv[:-2], "--resume",
                                   "--experiment_name", "stopped"])
@@ -55,3 +71,4 @@ def test_ctrl_c_interrupts_publishes_nothing_and_tells_how_to_resume(tmp_path):
     statuses = [row["status"] for row in csv.DictReader((experiment / "trials.csv").open())]
     assert len(statuses) == 4 and "interrupted" not in statuses
     assert (experiment / "best_model").is_dir() and (experiment / "publish.json").is_file()
+    check_sealed(str(experiment))  # the resumed sweep sealed its own state and carried the first session's over

@@ -117,3 +117,26 @@ def test_the_sweeps_gauges_count_ended_and_running_trials_and_take_the_lowest_fi
         best_eval_loss=3.25, trials_finished=3, trials_running=1, trials_total=8)
     assert sweep_numbers([], [], total=4) == SweepNumbers(None, 0, 0, 4)
     assert set(SweepNumbers.__dataclass_fields__) == set(SWEEP_GAUGES)  # a gauge for every number
+
+
+def test_a_trial_actor_drops_only_the_systemexit_of_its_sigterm_race(capsys):
+    import sys
+
+    from trainables.trial_telemetry import quiet_exit_races
+
+    class RaisesWhenCollected:  # Python reports what __del__ raises through sys.unraisablehook, as a weakref callback's
+        def __init__(self, error: BaseException):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    before = sys.unraisablehook
+    sys.unraisablehook = quiet_exit_races  # what NamedTrial.setup installs in a trial's actor
+    try:
+        RaisesWhenCollected(SystemExit(1))  # Ray's SIGTERM handler, raised where it cannot be
+        assert capsys.readouterr().err == ""
+        RaisesWhenCollected(ValueError("a real fault"))
+        assert "ValueError: a real fault" in capsys.readouterr().err
+    finally:
+        sys.unraisablehook = before

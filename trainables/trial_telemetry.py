@@ -93,6 +93,15 @@ def trial_dirname(trial) -> str:
     return trial_folder_name(trial.trial_id, trial.config)
 
 
+def quiet_exit_races(unraisable) -> None:
+    """A trial actor's sys.unraisablehook. Ray ends a finished trial's actor with SIGTERM, whose handler raises
+    SystemExit wherever the worker is; inside a weakref callback Python cannot raise it, and printed "Exception
+    ignored" with a traceback under a trial that had ended well. That SystemExit is dropped; anything else is
+    printed as Python prints it."""
+    if not isinstance(unraisable.exc_value, SystemExit):
+        sys.__unraisablehook__(unraisable)
+
+
 def named_trials(trainable):
     """A function trainable as Tune runs it (its `ImplicitFunc` class), with the actor's repr naming the trial:
     `trial 254c6de9 lr=6.90e-04 r=64 alpha=64`. Ray takes an actor's repr once, after `__init__` (where Tune hands
@@ -104,6 +113,10 @@ def named_trials(trainable):
     base = wrap_function(trainable)
 
     class NamedTrial(base):
+        def setup(self, config, *args, **kwargs):
+            sys.unraisablehook = quiet_exit_races
+            return super().setup(config, *args, **kwargs)
+
         def __repr__(self) -> str:
             return "trial " + trial_label(self.trial_id, self.config)
 

@@ -1,0 +1,79 @@
+"""A full or failing storage is an outcome, not a traceback: after the sweep met errors, decide whether the storage is
+what failed (a probe write and its free space, with the errors' errno), record the marker `failed` with the reason in
+the room the reserve file leaves, and re-upload whole what Tune's last upload to the full storage cut short, so a
+`--resume` after space is freed continues the trials from their checkpoints. run.py prints the one line and exits 1.
+"""
+
+from pathlib import Path
+
+from orchestrator.experiment import FAILED, MARKER, Experiment, write_marker
+from publishing import storage as store
+from trainables.errors import one_line
+
+
+class StorageFailed(Exception):
+    """The sweep ended because its storage is full or cannot be written; `failure` says which, in one line."""
+
+    def __init__(self, failure: store.StorageFailure):
+        super().__init__(failure.describe())
+        self.failure = failure
+
+
+def storage_failure_of(experiment: Experiment, errors: list) -> store.StorageFailure | None:
+    """After a sweep met `errors` (exceptions, or their text): is its storage what failed? Probes it (a small write)
+    and measures its space; when it failed, releases the reserve and, in the room that leaves, records the marker
+    `failed` with the reason and re-uploads whole what Tune's last upload left cut short. None when the storage is
+    fine (the errors are the sweep's own)."""
+    space = store.disk_space(experiment.path)
+    problem = store.writable_problem(experiment.path)
+    failure = store.storage_failure(experiment.storage, errors, problem, space)
+    if failure is None or (problem is not None and not experiment.is_local):  # object storage that does not answer
+        return failure
+    try:
+        write_marker(experiment, FAILED, reason=failure.describe())
+    except OSError as e:
+        print(f"storage: the marker {MARKER} still says running ({one_line(e)}); --resume continues it all the same",
+              flush=True)
+    try:
+        staged = tune_staging_dir(experiment.name)
+    except ImportError as e:
+        print(f"storage: Tune's staging folder is not where this Ray keeps it ({one_line(e)}); what its last upload "
+              "cut short stays so, and --resume continues from its last whole state", flush=True)
+        return failure
+    if staged is not None:
+        left = store.sync_whole(staged, experiment.path, _tune_file)
+        if left:
+            print(f"storage: {len(left)} of Tune's files could not be written whole (first: {left[0]}); --resume "
+                  "continues from its last whole state", flush=True)
+    return failure
+
+
+def raise_if_storage_failed(experiment: Experiment, errors: list) -> None:
+    """StorageFailed when the storage is what failed (see storage_failure_of)."""
+    if failure := storage_failure_of(experiment, errors):
+        raise StorageFailed(failure)
+
+
+def _tune_file(relative: str) -> bool:
+    """A file Tune stages and uploads: its state (top level) or a trial's logs (in the trial's folder); not ours."""
+    from orchestrator.state_seal import SEAL_FILE, is_tune_state
+
+    return "/" in relative or is_tune_state(relative) or relative == SEAL_FILE
+
+
+def tune_staging_dir(name: str) -> Path | None:
+    """Where Ray Tune (2.x) stages experiment `name`'s files on this driver before uploading them (its state, each
+    trial's logs): `<Ray session>/artifacts/<time>/<name>/driver_artifacts`; the newest, or None (Ray not running here).
+    The one place a private part of Ray Train is read: ImportError when a Ray version moved it."""
+    import glob
+
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    from ray.train.constants import _get_ray_train_session_dir
+
+    staged = [Path(p) for p in glob.glob(str(Path(_get_ray_train_session_dir(), "*", glob.escape(name),
+                                                   "driver_artifacts")))]
+    return max(staged, key=lambda p: p.stat().st_mtime, default=None)
+
