@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.ray_nodes import free_port, start_node
+
 REPO = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).parent / "ray")
 GRID = "sampler: grid\nspace:\n  learning_rate: [1.0e-3, 2.0e-4]\n  r: [8]\n  alpha: [16]\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def reports(result_json: Path) -> list[dict]:
@@ -47,16 +41,6 @@ def checkpoint_registered(rows: list[dict]) -> bool:
     return len(rows) >= 2
 
 
-def wait_for_port(port: int, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"the head node did not open port {port}")
-
-
 @pytest.fixture
 def cluster(tmp_path):
     """Head and worker, one CPU each, each `ray start --block` in its own process group, so that each can be
@@ -66,20 +50,16 @@ def cluster(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_health_check_period_ms": "1000",
            "RAY_health_check_failure_threshold": "3", "LORA_SWEEP_CACHE": str(tmp_path / "cache")}
     env.pop("RAY_ADDRESS", None)
-    common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
+    common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     nodes = []
 
     def start(*args):
-        nodes.append(subprocess.Popen([RAY, "start", *args, *common], env=env, start_new_session=True,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        nodes.append(start_node([*args, *common], env))
         return nodes[-1]
 
     try:
         start("--head", "--port", str(port), "--include-dashboard", "false")
-        wait_for_port(port)
-        time.sleep(3)
         worker = start("--address", f"127.0.0.1:{port}")
-        time.sleep(8)
         yield f"127.0.0.1:{port}", env, worker
     finally:
         for node in reversed(nodes):

@@ -29,8 +29,8 @@ import orchestrator.sweep  # noqa: E402
 from orchestrator.run import main  # noqa: E402
 from tests.conftest import own_stderr  # noqa: E402
 from tests.hub_server import local_hub  # noqa: E402,F401  (the fixture)
-from tests.test_node_failure import (  # noqa: E402
-    RAY, REPO, checkpoint_registered, free_port, reports, staged_results, wait_for_port)
+from tests.ray_nodes import RAY, free_port, start_node  # noqa: E402
+from tests.test_node_failure import REPO, checkpoint_registered, reports, staged_results  # noqa: E402
 from tests.test_publishing import adapter_checkpoint  # noqa: E402,F401  (the fixture)
 
 BUCKET = "sweeps-bucket"
@@ -77,8 +77,7 @@ def s3():
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        wait_for_port(port, timeout=60)
-        for _ in range(100):
+        for _ in range(300):  # a minute at most
             with contextlib.suppress(OSError):
                 urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=5)
                 break
@@ -113,22 +112,18 @@ class Cluster:
         self.address = f"127.0.0.1:{self.port}"
 
     def _start(self, *args) -> subprocess.Popen:
-        common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
-        node = subprocess.Popen([RAY, "start", *args, *common], env=self.env, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        node = start_node([*args, "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
+                          self.env)
         self.nodes.append(node)
         return node
 
     def start(self) -> None:
         self._start("--head", "--port", str(self.port), "--include-dashboard", "false")
-        wait_for_port(self.port)
-        time.sleep(3)
         self.ensure_worker()
 
     def ensure_worker(self) -> None:
         if self.worker is None or self.worker.poll() is not None:
             self.worker = self._start("--address", self.address)
-            time.sleep(8)
 
     def worker_pids(self) -> set[int]:
         out = subprocess.run(["ps", "-o", "pid=", "-g", str(self.worker.pid)], capture_output=True, text=True).stdout
