@@ -318,12 +318,18 @@ def read_yaml_settings(path: Path) -> dict:
     return {KEYS[key]: value for key, value in settings.items()}
 
 
+LARGEST_INT = 2**31 - 1
+
+
 def validate(config: SweepConfig) -> SweepConfig:
     """Each group checks its own settings (no files or machines needed); each failure names the flag to fix."""
     for name, f in FIELDS.items():
         value = getattr(getattr(config, FIELD_GROUP[name]), name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"--{flag_name(f)} must be a finite number, got {value}")
+        # no count, size or id here is near 2**31; beyond it torch, numpy and the tokenizers overflow, mid-run
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > LARGEST_INT:
+            raise ConfigError(f"--{flag_name(f)} {value} is out of range: at most {LARGEST_INT}")
     try:
         for group in config.groups():
             check_choices(group)

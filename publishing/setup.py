@@ -67,6 +67,11 @@ class PublishOptions:
         """Raise ValueError naming the flag to fix (what needs no files, network or wallet)."""
         if self.publish_min_improvement is not None and not 0 <= self.publish_min_improvement < 1:
             raise ValueError(f"--publish_min_improvement must be in [0, 1), got {self.publish_min_improvement}")
+        if self.netuid is not None and not 0 <= self.netuid <= 65535:  # a subnet's uid is a u16 on the chain
+            raise ValueError(f"--netuid must be a subnet uid from 0 to 65535, got {self.netuid}")
+        if self.avg_loss_upload_threshold is not None and self.avg_loss_upload_threshold <= 0:
+            raise ValueError(f"--avg_loss_upload_threshold must be above 0 (a loss is never below it), got "
+                             f"{self.avg_loss_upload_threshold}")
 
 
 @dataclass(frozen=True)

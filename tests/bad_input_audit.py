@@ -56,6 +56,7 @@ def table_cases(scratch: Path) -> dict[str, list[str]]:
     from trainables.embedded_model import ensure_embedded_model
 
     model_dir = ensure_embedded_model(scratch / "model-cache")
+    (scratch / "table").mkdir()
     return {f"table: {case}": argv for case, (argv, _fragment) in bad_inputs(scratch / "table", model_dir).items()}
 
 
