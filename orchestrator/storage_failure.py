@@ -2,9 +2,18 @@
 what failed (a probe write and its free space, with the errors' errno), record the marker `failed` with the reason in
 the room the reserve file leaves, and re-upload whole what Tune's last upload to the full storage cut short, so a
 `--resume` after space is freed continues the trials from their checkpoints. run.py prints the one line and exits 1.
+
+While the sweep runs, StorageWatch reads each failed trial attempt's error on the driver, and the first one the storage
+caused (full, over quota, read-only) stops the whole sweep, as Ctrl-C would (SIGUSR1, which Tune takes for the same
+graceful stop): restarting trials into a full disk would spend every trial's retries, and GPU time, on the same error.
 """
 
+import errno
+import os
+import signal
 from pathlib import Path
+
+from ray import tune
 
 from orchestrator.experiment import FAILED, MARKER, Experiment, write_marker
 from publishing import storage as store
@@ -77,3 +86,44 @@ def tune_staging_dir(name: str) -> Path | None:
                                                    "driver_artifacts")))]
     return max(staged, key=lambda p: p.stat().st_mtime, default=None)
 
+
+
+STOPPING_ERRNOS = store.FULL_ERRNOS | {errno.EROFS}  # an I/O error (EIO) may be the trial's own: it is not enough
+# sweep id -> the first failed attempt's error that the storage caused (StorageWatch writes it, run_sweep reads it); a
+# dict of the driver's process, like the time budget's clocks
+STORAGE_ERRORS: dict[str, str] = {}
+
+
+def storage_error_line(error_text: str) -> str | None:
+    """The line of a failed attempt's error text that names a storage errno that stops the sweep, or None."""
+    if store.storage_errno(error_text) not in STOPPING_ERRNOS:
+        return None
+    lines = [line.strip() for line in error_text.splitlines() if store.storage_errno(line) in STOPPING_ERRNOS]
+    return one_line(lines[-1] if lines else error_text)
+
+
+class StorageWatch(tune.Callback):
+    """On the driver: a trial attempt that failed because the storage is full or read-only stops the sweep."""
+
+    def __init__(self, sweep_id: str):
+        self.sweep_id = sweep_id
+
+    def _failed(self, trial) -> None:
+        path = trial.error_file  # Tune writes the attempt's error.txt on the driver before it calls back
+        try:
+            text = Path(path).read_text(errors="replace") if path else ""
+        except OSError:
+            return
+        # Tune appends each attempt's error ("Failure # N (occurred at ...)"): only the newest is this attempt's
+        if self.sweep_id not in STORAGE_ERRORS and (line := storage_error_line(text.rsplit("Failure # ", 1)[-1])):
+            STORAGE_ERRORS[self.sweep_id] = line
+            print(f"storage: trial {trial.trial_id} could not write ({line}); stopping the sweep", flush=True)
+            # Tune's own graceful stop (as Ctrl-C): it saves its state with every unfinished trial resumable, where a
+            # Stopper would mark them terminated and end the search for good
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._failed(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._failed(trial)

@@ -346,6 +346,7 @@ def build_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from orchestrator.fault_lines import ProgressKeeper
+    from orchestrator.storage_failure import StorageWatch
     from orchestrator.sweep_metrics import SweepMetricsCallback
     from orchestrator.tracking import wandb_callback
     from publishing.tune_callback import PublishCallback
@@ -362,7 +363,8 @@ def build_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: 
                                   resume_errored=True)
     callbacks = [PublishCallback(experiment.name),
                  SweepMetricsCallback(experiment.name, space.trials(config.search.num_samples)),  # Grafana's gauges
-                 ProgressKeeper()]  # each trial's step and checkpoint, for the one line a failed attempt gets
+                 ProgressKeeper(),  # each trial's step and checkpoint, for the one line a failed attempt gets
+                 StorageWatch(experiment.name)]  # a trial the storage failed (full, read-only) stops the sweep
     if config.tracking.wandb_project:
         Path(experiment.local_dir).mkdir(parents=True, exist_ok=True)  # W&B's run folders need a file system
         callbacks.append(wandb_callback(config.tracking.wandb_entity, config.tracking.wandb_project, experiment.name, config.publishing.env_file,
@@ -383,7 +385,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     from ray import tune
 
     from orchestrator.fault_lines import condense_trial_failures
-    from orchestrator.storage_failure import raise_if_storage_failed
+    from orchestrator.storage_failure import STORAGE_ERRORS, raise_if_storage_failed
     from orchestrator.time_budget import release_clock, start_clock
     from publishing.coordinator_actor import start_coordinator
 
@@ -416,8 +418,9 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
         except Exception as error:  # a full or unwritable storage ends the sweep as an outcome; anything else is raised
             raise_if_storage_failed(experiment, [error])
             raise
-        if count(records, TrialStatus.FAILED):  # trials that could not write their checkpoints: the storage's doing?
-            raise_if_storage_failed(experiment, [result.error for result in results if result.error is not None])
+        if count(records, TrialStatus.FAILED) or experiment.name in STORAGE_ERRORS:  # the storage's doing?
+            raise_if_storage_failed(experiment, [result.error for result in results if result.error is not None]
+                                    + ([STORAGE_ERRORS[experiment.name]] if experiment.name in STORAGE_ERRORS else []))
         budget_end = budget.report(records, space.trials(config.search.num_samples))
         trials_csv = experiment.keep(write_trials_csv(records, experiment.local_dir))
         # Trials the time budget never started or stopped are its end, not an interruption (Ctrl-C still is one).
@@ -438,6 +441,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     finally:
         coordinator.stop()  # kills the actor (its state is on disk; the name is free) and releases the link
         release_clock(experiment.name)
+        STORAGE_ERRORS.pop(experiment.name, None)  # a resume in this process starts with a clean slate
     write_marker(experiment, FINISHED)
     deleted = delete_leftover_checkpoints(results)
     if deleted:

@@ -221,9 +221,8 @@ def rows(result_json: Path) -> list[dict]:
 
 def test_a_full_disk_ends_the_sweep_in_one_line_and_resume_continues_from_the_checkpoints(small_disk):
     disk = small_disk(256)
-    # --max_failures 0: a trial is not restarted into the same full disk (the default restarts it twice; that
-    # only takes longer)
-    argv = ["--num_samples", "2", "--num_epochs", "2", "--scheduler", "fifo", "--max_failures", "0",
+    # --max_failures as by default: the first attempt the full disk fails stops the sweep, with no restart into it
+    argv = ["--num_samples", "2", "--num_epochs", "2", "--scheduler", "fifo",
             "--storage_path", str(disk), "--no-dashboard", "--experiment_name", "full"]
     experiment = disk / "full"
     started = time.monotonic()
@@ -246,6 +245,7 @@ def test_a_full_disk_ends_the_sweep_in_one_line_and_resume_continues_from_the_ch
                         r"space, then continue with: python -m orchestrator\.run .* --resume --experiment_name full",
                         last), last
     assert "Traceback" not in err and "Traceback" not in out, err[-3000:]
+    assert re.search(r"storage: trial \w+ could not write \(.*No space left on device.*\); stopping the sweep", out), out
     marker = read_marker(experiment)
     assert marker["status"] == FAILED and marker["reason"].startswith(f"storage {disk} is full"), marker
     # Tune's state, its seal and our files: each whole (a resume reads them), no temporary file left
@@ -275,3 +275,39 @@ def test_a_full_disk_ends_the_sweep_in_one_line_and_resume_continues_from_the_ch
               for name in restored}
     assert all(first > 1 for first in firsts.values()), firsts
     print(f"full disk: failed in {failed_s:.0f} s ({len(err.splitlines())} stderr lines); resumed: {firsts}")
+
+
+def test_a_trial_the_storage_failed_stops_the_whole_sweep_and_its_own_errors_do_not(tmp_path):
+    """StorageWatch reads a failed attempt's error.txt, as Tune leaves it on the driver, and stops the sweep the way
+    Tune stops on Ctrl-C (SIGUSR1), rather than restarting each trial into the same full disk."""
+    import signal
+    from types import SimpleNamespace
+
+    from orchestrator.storage_failure import STORAGE_ERRORS, StorageWatch, storage_error_line
+
+    full = tmp_path / "full.txt"
+    full.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                    f"ray.exceptions.RayTaskError(OSError): ray::trial.train()\n{ENOSPC_TEXT}: '/mnt/x/ckpt'\n")
+    own = tmp_path / "own.txt"
+    own.write_text("Traceback (most recent call last):\nRuntimeError: loss is nan\n")
+    earlier = tmp_path / "earlier.txt"  # an earlier attempt's ENOSPC, then this attempt's own error
+    earlier.write_text(f"Failure # 1 (occurred at 2026-12-06_10-00-00)\n{full.read_text()}\n"
+                       f"Failure # 2 (occurred at 2026-12-06_10-05-00)\n{own.read_text()}\n")
+    io = tmp_path / "io.txt"
+    io.write_text("OSError: [Errno 5] Input/output error\n")  # may be the trial's own device: not enough to stop
+    assert storage_error_line(full.read_text()) == f"{ENOSPC_TEXT}: '/mnt/x/ckpt'"
+    assert storage_error_line(own.read_text()) is None and storage_error_line(io.read_text()) is None
+
+    stops = []
+    before = signal.signal(signal.SIGUSR1, lambda *_: stops.append("SIGUSR1"))  # Tune's handler, in a sweep
+    watch = StorageWatch("sweep-a")
+    try:
+        for path in (own, io, earlier, None):
+            watch.on_trial_recover(0, [], SimpleNamespace(trial_id="t1", error_file=str(path) if path else None))
+        assert stops == [] and "sweep-a" not in STORAGE_ERRORS
+        watch.on_trial_error(0, [], SimpleNamespace(trial_id="t2", error_file=str(full)))
+        watch.on_trial_error(0, [], SimpleNamespace(trial_id="t3", error_file=str(full)))  # stopping already
+        assert stops == ["SIGUSR1"] and STORAGE_ERRORS["sweep-a"].startswith(ENOSPC_TEXT)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+        STORAGE_ERRORS.pop("sweep-a", None)
