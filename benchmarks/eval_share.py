@@ -58,7 +58,8 @@ def settings(model_dir: Path, seed: int, **training):
 
 
 def measured_share(model_dir: Path, data, seed: int, hyperparameters: dict, **training) -> dict:
-    from trainables.lora_trial import eval_schedule, evaluation_share, pairs_of, rank_pairs, step_plan, train_lora
+    from trainables.lora_trial import train_lora
+    from trainables.trial_plan import eval_schedule, evaluation_share, pairs_of, rank_pairs, step_plan
 
     chosen = settings(model_dir, seed, **training)
     schedule = eval_schedule(chosen, data.train, data.eval, data.tasks)
@@ -116,7 +117,7 @@ def halving_choice(scores: np.ndarray, final_full: np.ndarray, grace: int = 1, f
 
 
 def agreement(curves, data, share: float, seeds: int) -> dict:
-    from trainables.evaluation import rank_subset
+    from trainables.trial_plan import rank_subset
     from trainables.scoring import competition_score
 
     evaluations = min(len(c) for c in curves)

@@ -23,7 +23,7 @@ from publishing.setup import PublishOptions
 from publishing.subnet.competitions import CompetitionError, follow_competition, get_competition
 from trainables.documented import add_flag, check_choices, flag_name, scalar_type, setting
 from trainables.errors import one_line
-from trainables.lora_trial import TrainingSettings
+from trainables.settings import TrainingSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS_DIR = REPO_ROOT / "configs"

@@ -22,7 +22,8 @@ from trainables.data_sources import download_parquet_files, fetch_cortex_pairs, 
 from trainables.data import DataError, SweepData, read_pairs, split_pairs, tokenize_split, with_responses
 from trainables.embedded_model import DATASET, ensure_embedded_model
 from trainables.errors import one_line
-from trainables.lora_trial import TrialSettings, tokens_per_step
+from trainables.settings import TrialSettings
+from trainables.trial_plan import tokens_per_step
 from trainables.task_data import TaskSamples, draw_task_samples, eval_tasks, mixture, parser_for, tokenize_references
 
 

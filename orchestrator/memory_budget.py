@@ -14,7 +14,8 @@ from orchestrator.config import ConfigError, SweepConfig
 from orchestrator.search_space import SearchSpace
 from trainables.data import SweepData
 from trainables.gpu_cards import CUDA_RESERVE_BYTES, gpus_here
-from trainables.lora_trial import TrialSettings, micro_batch_shape, pair_lengths
+from trainables.settings import TrialSettings
+from trainables.trial_plan import micro_batch_shape, pair_lengths
 
 GIB = 2**30
 GB = 1e9  # what messages say: the planner's unit

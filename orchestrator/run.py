@@ -8,12 +8,6 @@ import sys
 
 from orchestrator.config import ConfigError, load_config
 from orchestrator.experiment import choose_experiment, finished_report
-from orchestrator.inputs import (check_address, check_device, check_env_file, check_fused_kernels, check_publishing,
-                                 check_tracking, check_training_size, prepare_data, resolve_model_dir, resolve_opponent,
-                                 trial_settings)
-from orchestrator.memory_budget import local_budget, plan_trial_memory
-from orchestrator.search_space import load_search_space
-from orchestrator.study import choose_study, ranking
 from publishing.subnet.competitions import CompetitionError, competitions_table, load_competitions
 
 INTERRUPTED_EXIT = 130  # the shell's code for a program ended by Ctrl-C
@@ -30,6 +24,15 @@ def main(argv: list[str] | None = None) -> int:
             except CompetitionError as e:
                 raise ConfigError(f"--competitions_file: {e}") from None
             return 0
+        # torch, transformers and Optuna are imported only now: --help, --list_competitions and a bad flag never
+        # pay for them (a test checks)
+        from orchestrator.inputs import (check_address, check_device, check_env_file, check_fused_kernels,
+                                         check_publishing, check_tracking, check_training_size, prepare_data,
+                                         resolve_model_dir, resolve_opponent, trial_settings)
+        from orchestrator.memory_budget import local_budget, plan_trial_memory
+        from orchestrator.search_space import load_search_space
+        from orchestrator.study import choose_study, ranking
+
         check_env_file(config)
         check_tracking(config)
         check_device(config)

@@ -23,7 +23,9 @@ from publishing.coordinator import CoordinatorReport
 from publishing.setup import PublishSetup
 from publishing.subnet.iswin import Comparison
 from trainables.data import SweepData
-from trainables.lora_trial import EVAL_LOSS, RANK_LOSS, TrialSettings, lora_trainable, planned_reports
+from trainables.lora_trial import lora_trainable
+from trainables.settings import TrialSettings
+from trainables.trial_plan import EVAL_LOSS, RANK_LOSS, planned_reports
 
 # What Tune ranks by (ASHA's rungs, Optuna's values, TuneConfig): rank_loss, in every report and scored on the same
 # pairs in every trial. eval_loss, the whole set's, is in full evaluations only: what is published and merged.
@@ -491,7 +493,7 @@ def collect_outcome(config: SweepConfig, experiment: Experiment, records: list[T
     from orchestrator.plots import write_plots
     from orchestrator.study_report import study_report
     from publishing.head_to_head import head_to_head
-    from trainables.lora_trial import step_plan
+    from trainables.trial_plan import step_plan
 
     best = report.best
     versus = None

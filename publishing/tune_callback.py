@@ -5,7 +5,7 @@ from ray import tune
 from publishing.coordinator_actor import NAMESPACE, actor_name, coordinator_for
 from publishing.publisher import Candidate
 from trainables.hyperparameters import Hyperparameters
-from trainables.lora_trial import EVAL_LOSS
+from trainables.trial_plan import EVAL_LOSS
 
 
 class PublishCallback(tune.Callback):

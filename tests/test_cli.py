@@ -245,3 +245,20 @@ def test_a_storage_that_never_answers_is_refused_in_one_line_not_waited_on_forev
         problem = writable_problem(f"s3://bucket/x?endpoint_override=127.0.0.1:{port}&scheme=http", timeout_s=2)
         assert time.monotonic() - started < 10
     assert problem == "no answer within 2 s"
+
+
+def test_help_and_bad_flags_never_import_torch():
+    """The driver's first checks are light: --help, --list_competitions and a bad flag import neither torch nor
+    transformers, Optuna or Ray (0.2 s, where loading torch took 1.5 s more)."""
+    probe = ("import runpy, sys\n"
+             "for argv in (['--help'], ['--num_samples', '0'], ['--list_competitions'], ['--max_length', 'x']):\n"
+             "    sys.argv = ['orchestrator.run', *argv]\n"
+             "    try:\n"
+             "        runpy.run_module('orchestrator.run', run_name='__main__')\n"
+             "    except SystemExit:\n"
+             "        pass\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'optuna', 'ray', 'peft') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-2000:]

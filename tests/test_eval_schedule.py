@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from trainables.data import EvalTask
-from trainables.evaluation import rank_subset
-from trainables.lora_trial import (EVAL_LOSS, EVAL_SHARE, RANK_LOSS, evaluation_share, TrainingSettings, TrialSettings,
-                                   auto_eval_tokens, eval_schedule, evaluation_steps, planned_reports, rank_pairs,
-                                   step_plan, train_lora)
+from trainables.lora_trial import train_lora
+from trainables.settings import TrainingSettings, TrialSettings
+from trainables.trial_plan import (EVAL_LOSS, EVAL_SHARE, RANK_LOSS, auto_eval_tokens, eval_schedule, evaluation_share,
+                                   evaluation_steps, planned_reports, rank_pairs, rank_subset, step_plan)
 
 
 def test_by_tokens_a_trial_evaluates_at_the_step_that_reaches_each_interval_and_at_its_last():
@@ -85,7 +85,8 @@ def test_a_trial_reports_rank_loss_always_and_eval_loss_only_on_the_whole_set(mo
 def test_a_subset_rank_loss_equals_the_same_pairs_scored_in_a_full_evaluation(model_dir, sweep_data):
     """Scoring the subset alone or picking it out of the whole set's per-pair losses: the same number."""
     from trainables.evaluation import pair_losses
-    from trainables.lora_trial import _subset, load_lora_model
+    from trainables.lora_trial import load_lora_model
+    from trainables.trial_plan import subset_of
     from trainables.model_loading import pick_device
     from trainables.scoring import competition_score
 
@@ -94,7 +95,7 @@ def test_a_subset_rank_loss_equals_the_same_pairs_scored_in_a_full_evaluation(mo
     model = load_lora_model(settings, 8, 16, device)
     ranked = rank_pairs(settings, sweep_data.eval)
     whole = pair_losses(model, sweep_data.eval, device, batch_size=8)
-    alone = pair_losses(model, _subset(sweep_data.eval, ranked.pairs), device, batch_size=8)
+    alone = pair_losses(model, subset_of(sweep_data.eval, ranked.pairs), device, batch_size=8)
     assert np.allclose([whole[int(i)] for i in ranked.pairs], alone, rtol=1e-4)
     assert competition_score(alone, ranked.tasks)[0] == pytest.approx(np.mean(alone), rel=1e-6)
 
@@ -139,6 +140,7 @@ def test_the_progress_block_shows_a_subset_evaluation_as_rank_loss_and_a_full_on
     assert trial_line(full) == "ab RUNNING step 40 eval_loss 3.1000 train_loss 3.4000"
 
 
+@pytest.mark.slow
 def test_a_sweep_ranks_on_rank_loss_and_offers_only_whole_set_evaluations_to_the_coordinator(local_ray, model_dir,
                                                                                             sweep_data, tmp_path):
     """Real Ray, ASHA and Optuna: every report carries rank_loss (Tune's strict metric check would fail the sweep

@@ -10,6 +10,7 @@ import weakref
 import pytest
 import torch
 
+import orchestrator.inputs as inputs
 import orchestrator.run as run
 import trainables.lora_trial as lora_trial
 from orchestrator.optuna_searcher import TruthfulOptunaSearch
@@ -54,11 +55,12 @@ def test_any_other_error_still_raises(model_dir, sweep_data):
         train_lora({"learning_rate": 1e-3, "r": 8, "alpha": 16}, settings, sweep_data, lambda m, f: None)
 
 
+@pytest.mark.slow
 def test_the_sweep_goes_on_and_optuna_records_the_failure(local_ray, tmp_path, monkeypatch, capsys):
     grid = tmp_path / "grid.yaml"
     grid.write_text("sampler: grid\nspace:\n  learning_rate: [1.0e-3]\n  r: [8, 16]\n  alpha: [16]\n")
-    real_settings = run.trial_settings
-    monkeypatch.setattr(run, "trial_settings", lambda *a: dataclasses.replace(
+    real_settings = inputs.trial_settings  # the driver imports it from orchestrator.inputs when it runs
+    monkeypatch.setattr(inputs, "trial_settings", lambda *a: dataclasses.replace(
         real_settings(*a), fail_allocation=AllocationFailure(when=(("r", 16),))))
     code = run.main(["--search", str(grid), "--scheduler", "fifo", "--num_epochs", "1", "--max_failures", "2",
                      "--storage_path", str(tmp_path), "--experiment_name", "oom", "--no-dashboard"])

@@ -88,23 +88,3 @@ def eval_loss(model, split: TokenizedSplit, device: torch.device, batch_size: in
     """Average of the per-pair losses over the whole split (the number trials are ranked by)."""
     loss = sum(pair_losses(model, split, device, batch_size, packing, row_tokens, micro_batch_tokens)) / len(split)
     return loss if math.isfinite(loss) else math.inf
-
-
-def rank_subset(num_pairs: int, tasks, share: float, seed: int):
-    """(pair indices, their tasks re-indexed over the subset): the fixed sample of the held-out set that evaluations
-    between full ones score. Drawn per task (`ceil(share x the task's samples)`, at least one), so each task keeps its
-    weight in the score; seeded by the sweep's seed alone, so every trial of a sweep scores the same pairs and ASHA
-    compares like with like. Without tasks the held-out set is one task. `share` 1 is the whole set."""
-    import numpy as np
-
-    from trainables.data import EvalTask
-
-    groups = tasks or (EvalTask("all", 1.0, 0, num_pairs),)
-    chosen, subset_tasks = [], []
-    for number, task in enumerate(groups):
-        size = task.stop - task.start
-        keep = min(size, max(1, math.ceil(share * size)))
-        picked = np.sort(np.random.default_rng([seed, number]).choice(size, keep, replace=False)) + task.start
-        subset_tasks.append(EvalTask(task.name, task.weight, len(chosen), len(chosen) + keep))
-        chosen.extend(int(i) for i in picked)
-    return np.array(chosen, dtype=np.int64), tuple(subset_tasks) if tasks else ()
