@@ -92,6 +92,7 @@ def setup_for(hub, interval_s: float, gate=None) -> PublishSetup:
                         chain_factory=functools.partial(InMemoryChain, HOTKEY), gate=gate)
 
 
+@pytest.mark.slow
 def test_a_killed_coordinator_is_restarted_from_its_state_file_and_keeps_the_rules(local_ray, local_hub, model_dir,
                                                                                     adapter, tmp_path):
     interval_s = 6.0
@@ -125,6 +126,7 @@ def test_a_killed_coordinator_is_restarted_from_its_state_file_and_keeps_the_rul
     assert coordinator_for("restart-killed") is None
 
 
+@pytest.mark.slow
 def test_a_dead_publishing_thread_gets_the_actor_restarted(local_ray, local_hub, model_dir, adapter, tmp_path):
     gate = exits_once(tmp_path / "exited")
     sweep = Sweep(setup_for(local_hub, 1200.0, gate), model_dir, tmp_path / "experiment", adapter, "restart-thread")

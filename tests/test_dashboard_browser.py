@@ -244,6 +244,8 @@ SCROLL_LOG_TO = """(() => {{
 LOG_BOX_TEXT = "document.querySelector('div.hljs-light').innerText"
 
 
+@pytest.mark.cluster
+@pytest.mark.browser
 @pytest.mark.timeout(400)
 def test_the_dashboard_shows_trial_ids_hyperparameters_and_eval_losses(head, tmp_path):
     shots = Path(os.environ.get("LORA_SWEEP_SCREENSHOTS") or tmp_path / "screenshots")

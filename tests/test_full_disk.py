@@ -219,6 +219,7 @@ def rows(result_json: Path) -> list[dict]:
     return [json.loads(line) for line in result_json.read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_a_full_disk_ends_the_sweep_in_one_line_and_resume_continues_from_the_checkpoints(small_disk):
     disk = small_disk(256)
     # --max_failures as by default: the first attempt the full disk fails stops the sweep, with no restart into it

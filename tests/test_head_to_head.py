@@ -72,6 +72,7 @@ def opponent_on_chain(local_hub, model_dir, tmp_path, monkeypatch):
     return chain
 
 
+@pytest.mark.slow
 def test_comparison_uid_compares_the_best_model_at_the_end(local_ray, local_hub, opponent_on_chain, model_dir,
                                                            sweep_data, tmp_path):
     config = load_config(["--comparison_uid", "1", "--num_epochs", "2", "--scheduler", "fifo",

@@ -24,6 +24,7 @@ def first_result_written(experiment: Path) -> bool:
     return any(p.stat().st_size > 0 for p in experiment.glob("*/result.json"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_interrupts_publishes_nothing_and_tells_how_to_resume(tmp_path):
     argv = ["--num_samples", "4", "--num_epochs", "3", "--storage_path", str(tmp_path), "--no-dashboard",
             "--experiment_name", "stopped"]

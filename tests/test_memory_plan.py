@@ -44,6 +44,7 @@ def measured() -> dict:
 
 @pytest.mark.parametrize("case", CALIBRATION, ids=lambda c: f"{c[0]}-{c[1]}-checkpointed_{c[2]}_of_"
                                                             f"{SHAPES[c[0]]['num_hidden_layers']}")
+@pytest.mark.slow
 def test_estimate_is_within_15_percent_of_the_measured_peak_on_the_cpu(measured, case):
     row = measured[case]
     assert row["peak_was_reset"]

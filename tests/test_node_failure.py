@@ -18,6 +18,7 @@ import pytest
 
 from tests.ray_nodes import free_port, start_node
 
+pytestmark = pytest.mark.cluster  # every test here starts `ray start` nodes of its own
 REPO = Path(__file__).resolve().parents[1]
 GRID = "sampler: grid\nspace:\n  learning_rate: [1.0e-3, 2.0e-4]\n  r: [8]\n  alpha: [16]\n"
 

@@ -101,6 +101,7 @@ def test_packed_and_padded_training_learn_the_same_curve_and_packing_computes_fe
     assert real <= slots(packed, sweep_data.train) < slots(padded, sweep_data.train)
 
 
+@pytest.mark.slow
 def test_a_tiny_model_trains_16k_token_pairs_on_the_cpu_with_checkpointing(model_dir):
     rng = np.random.default_rng(0)
     lengths = [16384, 1000]

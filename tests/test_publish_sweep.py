@@ -4,6 +4,8 @@ local Hub and commits to an in-process chain living in the actor, at most once p
 import functools
 import json
 
+import pytest
+
 from orchestrator.config import load_config
 from orchestrator.inputs import trial_settings
 from orchestrator.search_space import load_search_space
@@ -16,6 +18,8 @@ from publishing.publisher import PublishTarget
 from publishing.subnet.secrets import Secret
 from publishing.setup import PublishSetup
 from tests.hub_server import local_hub  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.slow
 
 TOKEN = "hf_test_token"
 REPO = "miner/swept"

@@ -170,6 +170,7 @@ def run(command: str, env: dict, cwd: Path, timeout: float = 600) -> subprocess.
     return done
 
 
+@pytest.mark.cluster
 def test_the_competition_4_cluster_block_runs_as_written(tmp_path, model_dir):
     home = tmp_path / "home"
     home.mkdir()

@@ -341,6 +341,7 @@ def session_logs(name: str) -> str:
     return "".join(text)
 
 
+@pytest.mark.cluster
 def test_a_sweep_in_s3_survives_a_lost_worker_node_and_a_lost_driver(s3, cluster, tmp_path):
     """Checkpoints and results go to S3; a worker node killed without notice has its trial resumed on the survivor
     from its checkpoint in S3; the driver killed, a bare --resume finds the unfinished sweep in S3 and finishes it;
@@ -406,6 +407,7 @@ def test_a_sweep_in_s3_survives_a_lost_worker_node_and_a_lost_driver(s3, cluster
 
 # -- spot preemption: a node drained with notice -----------------------------------------------------------------
 
+@pytest.mark.cluster
 def test_a_trial_on_a_node_drained_for_preemption_moves_at_its_checkpoint_without_a_failure(s3, cluster, tmp_path):
     """`ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION` with a deadline (what a cloud's reclaim notice becomes)
     on the worker while it trains: its trial checkpoints at its next report and continues from that step on the head

@@ -41,6 +41,7 @@ def swept(local_ray, tmp_path_factory):
     return storage, argv
 
 
+@pytest.mark.slow
 def test_trial_states_and_intermediate_losses_reach_the_study_truthfully(swept, model_dir, capsys):
     storage, argv = swept
     assert main(argv) == 0
@@ -76,6 +77,7 @@ def test_trial_states_and_intermediate_losses_reach_the_study_truthfully(swept, 
                                                                              for r in results)
 
 
+@pytest.mark.slow  # reads the sweep that the slow test above runs
 def test_trials_csv_of_that_sweep_ranks_flags_and_explains(swept):
     """The sweep above (it ran first): trials.csv best first, the best flagged, every stopped trial's reason."""
     import csv
@@ -96,6 +98,7 @@ def test_trials_csv_of_that_sweep_ranks_flags_and_explains(swept):
     assert all(row["reason"] == "" for row in rows if row["status"] == "finished")
 
 
+@pytest.mark.slow  # reads the sweep that the slow test above runs
 def test_the_same_inputs_continue_the_study_and_other_data_gets_a_new_one(swept, model_dir, tmp_path):
     storage, argv = swept
     space = load_search_space("default")

@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 from transformers import AutoModelForCausalLM
 
 from orchestrator.run import main
@@ -30,6 +31,7 @@ def test_one_trial_per_gpu_where_there_are_gpus():
     assert concurrent_slots({"cpu": 2}, {"CPU": 2}) == 1
 
 
+@pytest.mark.slow
 def test_sweep_end_to_end(local_ray, tmp_path, capsys):
     import re
 
@@ -141,6 +143,7 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
     assert (merged / "tokenizer.json").is_file() and (merged / "tokenizer_config.json").is_file()
 
 
+@pytest.mark.slow
 def test_seed_grid_runs_exactly_its_twelve_combinations(local_ray, tmp_path, capsys):
     code = main(["--search", "seed_grid", "--num_epochs", "1", "--eval_steps", "100", "--scheduler", "fifo",
                  "--storage_path", str(tmp_path), "--experiment_name", "grid", "--no-dashboard"])
@@ -169,6 +172,7 @@ def crash_once_after_first_checkpoint(config, settings, data):
         tune.report = report  # the worker is reused by the next trial
 
 
+@pytest.mark.slow
 def test_a_restarted_trial_resumes_from_its_tune_checkpoint(local_ray, model_dir, sweep_data, tmp_path):
     import sys
 
@@ -222,6 +226,7 @@ def fail_at_one_learning_rate(config, settings, data):
     lora_trainable(config, settings, data)
 
 
+@pytest.mark.slow
 def test_a_trial_that_keeps_failing_is_reported_and_the_sweep_goes_on(local_ray, model_dir, sweep_data, tmp_path):
     import sys
 
@@ -268,6 +273,7 @@ def slow_to_clean_up(config, settings, data):
         time.sleep(4)
 
 
+@pytest.mark.slow
 def test_trials_stopped_by_the_scheduler_hand_their_worker_on_without_losing_the_next_trial(
         local_ray, model_dir, sweep_data, tmp_path):
     import sys

@@ -168,6 +168,7 @@ def report_times(experiment: Path) -> list[tuple[float, list[float]]]:
     return trials
 
 
+@pytest.mark.slow
 def test_the_time_budget_ends_a_sweep_within_one_report_and_still_merges_the_best(local_ray, model_dir,
                                                                                     sweep_data, tmp_path):
     from orchestrator.inputs import trial_settings

@@ -1,11 +1,14 @@
 """W&B in offline mode: every trial a run grouped by sweep, plus a summary run; the key never leaks."""
 
+import pytest
+
 from orchestrator.run import main
 from tests.conftest import own_stderr
 
 KEY = "wandb_secret_key_for_tests_0123456789"
 
 
+@pytest.mark.slow
 def test_wandb_logs_every_trial_and_the_summary(local_ray, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
