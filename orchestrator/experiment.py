@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.config import ConfigError, SweepConfig
-from orchestrator.state_seal import check_sealed
+from orchestrator.state_seal import SESSION_STATE_PREFIXES, check_sealed
 from publishing import storage as store
 from publishing.coordinator import PUBLISH_FILE
 
@@ -221,7 +221,7 @@ def finished_report(experiment: Experiment) -> str:
 # --- Tune's state that a full disk cut short: set aside before a --resume, so Tune continues from a whole one -------
 
 # Tune names each run's state files for its session: experiment_state-2024-01-31_12-00-00.json
-_TUNE_SESSION = re.compile(r"^(?:experiment_state|searcher-state|search_gen_state|callback-states|basic-variant-state)"
+_TUNE_SESSION = re.compile(f"^(?:{'|'.join(map(re.escape, SESSION_STATE_PREFIXES))})"
                            r"-(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})\.(?:json|pkl)$")
 SET_ASIDE_DIR = "cut_short_state"  # where a --resume moves Tune state files that a full disk cut short
 

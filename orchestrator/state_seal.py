@@ -24,8 +24,10 @@ SEAL_FILE = "lora_sweep_seal.json"
 KEY_FILE_ENV = "LORA_SWEEP_STATE_KEY_FILE"  # where the key is, when not in the user's config folder
 KEY_BYTES = 32
 # The file names Tune (2.x) loads state from when it restores an experiment; any other .pkl is treated as one too.
-TUNE_STATE_PREFIXES = ("tuner", "experiment_state", "searcher-state", "search_gen_state", "callback-states",
-                       "basic-variant-state")
+# (all but tuner.pkl are written again at each save, named for Tune's session: experiment_state-2026-12-06_10-00-00.json)
+SESSION_STATE_PREFIXES = ("experiment_state", "searcher-state", "search_gen_state", "callback-states",
+                          "basic-variant-state")
+TUNE_STATE_PREFIXES = ("tuner", *SESSION_STATE_PREFIXES)
 
 
 def key_path() -> Path:

@@ -129,16 +129,24 @@ def is_file(location) -> bool:
     return fs.get_file_info(path).type == pyarrow.fs.FileType.File
 
 
-def mtime(location) -> float | None:
-    """When the file was last written (seconds since the epoch), or None when it is not there."""
+def _file_stat(location) -> tuple[int, float | None] | None:
+    """(size in bytes, when last written) of a file, or None when it is not there."""
     if not is_remote(location):
         try:
-            return _local(location).stat().st_mtime
+            stat = _local(location).stat()
         except OSError:
             return None
+        return stat.st_size, stat.st_mtime
     fs, path = _fs(location)
     info = fs.get_file_info(path)
-    return info.mtime.timestamp() if info.mtime is not None and info.is_file else None
+    if not info.is_file:
+        return None
+    return info.size, info.mtime.timestamp() if info.mtime is not None else None
+
+
+def mtime(location) -> float | None:
+    """When the file was last written (seconds since the epoch), or None when it is not there."""
+    return (_file_stat(location) or (0, None))[1]
 
 
 def move(source, destination) -> None:
@@ -352,7 +360,7 @@ def sync_whole(local_dir, location, wanted) -> list[str]:
     for relative in filter(wanted, relatives):
         source, target = root / relative, join(location, *relative.split("/"))
         try:
-            if _stored_size(target) == source.stat().st_size:
+            if (_file_stat(target) or (None,))[0] == source.stat().st_size:
                 continue
             if not is_remote(target):
                 _local(target).unlink(missing_ok=True)
@@ -360,16 +368,3 @@ def sync_whole(local_dir, location, wanted) -> list[str]:
         except OSError:
             failed.append(relative)
     return failed
-
-
-def _stored_size(location) -> int | None:
-    if not is_remote(location):
-        try:
-            return _local(location).stat().st_size
-        except FileNotFoundError:
-            return None
-    import pyarrow.fs
-
-    fs, path = _fs(location)
-    info = fs.get_file_info(path)
-    return info.size if info.type == pyarrow.fs.FileType.File else None
