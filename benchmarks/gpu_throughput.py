@@ -544,7 +544,7 @@ def row_flags(args, row: dict, first: bool, layers: int | None = None) -> list[s
 def memory_budget(args) -> tuple[str | None, float | None]:
     """(card, bytes a trial may use): --memory_gb, else the GPU nvidia-smi shows less the product's CUDA reserve
     (read without torch, which would hold a CUDA context here while the rows run)."""
-    from trainables.gpu_cards import CUDA_RESERVE_BYTES, gpus_here
+    from orchestrator.gpu_cards import CUDA_RESERVE_BYTES, gpus_here
 
     gpus = gpus_here()
     card = gpus[0][0] if gpus else None

@@ -21,6 +21,7 @@ import yaml
 
 from publishing.setup import PublishOptions
 from publishing.subnet.competitions import CompetitionError, follow_competition, get_competition
+from publishing.subnet.constants import VALIDATOR_EVAL_SAMPLES
 from trainables.documented import add_flag, check_choices, flag_name, scalar_type, setting
 from trainables.errors import one_line
 from trainables.settings import TrainingSettings
@@ -99,7 +100,8 @@ class DataConfig:
     task_data: str | None = setting(None, "local rows for a competition's tasks, NAME=PATH[,NAME=PATH] (.jsonl or "
                                           ".parquet in the data set's own schema)", unset="each task's Hub data set")
     eval_samples_per_task: int | None = setting(None, "held-out samples drawn per task of a reference_loss "
-                                                      "competition", unset="the competition's (validators draw 120)")
+                                                      "competition",
+                                                unset=f"the competition's (validators draw {VALIDATOR_EVAL_SAMPLES})")
     train_samples_per_task: int = setting(20000, "at most this many training samples read per task")
 
     @property

@@ -25,6 +25,7 @@ from orchestrator.config import ConfigError, SweepConfig
 from orchestrator.state_seal import SESSION_STATE_PREFIXES, check_sealed
 from publishing import storage as store
 from publishing.coordinator import PUBLISH_FILE
+from trainables.trial_contract import EVAL_LOSS
 
 MARKER = "lora_sweep.json"
 # FAILED: the storage filled or failed (the marker's `reason` says how); like INTERRUPTED, --resume continues it
@@ -46,7 +47,7 @@ class Experiment:
 
     @property
     def is_local(self) -> bool:
-        return not is_remote(self.storage)
+        return not store.is_remote(self.storage)
 
     @property
     def path(self) -> str:
@@ -78,10 +79,6 @@ class Experiment:
             if len(parts) == 2 and parts[1] in ("result.json", "params.json"):
                 store.write_bytes(Path(self.local_dir, *parts), store.read_bytes(store.join(self.path, *parts)))
         return self.local_dir
-
-
-def is_remote(storage_path: str) -> bool:
-    return store.is_remote(storage_path)
 
 
 def new_experiment_name() -> str:
@@ -169,7 +166,7 @@ def check_remote_storage(storage_path: str) -> None:
 
 def choose_experiment(config: SweepConfig) -> Experiment:
     """The folder this sweep writes (or, with --resume, continues); every failure is one line."""
-    if is_remote(config.run.storage_path):
+    if store.is_remote(config.run.storage_path):
         check_remote_storage(config.run.storage_path)
         where = config.run.storage_path
     else:
@@ -211,7 +208,7 @@ def finished_report(experiment: Experiment) -> str:
     except (OSError, ValueError):
         lines.append("  publish.json:  missing or unreadable")
     if isinstance(record, dict):
-        loss = record.get("eval_loss")
+        loss = record.get(EVAL_LOSS)
         lines += [f"  eval loss:     {loss:.4f}" if isinstance(loss, float) else "  eval loss:     unknown",
                   f"  merged model:  {record.get('model_dir')}", f"  model id:      {record.get('model_id')}"]
     lines += [f"  trials.csv:    {store.join(experiment.path, 'trials.csv')}", f"  experiment:    {experiment.path}"]

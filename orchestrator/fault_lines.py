@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from ray import tune
 
+from trainables.compat import ray_internals
 from trainables.errors import one_line
+from trainables.trial_contract import STEP
 
 TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
 _FAILED = re.compile(r"^Trial task failed for trial (\S+)")
@@ -61,7 +63,10 @@ _CONDENSE = CondenseTrialFailures()  # one instance: adding it again (a second s
 
 
 def condense_trial_failures() -> None:
-    logging.getLogger(TUNE_CONTROLLER_LOGGER).addFilter(_CONDENSE)
+    log = ray_internals.ray_logger(TUNE_CONTROLLER_LOGGER, "Tune's failed trial attempts print whole tracebacks "
+                                                           "again, not one line")
+    if log is not None:
+        log.addFilter(_CONDENSE)
 
 
 
@@ -69,18 +74,17 @@ class ProgressKeeper(tune.Callback):
     """A Tune callback on the driver that keeps PROGRESS: each result's step, and each checkpoint's."""
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        PROGRESS.setdefault(trial.trial_id, TrialProgress()).step = int(result.get("step", 0))
+        PROGRESS.setdefault(trial.trial_id, TrialProgress()).step = int(result.get(STEP, 0))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         progress = PROGRESS.setdefault(trial.trial_id, TrialProgress())
-        progress.checkpoint_step = int(trial.last_result.get("step", progress.step))  # Tune's result came first
+        progress.checkpoint_step = int(trial.last_result.get(STEP, progress.step))  # Tune's result came first
 
 
 class CondenseStorageSyncFailures(logging.Filter):
     """Tune logs a failed upload of its state with a whole traceback (a full disk printed dozens); one line each here.
-    The sweep goes on: the next upload retries, and a storage that stays full ends it with one line."""
-
-    LOGGERS = ("ray.train._internal.syncer", "ray.tune.execution.experiment_state")
+    The sweep goes on: the next upload retries, and a storage that stays full ends it with one line. Filters the
+    loggers of trainables.compat.ray_internals.storage_sync_loggers."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
@@ -101,5 +105,5 @@ _CONDENSE_SYNC = CondenseStorageSyncFailures()  # one instance: adding it again 
 
 
 def condense_storage_sync_failures() -> None:
-    for name in CondenseStorageSyncFailures.LOGGERS:
-        logging.getLogger(name).addFilter(_CONDENSE_SYNC)
+    for log in ray_internals.storage_sync_loggers():
+        log.addFilter(_CONDENSE_SYNC)

@@ -18,11 +18,12 @@ from publishing.subnet.remote_model import RemoteModelError, best_uid, committed
 from publishing.subnet.secrets import load_hf_token
 from publishing.setup import (PublishSetup, SetupError, open_bittensor_chain,
                               prepare_publishing)
-from trainables.data_sources import download_parquet_files, fetch_cortex_pairs, load_hub_dataset, read_local_dataset
+from orchestrator.data_sources import download_parquet_files, fetch_cortex_pairs, load_hub_dataset, read_local_dataset
 from trainables.data import DataError, SweepData, read_pairs, split_pairs, tokenize_split, with_responses
 from trainables.embedded_model import DATASET, ensure_embedded_model
 from trainables.errors import one_line
 from trainables.settings import TrialSettings
+from trainables.trial_contract import Packing
 from trainables.trial_plan import tokens_per_step
 from trainables.task_data import TaskSamples, draw_task_samples, eval_tasks, mixture, parser_for, tokenize_references
 
@@ -299,7 +300,7 @@ def check_training_size(config: SweepConfig, data: SweepData) -> None:
     lengths = np.diff(data.train.offsets)
     longest = int(lengths.max())
     training = config.training
-    if training.packing == "on" and 0 < training.micro_batch_tokens < longest:
+    if training.packing == Packing.ON and 0 < training.micro_batch_tokens < longest:
         raise ConfigError(f"--micro_batch_tokens {training.micro_batch_tokens} is shorter than the longest training "
                           f"pair ({longest} tokens); pass at least {longest}, or 0 to size it automatically")
     per_step = max(1, round(tokens_per_step(training, lengths) / float(lengths.mean())))  # the trial's own rule
@@ -370,12 +371,14 @@ def check_fused_kernels(config: SweepConfig) -> None:
 
 
 def check_device(config: SweepConfig) -> None:
-    """--device cuda[:N] on a machine without that GPU fails here, not after Ray starts (local runs only)."""
+    """--device cuda[:N] on a machine without that GPU fails here, not after Ray starts (local runs only). The GPUs
+    are counted with nvidia-smi (orchestrator.gpu_cards): torch on the driver would hold a CUDA context on a GPU
+    a trial then trains on."""
+    from orchestrator.gpu_cards import gpus_here
+
     if config.run.address is not None or not config.run.device.startswith("cuda"):
         return
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = len(gpus_here())
     index = int(config.run.device.split(":")[1]) if ":" in config.run.device else 0
     if index >= count:
         raise ConfigError(f"--device {config.run.device} but this machine has {count} CUDA GPU(s); "

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from orchestrator.config import ConfigError, SweepConfig
 from orchestrator.search_space import SearchSpace
 from trainables.data import SweepData
-from trainables.gpu_cards import CUDA_RESERVE_BYTES, gpus_here
+from orchestrator.gpu_cards import CUDA_RESERVE_BYTES, gpus_here
+from trainables.memory_plan import GB  # what messages say: the planner's unit
 from trainables.settings import TrialSettings
+from trainables.trial_contract import Checkpointing
 from trainables.trial_plan import micro_batch_shape, pair_lengths
 
-GIB = 2**30
-GB = 1e9  # what messages say: the planner's unit
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,12 @@ def cpu_budget(available_bytes: int, trials_at_once: int, where: str) -> Budget:
                                 f"trial(s) at once")
 
 
+def trial_budget(config: SweepConfig, uses_gpus: bool) -> Budget:
+    """The one decision of where a trial's memory is counted: this machine's, or, on a cluster this driver joined
+    (--address), the cluster's smallest."""
+    return local_budget(config) if config.run.address is None else cluster_budget(config, uses_gpus)
+
+
 def local_budget(config: SweepConfig) -> Budget:
     """The budget of a sweep that runs on this machine (no --address)."""
     import psutil
@@ -55,16 +61,13 @@ def local_budget(config: SweepConfig) -> Budget:
 def cluster_budget(config: SweepConfig, uses_gpus: bool) -> Budget:
     """The budget on a cluster this driver joined: each GPU node's cards, read on the node itself; else the
     smallest node memory Ray reports, shared by the trials that node runs at once."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from orchestrator.every_node import alive_nodes, ask_each_node
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = alive_nodes()
     if uses_gpus:
-        probe = ray.remote(gpus_here)  # run on each GPU node: its own nvidia-smi
-        found = []
-        for node in (n for n in nodes if n["Resources"].get("GPU", 0) >= 1):
-            pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-            found += ray.get(probe.options(num_cpus=0, scheduling_strategy=pinned).remote(False), timeout=120)
+        # every card of each GPU node, from its own nvidia-smi (Ray hides the GPUs from a task that asks for none)
+        gpu_nodes = [node for node in nodes if node["Resources"].get("GPU", 0) >= 1]
+        found = [card for _, cards in ask_each_node(gpus_here, False, nodes=gpu_nodes) for card in cards]
         if found:
             return gpu_budget(found, "of the cluster")
     smallest = min(nodes, key=lambda n: n["Resources"].get("memory", 0))
@@ -93,7 +96,7 @@ def plan_trial_memory(config: SweepConfig, settings: TrialSettings, space: Searc
               f"--gradient_checkpointing auto means off")
         every_layer = getattr(model_config, "num_hidden_layers", 0)
         return dataclasses.replace(settings, checkpointed_layers=every_layer
-                                   if settings.training.gradient_checkpointing == "on" else 0)
+                                   if settings.training.gradient_checkpointing == Checkpointing.ON else 0)
     # the attention a worker on this card picks (auto) or was asked for: it decides the rows and the masks
     try:
         assumed = choose_attention(settings.training.attn_implementation,

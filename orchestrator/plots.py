@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.trial_records import TrialStatus
 from trainables.hyperparameters import NAMES, Hyperparameters
+from trainables.trial_contract import BASE_EVAL_LOSS, EVAL_LOSS, RANK_LOSS, STEP, TRAINING_ITERATION, TRIAL_ID
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -84,7 +85,7 @@ class TrialCurve:
         return self.hyperparameters.compact() if self.hyperparameters else self.trial_id
 
 
-CURVE_METRICS = ("eval_loss", "rank_loss")  # the whole held-out set's (full evaluations), the rank subset's (all)
+CURVE_METRICS = (EVAL_LOSS, RANK_LOSS)  # the whole held-out set's (full evaluations), the rank subset's (all)
 
 
 def _read_points(result_file: Path) -> tuple[dict[str, list[tuple[int, float]]], str | None, float]:
@@ -107,10 +108,10 @@ def _read_points(result_file: Path) -> tuple[dict[str, list[tuple[int, float]]],
             continue
         if not isinstance(row, dict):
             continue
-        trial_id = row.get("trial_id", trial_id)
-        if _finite(row.get("base_eval_loss")):
-            base = float(row["base_eval_loss"])
-        step = row.get("step", row.get("training_iteration"))
+        trial_id = row.get(TRIAL_ID, trial_id)
+        if _finite(row.get(BASE_EVAL_LOSS)):
+            base = float(row[BASE_EVAL_LOSS])
+        step = row.get(STEP, row.get(TRAINING_ITERATION))
         if isinstance(step, bool) or not isinstance(step, (int, float)):
             continue
         for metric in CURVE_METRICS:
@@ -142,7 +143,7 @@ def read_trials(experiment_dir: str | Path, statuses: dict[str, TrialStatus] | N
         if not isinstance(params, dict):
             continue
         curves, trial_id, base = _read_points(result_file)
-        points, rank_points = curves["eval_loss"], curves["rank_loss"]
+        points, rank_points = curves[EVAL_LOSS], curves[RANK_LOSS]
         if points or rank_points:
             trial_id = str(trial_id or folder.name)
             trials.append(TrialCurve(name=folder.name, trial_id=trial_id, hyperparameters=_hyperparameters(params),
@@ -189,7 +190,8 @@ def _end_handles(trials: list[TrialCurve]):
             for status, style in END_STYLES.items() if status in present]
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure on its own Agg canvas (no pyplot state), for every picture of the sweep (study_report's too)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -203,7 +205,7 @@ def curves_figure(trials: list[TrialCurve]) -> Figure:
     untrained model's loss a horizontal reference; a trial that did not run to the end dashed (stopped) or dotted
     (failed), with a marker at its last evaluation that the legend explains."""
     best = best_trial(trials)
-    figure = _new_figure(10, 6)
+    figure = new_figure(10, 6)
     axes = figure.add_subplot()
     labelled = len(trials) <= MAX_LEGEND_ENTRIES
     # rank_loss on a subset between full evaluations (--eval_tokens): the line and the circles differ
@@ -230,7 +232,7 @@ def curves_figure(trials: list[TrialCurve]) -> Figure:
     if best is not None:
         axes.plot([best.best_step], [best.best_eval_loss], marker="*", markersize=18, color="gold",
                   markeredgecolor="black", linestyle="none", zorder=5)
-    axes.set_xlabel("step")
+    axes.set_xlabel(STEP)
     if ranked_apart:
         axes.set_ylabel("loss")
         axes.set_title(f"rank_loss over steps ({len(trials)} trials): lines, the fixed subset every trial is ranked on;"
@@ -250,7 +252,7 @@ def hyperparameters_figure(trials: list[TrialCurve]) -> Figure:
     """Each trial's best eval loss against learning rate (log x), r (log2 x) and alpha (log2 x); the best starred,
     a trial that did not run to the end marked as in the curves, the untrained model's loss a reference line."""
     best = best_trial(trials)
-    figure = _new_figure(15, 5)
+    figure = new_figure(15, 5)
     panels = figure.subplots(1, len(NAMES), sharey=True)
     chosen = [t for t in trials if t.hyperparameters is not None]
     base = untrained_loss(trials)

@@ -24,7 +24,9 @@ from ray.tune import ProgressReporter
 
 from orchestrator.trial_records import TrialStatus, trial_status
 from trainables.hyperparameters import NAMES, Hyperparameters
-from trainables.trial_telemetry import trial_label
+from trainables.trial_contract import (EVAL_LOSS, OUT_OF_MEMORY, RANK_LOSS, STEP, TIME_TOTAL_S, TIMESTAMP,
+                                       TOKENS_PER_S, TRAIN_LOSS, TRAINING_ITERATION)
+from trainables.trial_telemetry import LINE_FIELDS as WORKER_LINE_FIELDS, trial_label
 
 REPORT_EVERY_S = 10
 RECENT_ENDED = 3  # ended trials listed under the running ones, newest first
@@ -37,10 +39,9 @@ ENDED_WORDS = {TrialStatus.FINISHED: "FINISHED", TrialStatus.STOPPED: "STOPPED",
 HEADER_WORDS = [(TrialStatus.STOPPED, "stopped early"), (TrialStatus.TIME_BUDGET, "stopped by the time budget"),
                 (TrialStatus.OUT_OF_MEMORY, "out of memory"), (TrialStatus.FAILED, "failed"),
                 (TrialStatus.INTERRUPTED, "interrupted")]
-# (report metric, label, format) of a trial's line
-LINE_FIELDS = [("step", "step", "d"), ("eval_loss", "eval_loss", ".4f"), ("rank_loss", "rank_loss", ".4f"),
-               ("train_loss", "train_loss", ".4f"),
-               ("tokens_per_s", "tokens/s", ".0f")]
+# (report metric, label, format) of a trial's line: these metrics, labelled as in the worker's own line
+LINE_METRICS = (STEP, EVAL_LOSS, RANK_LOSS, TRAIN_LOSS, TOKENS_PER_S)
+LINE_FIELDS = [entry for entry in WORKER_LINE_FIELDS if entry[0] in LINE_METRICS]
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def trial_line(view: TrialView) -> str:
     state = ENDED_WORDS.get(view.ended, view.ended.name) if view.ended else view.state
     parts = [view.trial_id, state] + ([view.hyperparameters.compact()] if view.hyperparameters else [])
     for key, label, spec in LINE_FIELDS:
-        if key == "rank_loss" and "eval_loss" in view.latest:
+        if key == RANK_LOSS and EVAL_LOSS in view.latest:
             continue  # a full evaluation shows the whole set's loss; a subset one (no eval_loss) its rank_loss
         value = finite(view.latest.get(key))
         if value is not None:
@@ -155,19 +156,19 @@ def progress_block(views: list[TrialView], total: int, planned_reports: int, slo
 def view_of(trial, planned_reports: int) -> TrialView:
     """Tune's Trial (ray.tune.experiment.Trial) -> TrialView."""
     latest = dict(trial.last_result or {})
-    reports = int(latest.get("training_iteration") or 0)
+    reports = int(latest.get(TRAINING_ITERATION) or 0)
     ended = None
     if trial.status in ("TERMINATED", "ERROR"):
         # an ended trial is done (Tune keeps a trial that an interruption cut short PENDING or RUNNING)
         ended = trial_status(trial.status == "ERROR", True, reports, planned_reports,
-                             out_of_memory=bool(latest.get("out_of_memory")))
+                             out_of_memory=bool(latest.get(OUT_OF_MEMORY)))
     config = trial.config or {}
     return TrialView(
         trial_id=trial.trial_id, state="ENDED" if ended else trial.status,
         hyperparameters=Hyperparameters.from_mapping(config) if set(NAMES) <= set(config) else None,
-        reports=reports, seconds=float(latest.get("time_total_s") or 0.0), latest=latest,
-        best_eval_loss=float((trial.metric_analysis.get("eval_loss") or {}).get("min", math.nan)),
-        ended=ended, reported_at=float(latest.get("timestamp") or 0.0))
+        reports=reports, seconds=float(latest.get(TIME_TOTAL_S) or 0.0), latest=latest,
+        best_eval_loss=float((trial.metric_analysis.get(EVAL_LOSS) or {}).get("min", math.nan)),
+        ended=ended, reported_at=float(latest.get(TIMESTAMP) or 0.0))
 
 
 class ProgressBlock(ProgressReporter):

@@ -8,6 +8,7 @@ import sys
 
 from orchestrator.config import ConfigError, load_config
 from orchestrator.experiment import choose_experiment, finished_report
+from trainables.compat import MissingInternal
 from publishing.subnet.competitions import CompetitionError, competitions_table, load_competitions
 
 INTERRUPTED_EXIT = 130  # the shell's code for a program ended by Ctrl-C
@@ -29,7 +30,6 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator.inputs import (check_address, check_device, check_env_file, check_fused_kernels,
                                          check_publishing, check_tracking, check_training_size, prepare_data,
                                          resolve_model_dir, resolve_opponent, trial_settings)
-        from orchestrator.memory_budget import local_budget, plan_trial_memory
         from orchestrator.search_space import load_search_space
         from orchestrator.study import choose_study, ranking
 
@@ -50,11 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         study = (choose_study(config.search.study, config.run.storage_path, model_dir, data, space,
                               config.publishing.competition_id, ranking(config.training))
                  if config.search.study else None)
-        settings = trial_settings(config, model_dir)
-        if config.run.address is None:  # a cluster's GPUs are known once Ray is joined (run_sweep plans there)
-            settings = plan_trial_memory(config, settings, space, data, local_budget(config))
+        settings = trial_settings(config, model_dir)  # the memory plan is run_sweep's, once Ray shows the GPUs
         opponent = resolve_opponent(config)
-    except ConfigError as e:
+    except (ConfigError, MissingInternal) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     tasks = f" ({', '.join(f'{t.name} {t.stop - t.start}' for t in data.tasks)})" if data.tasks else ""
@@ -76,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             import ray
 
             ray.shutdown()  # flushes the workers' last log lines now, so the summary is the last thing printed
-    except ConfigError as e:
+    except (ConfigError, MissingInternal) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C: Tune stops without saving its last state

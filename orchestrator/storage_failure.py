@@ -17,6 +17,8 @@ from ray import tune
 
 from orchestrator.experiment import FAILED, MARKER, Experiment, write_marker
 from publishing import storage as store
+from trainables.compat import MissingInternal
+from trainables.compat.ray_internals import ray_train_session_dir
 from trainables.errors import one_line
 
 
@@ -45,7 +47,7 @@ def storage_failure_of(experiment: Experiment, errors: list) -> store.StorageFai
               flush=True)
     try:
         staged = tune_staging_dir(experiment.name)
-    except ImportError as e:
+    except MissingInternal as e:
         print(f"storage: Tune's staging folder is not where this Ray keeps it ({one_line(e)}); what its last upload "
               "cut short stays so, and --resume continues from its last whole state", flush=True)
         return failure
@@ -73,16 +75,15 @@ def _tune_file(relative: str) -> bool:
 def tune_staging_dir(name: str) -> Path | None:
     """Where Ray Tune (2.x) stages experiment `name`'s files on this driver before uploading them (its state, each
     trial's logs): `<Ray session>/artifacts/<time>/<name>/driver_artifacts`; the newest, or None (Ray not running here).
-    The one place a private part of Ray Train is read: ImportError when a Ray version moved it."""
+    Where Ray keeps it is a private part of Ray Train (trainables.compat.ray_internals.ray_train_session_dir):
+    MissingInternal when a Ray version moved it."""
     import glob
 
     import ray
 
     if not ray.is_initialized():
         return None
-    from ray.train.constants import _get_ray_train_session_dir
-
-    staged = [Path(p) for p in glob.glob(str(Path(_get_ray_train_session_dir(), "*", glob.escape(name),
+    staged = [Path(p) for p in glob.glob(str(Path(ray_train_session_dir(), "*", glob.escape(name),
                                                    "driver_artifacts")))]
     return max(staged, key=lambda p: p.stat().st_mtime, default=None)
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from orchestrator.config import ConfigError
 from orchestrator.search_space import SearchSpace
+from publishing.storage import is_remote
+from trainables.compat.optuna_internals import distribution_holds
 from trainables.data import SweepData
 
 MODEL_LABEL_CHARS = 64
@@ -47,7 +49,8 @@ class StudyChoice:
 
 
 def is_url(spec: str) -> bool:
-    return "://" in spec
+    """A database URL (postgresql://...), not a journal file: told apart as storage locations are."""
+    return is_remote(spec)
 
 
 def redacted(url: str) -> str:
@@ -59,7 +62,7 @@ def resolve_storage(spec: str, storage_path: str) -> str:
     """--study as an absolute journal path or a URL; a relative path is under --storage_path."""
     if is_url(spec):
         return spec
-    if "://" in storage_path and not Path(spec).is_absolute():
+    if is_remote(storage_path) and not Path(spec).is_absolute():
         raise ConfigError(f"--study {spec} would be a journal file under --storage_path {storage_path}, which is not a "
                           "local or shared file system; pass an absolute path or a database URL "
                           "(e.g. postgresql://user@host/db)")
@@ -186,8 +189,7 @@ def fits_space(params: dict, space: SearchSpace) -> bool:
     """Every parameter of an earlier trial is one of this space's, with a value its distribution holds."""
     if set(params) != set(space.distributions):
         return False
-    return all(space.distributions[name]._contains(space.distributions[name].to_internal_repr(value))
-               for name, value in params.items())
+    return all(distribution_holds(space.distributions[name], value) for name, value in params.items())
 
 
 def choose_study(spec: str, storage_path: str, model_dir: Path, data: SweepData, space: SearchSpace,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from orchestrator.plots import new_figure
 from orchestrator.trial_records import TrialRecord, TrialStatus
 from trainables.hyperparameters import NAMES
 
@@ -229,18 +230,9 @@ class StudyReport:
                 f"early_stopping_{stopping.unit.lower()}_hours_saved": stopping.hours_saved}
 
 
-def _new_figure(width: float, height: float) -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
 def importances_figure(importances: Importances) -> Figure:
     """Horizontal bars, the most important hyperparameter on top, each labelled with its share."""
-    figure = _new_figure(7, 3.5)
+    figure = new_figure(7, 3.5)
     axes = figure.add_subplot()
     names = list(importances.values)[::-1]
     shares = [importances.values[name] for name in names]
@@ -297,7 +289,7 @@ def parallel_coordinates_figure(records: list[TrialRecord]) -> Figure:
         low, high = min(seen), max(seen)
         return 0.5 if high == low else (scale[name](value) - low) / (high - low)
 
-    figure = _new_figure(11, 5.5)
+    figure = new_figure(11, 5.5)
     axes = figure.add_subplot()
     norm = Normalize(min(losses), max(losses)) if losses else Normalize(0, 1)
     cmap = colormaps["viridis"]

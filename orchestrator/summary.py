@@ -5,7 +5,7 @@ import shlex
 import time
 
 from orchestrator.config import SweepConfig
-from orchestrator.sweep import SweepOutcome
+from orchestrator.outcome import SweepOutcome
 from orchestrator.trial_records import TrialRecord, TrialStatus
 from trainables.hyperparameters import Hyperparameters
 
@@ -17,6 +17,7 @@ def manual_upload_command(config: SweepConfig, model_dir: str, experiment_path: 
     is then checked and committed under the rules the sweep followed."""
     import dataclasses
 
+    from publishing import storage
     from publishing.setup import PublishOptions
     from publishing.subnet.competitions import get_competition, owned_settings
     from publishing.upload import REQUIRED, SWEEP_ONLY
@@ -28,7 +29,7 @@ def manual_upload_command(config: SweepConfig, model_dir: str, experiment_path: 
     placeholders = {"hf_repo_id": "<namespace/name>", "wallet_name": "<coldkey>", "wallet_hotkey": "<hotkey>"}
     words = ["python", "-m", "publishing.upload", "--load_model_dir", model_dir]
     # an experiment in object storage keeps publish_state.json there, not beside the local model folder
-    if "://" in experiment_path:
+    if storage.is_remote(experiment_path):
         words += ["--state_dir", experiment_path]
     always = (*REQUIRED, "competition_id")
     for f in sorted(dataclasses.fields(PublishOptions), key=lambda f: f.name not in REQUIRED):  # required first

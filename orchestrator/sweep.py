@@ -1,31 +1,33 @@
-"""The Ray edge: start or join Ray, run the Tuner, and bring back what the summary needs.
+"""The Ray edge: start or join Ray, then one sweep as a recipe: plan, build the tuner, fit, collect.
 
-The decisions (how many trials run at once, what each asks of the cluster) are pure
-functions; `run_sweep` only wires Ray Tune's own parts together: OptunaSearch for the
-suggestions, ASHA for early stopping, checkpoints kept by eval loss, one actor per trial named for it, and a
-progress block (orchestrator.progress) instead of Tune's table.
+Ray Tune's own parts do the work: OptunaSearch suggests (orchestrator.search_space), ASHA stops early, checkpoints
+are kept by eval loss, each trial runs in an actor named for it, and a progress block (orchestrator.progress)
+replaces Tune's table. The decisions live elsewhere, each in its own module: what each trial asks of the cluster
+(cluster_plan), the memory it has (memory_budget), whether every node reaches the storage (storage_probes), how each
+trial ended (trial_records), what the sweep ends with (outcome), which checkpoints go (checkpoint_cleanup).
 """
 
 import dataclasses
 import logging
-import math
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.config import ConfigError, SweepConfig
+from orchestrator.cluster_plan import ClusterPlan, plan_cluster
+from orchestrator.checkpoint_cleanup import delete_leftover_checkpoints
+from orchestrator.config import SweepConfig
 from orchestrator.experiment import FINISHED, INTERRUPTED, RUNNING, Experiment, choose_experiment, write_marker
+from orchestrator.outcome import HeadToHead, SweepOutcome, collect_outcome, interrupted_outcome, summary_record
 from orchestrator.search_space import SearchSpace, optuna_search
 from orchestrator.trial_records import TrialRecord, TrialStatus, count, records_from_results, write_trials_csv
-from publishing.coordinator import CoordinatorReport
 from publishing.setup import PublishSetup
-from publishing.subnet.iswin import Comparison
+from trainables.checkpoint_retention import kept_line
 from trainables.data import SweepData
 from trainables.lora_trial import lora_trainable
 from trainables.settings import TrialSettings
-from trainables.trial_plan import EVAL_LOSS, RANK_LOSS, planned_reports
+from trainables.trial_contract import RANK_LOSS, TRAINING_ITERATION
+from trainables.trial_plan import planned_reports
 
 # What Tune ranks by (ASHA's rungs, Optuna's values, TuneConfig): rank_loss, in every report and scored on the same
 # pairs in every trial. eval_loss, the whole set's, is in full evaluations only: what is published and merged.
@@ -47,100 +49,11 @@ CREDENTIAL_ENV_VARS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "
                                  "AWS_SESSION_TOKEN"})
 
 
-def trial_resources(device: str, cpus_per_trial: int, cluster_gpus: float) -> dict:
-    """One GPU per trial wherever the cluster has GPUs (unless told to use the CPU)."""
-    if device == "cpu" or cluster_gpus < 1:
-        return {"cpu": cpus_per_trial}
-    return {"cpu": cpus_per_trial, "gpu": 1}
-
-
-def concurrent_slots(resources: dict, cluster: dict) -> int:
-    """How many trials fit in the cluster at once."""
-    return max(1, min(math.floor(cluster.get(k.upper(), 0) / v) for k, v in resources.items()))
-
-
-def unshared_nodes(nodes: list[dict], can_see) -> list[str]:
-    """Addresses of the alive nodes for which `can_see(node)` is False."""
-    return [n["NodeManagerAddress"] for n in nodes if n.get("Alive") and not can_see(n)]
-
-
-def check_shared_storage(storage_path: str) -> None:
-    """On a multi-node cluster, every node must reach --storage_path: trials resume from checkpoints there
-    on whichever node survives. A probe file written here must be visible on every node."""
-    import uuid
-
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) < 2 or "://" in storage_path:
-        return
-    storage = Path(storage_path).expanduser()
-    storage.mkdir(parents=True, exist_ok=True)
-    probe = storage / f".lora-sweep-probe-{uuid.uuid4().hex}"
-    probe.write_text("probe")
-    exists = ray.remote(os.path.exists)
-
-    def can_see(node):
-        pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-        return ray.get(exists.options(num_cpus=0, scheduling_strategy=pinned).remote(str(probe)), timeout=60)
-
-    try:
-        blind = unshared_nodes(nodes, can_see)
-    finally:
-        probe.unlink(missing_ok=True)
-    if blind:
-        raise ConfigError(f"--storage_path {storage_path} is not shared: node(s) {', '.join(blind)} cannot see it; "
-                          "on a multi-node cluster use s3://, gs:// or a folder every node mounts")
-
-
-def _sees_object(location: str) -> bool:
-    """On a node: can it read `location` with its own credentials (the environment, ~/.aws or its role)?"""
-    from publishing import storage
-
-    try:
-        return storage.is_file(location)
-    except Exception:  # noqa: BLE001: no credentials, no route, a bad endpoint: all mean "cannot see it"
-        return False
-
-
 def keep_credentials_out_of_runtime_envs() -> None:
     """Stop Ray Tune from putting the driver's cloud credentials into the trials' runtime environment."""
-    from ray.tune.execution import class_cache
+    from trainables.compat import ray_internals
 
-    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - CREDENTIAL_ENV_VARS
-
-
-def check_object_storage_reachable(storage_path: str, joined: bool = True) -> None:
-    """With --storage_path in object storage, on a cluster this driver joined (or of several nodes): every node reads
-    its credentials itself (they are never sent to it), and trials upload checkpoints from every node, so each must
-    read a probe object here. (A Ray this driver started shares its environment.)"""
-    import uuid
-
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from publishing import storage
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if (len(nodes) < 2 and not joined) or not storage.is_remote(storage_path):
-        return
-    probe = storage.join(storage_path, f".lora-sweep-probe-{uuid.uuid4().hex}")
-    storage.write_text(probe, "probe")
-    sees = ray.remote(_sees_object)
-
-    def can_see(node):
-        pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-        return ray.get(sees.options(num_cpus=0, scheduling_strategy=pinned).remote(probe), timeout=120)
-
-    try:
-        blind = unshared_nodes(nodes, can_see)
-    finally:
-        storage.delete(probe)
-    if blind:
-        raise ConfigError(f"--storage_path {storage_path} cannot be read from node(s) {', '.join(blind)}; each node "
-                          "needs the storage's credentials in its own environment, ~/.aws or role (and "
-                          "AWS_ENDPOINT_URL for an S3-compatible server)")
+    ray_internals.keep_out_of_trial_runtime_envs(CREDENTIAL_ENV_VARS)
 
 
 def start_ray(config: SweepConfig) -> bool:
@@ -176,69 +89,6 @@ def start_ray(config: SweepConfig) -> bool:
 def _import_tune() -> None:
     import ray.tune.schedulers  # noqa: F401
     import ray.tune.search.optuna  # noqa: F401
-
-
-@dataclass(frozen=True)
-class SweepOutcome:
-    experiment_path: str
-    experiment_name: str
-    trials: list[TrialRecord]   # every trial, in trial order
-    interrupted: bool           # Ctrl-C (or a stop signal) ended the sweep before every trial ended
-    best_trial: TrialRecord | None  # the trial whose checkpoint was merged (None when interrupted)
-    base_eval_loss: float
-    wall_s: float
-    plots: list[str]            # PNG files in the experiment folder
-    comparison: Comparison | None   # the head-to-head against --comparison_uid
-    publish: CoordinatorReport  # the coordinator's report: what it published and merged, one line per outcome
-    trials_csv: str = ""
-    best_task_losses: dict = dataclasses.field(default_factory=dict)  # a competition of weighted tasks: each one's
-    study: object = None  # --study: the orchestrator.study.StudyChoice this sweep continued
-    time_budget: object = None  # --time_budget: the orchestrator.time_budget.BudgetEnd (None without a budget)
-    what_mattered: object = None  # orchestrator.study_report.StudyReport: importances, compute, early stopping
-
-    @property
-    def best_model_dir(self) -> str | None:
-        return self.publish.best.model_dir if self.publish.best else None
-
-    @property
-    def best_eval_loss(self) -> float:
-        return self.publish.best.eval_loss if self.publish.best else math.nan
-
-    @property
-    def best_step(self) -> int:
-        return self.publish.best.step if self.publish.best else 0
-
-    @property
-    def best_hyperparameters(self) -> dict:
-        return self.publish.best.hyperparameters if self.publish.best else {}
-
-    @property
-    def num_trials(self) -> int:
-        return len(self.trials)
-
-    @property
-    def finished(self) -> int:
-        return count(self.trials, TrialStatus.FINISHED)
-
-    @property
-    def stopped_early(self) -> int:
-        return count(self.trials, TrialStatus.STOPPED)
-
-    @property
-    def out_of_memory(self) -> int:
-        return count(self.trials, TrialStatus.OUT_OF_MEMORY)
-
-    @property
-    def errored(self) -> int:
-        return count(self.trials, TrialStatus.FAILED)
-
-    @property
-    def interrupted_trials(self) -> int:
-        return count(self.trials, TrialStatus.INTERRUPTED)
-
-    @property
-    def stopped_by_budget(self) -> int:
-        return count(self.trials, TrialStatus.TIME_BUDGET)
 
 
 class _NoTunerRestoreHint(logging.Filter):
@@ -292,41 +142,6 @@ def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Ex
     )
 
 
-@dataclass(frozen=True)
-class ClusterPlan:
-    """What each trial asks of the cluster and how many run at once, decided from what Ray sees."""
-    resources: dict           # per trial: {"cpu": n} or {"cpu": n, "gpu": 1}
-    max_concurrent: int
-
-    @property
-    def task_options(self) -> dict:
-        """The same resources for a Ray task (the head-to-head's evaluations)."""
-        return {"num_cpus": self.resources.get("cpu", 1), "num_gpus": self.resources.get("gpu", 0)}
-
-
-def plan_cluster(config: SweepConfig) -> ClusterPlan:
-    """Checks that need the running cluster (its GPUs, CPUs and nodes), done before anything trains."""
-    import ray
-
-    cluster = ray.cluster_resources()
-    resources = trial_resources(config.run.device, config.run.cpus_per_trial, cluster.get("GPU", 0))
-    if config.run.device.startswith("cuda") and "gpu" not in resources:
-        raise ConfigError(f"--device {config.run.device} but Ray sees no GPU; use --device cpu or auto")
-    if "gpu" not in resources and config.run.cpus_per_trial > cluster.get("CPU", 0):
-        raise ConfigError(f"--cpus_per_trial {config.run.cpus_per_trial} is more than the cluster's "
-                          f"{int(cluster.get('CPU', 0))} CPUs")
-    check_shared_storage(config.run.storage_path)
-    check_object_storage_reachable(config.run.storage_path, joined=config.run.address is not None)
-    return ClusterPlan(resources, config.search.max_concurrent_trials or concurrent_slots(resources, cluster))
-
-
-@dataclass(frozen=True)
-class HeadToHead:
-    """--comparison_uid: the opponent and its per-pair losses, measured once before the sweep."""
-    opponent: object          # publishing.head_to_head.Opponent
-    their_losses: list
-
-
 def measure_opponent(config: SweepConfig, opponent, settings: TrialSettings, data: SweepData,
                      plan: ClusterPlan, publishing: PublishSetup) -> tuple[HeadToHead | None, PublishSetup]:
     """The opponent's losses on our eval set; with --require_win, the coordinator's gate against them."""
@@ -371,7 +186,7 @@ def build_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: 
         Path(experiment.local_dir).mkdir(parents=True, exist_ok=True)  # W&B's run folders need a file system
         callbacks.append(wandb_callback(config.tracking.wandb_entity, config.tracking.wandb_project, experiment.name, config.publishing.env_file,
                                         experiment.local_dir))
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_reports,
+    scheduler = (ASHAScheduler(time_attr=TRAINING_ITERATION, max_t=max_reports,
                                grace_period=min(config.search.grace_period, max_reports),
                                reduction_factor=config.search.reduction_factor)
                  if config.search.scheduler == "asha" else FIFOScheduler())
@@ -382,25 +197,23 @@ def build_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: 
 def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, data: SweepData,
               publishing: PublishSetup, opponent=None, trial_function=lora_trainable,
               experiment: Experiment | None = None, command: list[str] | None = None,
-              plan: ClusterPlan | None = None, study=None) -> SweepOutcome:
-    """Run the sweep on the Ray this process is connected to; publishing happens in the coordinator actor."""
+              study=None) -> SweepOutcome:
+    """Run the sweep on the Ray this process is connected to: plan, build the tuner, fit, collect. Publishing
+    happens in the coordinator actor, fed by the tuner's callbacks."""
     from ray import tune
 
-    from orchestrator.fault_lines import condense_trial_failures
-    from orchestrator.storage_failure import STORAGE_ERRORS, raise_if_storage_failed
+    from orchestrator.memory_budget import plan_trial_memory, trial_budget
     from orchestrator.time_budget import release_clock, start_clock
     from publishing.coordinator_actor import start_coordinator
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's newer output ignores a progress reporter: ours is kept
-    logging.getLogger("ray.tune.tune").addFilter(_NO_TUNER_RESTORE_HINT)
-    condense_trial_failures()  # a failed attempt's traceback becomes one line (the trial's error.txt keeps it)
     started = time.perf_counter()
+    quiet_tune_output()
     experiment = experiment or choose_experiment(config)
-    plan = plan or plan_cluster(config)
-    if config.run.address is not None:  # joined a cluster: plan memory against its smallest GPU (or node)
-        from orchestrator.memory_budget import cluster_budget, plan_trial_memory
+    num_trials = space.trials(config.search.num_samples)
 
-        settings = plan_trial_memory(config, settings, space, data, cluster_budget(config, "gpu" in plan.resources))
+    # plan: what each trial asks of the cluster, the memory it has, how many reports it makes
+    plan = plan_cluster(config)
+    settings = plan_trial_memory(config, settings, space, data, trial_budget(config, plan.uses_gpus))
     max_reports = planned_reports(settings, data.train, data.eval, data.tasks)
     # --time_budget counts the whole sweep from here (a resumed one: from its resume); Tune's loop runs in this
     # process, and the budget's searcher and stopper find this clock by the sweep's name
@@ -414,27 +227,17 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     coordinator = start_coordinator(publishing, settings.model_dir, experiment.path, experiment.name,
                                     work_dir=experiment.local_dir)
     try:
-        try:
-            results = build_tuner(config, space, trainable, experiment, plan, max_reports, study).fit()
-            records = records_from_results(results, max_reports, budget_stopped=budget.stopped)
-        except Exception as error:  # a full or unwritable storage ends the sweep as an outcome; anything else is raised
-            raise_if_storage_failed(experiment, [error])
-            raise
-        if count(records, TrialStatus.FAILED) or experiment.name in STORAGE_ERRORS:  # the storage's doing?
-            raise_if_storage_failed(experiment, [result.error for result in results if result.error is not None]
-                                    + ([STORAGE_ERRORS[experiment.name]] if experiment.name in STORAGE_ERRORS else []))
-        budget_end = budget.report(records, space.trials(config.search.num_samples))
+        # build the tuner and fit: every trial ends (finished, stopped, failed...) or the sweep is interrupted
+        tuner = build_tuner(config, space, trainable, experiment, plan, max_reports, study)
+        results, records = fit(tuner, experiment, max_reports, budget)
+        budget_end = budget.report(records, num_trials)
         trials_csv = experiment.keep(write_trials_csv(records, experiment.local_dir))
         # Trials the time budget never started or stopped are its end, not an interruption (Ctrl-C still is one).
-        missing = len(records) < space.trials(config.search.num_samples) and not budget.ended
-        if missing or count(records, TrialStatus.INTERRUPTED):
+        if (len(records) < num_trials and not budget.ended) or count(records, TrialStatus.INTERRUPTED):
             # Nothing half-trained is merged or published: the coordinator goes without its end-of-sweep publish.
             write_marker(experiment, INTERRUPTED)
-            return SweepOutcome(experiment.path, experiment.name, records, interrupted=True, best_trial=None,
-                                base_eval_loss=_base_eval_loss(results), wall_s=time.perf_counter() - started,
-                                plots=[], comparison=None,
-                                publish=CoordinatorReport(lines=[], offline=publishing.target.repo_id is None),
-                                trials_csv=trials_csv)
+            return interrupted_outcome(experiment, records, results, time.perf_counter() - started,
+                                       offline=publishing.target.repo_id is None, trials_csv=trials_csv)
         if records and count(records, TrialStatus.FAILED) + count(records, TrialStatus.OUT_OF_MEMORY) == len(records):
             raise RuntimeError(f"all {len(records)} trials failed; the first error: {records[0].reason}")
         # The coordinator saw every checkpoint: it publishes (or, offline, packages) the best and merges it.
@@ -443,107 +246,50 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
     finally:
         coordinator.stop()  # kills the actor (its state is on disk; the name is free) and releases the link
         release_clock(experiment.name)
-        STORAGE_ERRORS.pop(experiment.name, None)  # a resume in this process starts with a clean slate
+
+    # collect: the merged best, plots, what mattered; the checkpoints no trial keeps go
     write_marker(experiment, FINISHED)
     deleted = delete_leftover_checkpoints(results)
     if deleted:
-        print(f"checkpoints: kept each trial's 2 best and its latest; deleted {deleted} more", flush=True)
+        print(kept_line(deleted), flush=True)
     outcome = collect_outcome(config, experiment, records, results, report, comparison, settings, data, plan,
-                              trials_csv, time.perf_counter() - started, space=space)
-    outcome = dataclasses.replace(outcome, study=study)
-    outcome = dataclasses.replace(outcome, time_budget=budget_end)
+                              trials_csv, time.perf_counter() - started, space=space, study=study,
+                              time_budget=budget_end)
     if config.tracking.wandb_project:
         from orchestrator.tracking import log_sweep_summary
 
-        log_sweep_summary(config.tracking.wandb_entity, config.tracking.wandb_project, experiment.name, config.publishing.env_file,
-                          experiment.local_dir, summary_record(outcome))
+        log_sweep_summary(config.tracking.wandb_entity, config.tracking.wandb_project, experiment.name,
+                          config.publishing.env_file, experiment.local_dir, summary_record(outcome))
     return outcome
 
 
-def delete_leftover_checkpoints(results) -> int:
-    """After a finished sweep, whose best model is merged: each trial keeps its 2 best checkpoints and its latest
-    (trainables.checkpoint_retention.leftovers); the rest go, in parallel (each is a storage call or two). A
-    deletion that fails leaves that checkpoint where it is. How many went."""
-    from concurrent.futures import ThreadPoolExecutor
+def quiet_tune_output() -> None:
+    """Tune's output as this sweep shows it: our progress block, our --resume hint, one line per failed attempt."""
+    from orchestrator.fault_lines import condense_trial_failures
+    from trainables.compat import ray_internals
 
-    from trainables.checkpoint_retention import leftovers
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's newer output ignores a progress reporter: ours is kept
+    if (log := ray_internals.ray_logger("ray.tune.tune", "Tune's hint after an interruption names "
+                                        "Tuner.restore(...), not --resume")) is not None:
+        log.addFilter(_NO_TUNER_RESTORE_HINT)
+    condense_trial_failures()  # a failed attempt's traceback becomes one line (the trial's error.txt keeps it)
 
-    doomed = []
-    for result in results:
-        saved = sorted(result.best_checkpoints or [], key=lambda pair: pair[1].get("training_iteration", 0))
-        # by the whole set's loss, as each trial kept them: a checkpoint of a subset evaluation is a resume point only
-        doomed += leftovers([(checkpoint, metrics.get(EVAL_LOSS, math.nan)) for checkpoint, metrics in saved])
 
-    def delete(checkpoint) -> bool:
+def fit(tuner, experiment: Experiment, max_reports: int, budget) -> tuple[object, list[TrialRecord]]:
+    """Tune's results and each trial's record. A storage that filled or failed under the sweep is raised as
+    StorageFailed (an outcome: one line, --resume continues); any other error as it is."""
+    from orchestrator.storage_failure import STORAGE_ERRORS, raise_if_storage_failed
+
+    try:
         try:
-            checkpoint.filesystem.delete_dir(checkpoint.path)
-            return True
-        except OSError:  # already gone (the trial deleted it), or storage refused: left as it is
-            return False
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return sum(pool.map(delete, doomed))
-
-
-def collect_outcome(config: SweepConfig, experiment: Experiment, records: list[TrialRecord], results, report,
-                    comparison: HeadToHead | None, settings: TrialSettings, data: SweepData, plan: ClusterPlan,
-                    trials_csv: str, wall_s: float, space: SearchSpace | None = None) -> SweepOutcome:
-    """The finished sweep's outcome: the merged best, the plots, the head-to-head against --comparison_uid, and
-    what mattered (importances over the space's distributions, compute spent, what early stopping saved)."""
-    from orchestrator.plots import write_plots
-    from orchestrator.study_report import study_report
-    from publishing.head_to_head import head_to_head
-    from trainables.trial_plan import step_plan
-
-    best = report.best
-    versus = None
-    if comparison is not None and best is not None:
-        versus = head_to_head(comparison.opponent, comparison.their_losses, best.model_dir, settings, data.eval,
-                              plan.task_options, experiment.path, data.tasks)
-    # drawn on this machine (from a copy of each trial's results when the experiment is in s3://...), kept with it
-    plots_dir = Path(experiment.local_dir) / "plots"
-    plots = [str(p) for p in write_plots(experiment.trial_results_here(), plots_dir,
-                                         statuses={r.trial_id: r.status for r in records})]
-    # a full trial's steps: the same pure plan every trial trains by; the steps each trial ran come from its reports
-    mattered = study_report(records, plan.resources, len(step_plan(settings, data.train)),
-                            plots_dir, space.distributions if space else None,
-                            config.search.seed)
-    return SweepOutcome(experiment.path, experiment.name, records, interrupted=False,
-                        best_trial=next((r for r in records if best and r.trial_id == best.trial_id), None),
-                        base_eval_loss=_base_eval_loss(results), wall_s=wall_s,
-                        plots=[experiment.keep(p) for p in plots + mattered.plots], comparison=versus,
-                        publish=report, trials_csv=trials_csv,
-                        best_task_losses=_task_losses(results, best.trial_id, best.step) if best else {},
-                        what_mattered=mattered)
-
-
-def _base_eval_loss(results) -> float:
-    # every trial reports the untrained model's loss, measured by its worker (the driver never holds a model)
-    return next((r.metrics["base_eval_loss"] for r in results if "base_eval_loss" in (r.metrics or {})), math.nan)
-
-
-def _task_losses(results, trial_id: str, step: int) -> dict[str, float]:
-    """Each task's loss at the merged checkpoint (Tune flattens the reported task_losses dict into columns)."""
-    for result in results:
-        history = result.metrics_dataframe
-        if (result.metrics or {}).get("trial_id") != trial_id or history is None or "step" not in history:
-            continue
-        at_step = history[history["step"] == step]
-        return {column.split("/", 1)[1]: float(at_step[column].iloc[-1])
-                for column in history.columns if column.startswith("task_losses/") and len(at_step)}
-    return {}
-
-
-def summary_record(outcome: SweepOutcome) -> dict:
-    """The outcome as plain values, for W&B's summary run (nothing secret is in it)."""
-    published = outcome.publish.published
-    return {"best_hyperparameters": outcome.best_hyperparameters, "best_eval_loss": outcome.best_eval_loss,
-            "base_eval_loss": outcome.base_eval_loss, "best_step": outcome.best_step,
-            "best_task_losses": outcome.best_task_losses,
-            "best_trial": outcome.best_trial.trial_id if outcome.best_trial else None,
-            "num_trials": outcome.num_trials, "stopped_early": outcome.stopped_early, "errored": outcome.errored,
-            "out_of_memory": outcome.out_of_memory, "stopped_by_time_budget": outcome.stopped_by_budget,
-            "ended": outcome.time_budget.line() if outcome.time_budget else "every planned trial ran",
-            "best_model_dir": outcome.best_model_dir, "published_model_id": published.model_id if published else None,
-            "wall_s": outcome.wall_s, **({"comparison": outcome.comparison.record()} if outcome.comparison else {}),
-            **(outcome.what_mattered.record() if outcome.what_mattered else {})}
+            results = tuner.fit()
+            records = records_from_results(results, max_reports, budget_stopped=budget.stopped)
+        except Exception as error:
+            raise_if_storage_failed(experiment, [error])
+            raise
+        if count(records, TrialStatus.FAILED) or experiment.name in STORAGE_ERRORS:  # the storage's doing?
+            raise_if_storage_failed(experiment, [result.error for result in results if result.error is not None]
+                                    + ([STORAGE_ERRORS[experiment.name]] if experiment.name in STORAGE_ERRORS else []))
+    finally:
+        STORAGE_ERRORS.pop(experiment.name, None)  # a resume in this process starts with a clean slate
+    return results, records

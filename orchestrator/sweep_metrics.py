@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ray import tune
 
+from trainables.trial_contract import EVAL_LOSS
 from trainables.trial_telemetry import SWEEP_GAUGES
 
 TAG_KEYS = ("experiment",)
@@ -61,7 +62,7 @@ class SweepMetricsCallback(tune.Callback):
     def _update(self, trials, ending=None) -> None:
         # Tune calls on_trial_complete before it marks the trial TERMINATED
         numbers = sweep_numbers(["TERMINATED" if t is ending else t.status for t in trials],
-                                [(t.metric_analysis.get("eval_loss") or {}).get("min") for t in trials],
+                                [(t.metric_analysis.get(EVAL_LOSS) or {}).get("min") for t in trials],
                                 self.total_trials)
         set_gauges(numbers, self.experiment)
 

@@ -26,6 +26,8 @@ from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
 from orchestrator.durations import format_duration
+from trainables.compat import ray_internals
+from trainables.trial_contract import TIME_TOTAL_S, TRAINING_ITERATION
 
 
 def trial_estimate_s(full_trials_s: list[float], paces: list[tuple[float, int]], planned_reports: int) -> float | None:
@@ -95,17 +97,17 @@ class BudgetClock:
 
     def observe(self, trial_id: str, result: dict) -> None:
         """A trial's report: its pace."""
-        reports = int(result.get("training_iteration", 0) or 0)
+        reports = int(result.get(TRAINING_ITERATION, 0) or 0)
         if reports > 0:
-            self.paces[trial_id] = (float(result.get("time_total_s", 0.0)), reports)
+            self.paces[trial_id] = (float(result.get(TIME_TOTAL_S, 0.0)), reports)
 
     def trial_started(self, trial_id: str) -> None:
         self.running.add(trial_id)
 
     def trial_ended(self, trial_id: str, result: dict | None, error: bool) -> None:
         self.running.discard(trial_id)
-        if not error and result and int(result.get("training_iteration", 0)) >= self.planned_reports:
-            self.full_trials_s.append(float(result.get("time_total_s", 0.0)))
+        if not error and result and int(result.get(TRAINING_ITERATION, 0)) >= self.planned_reports:
+            self.full_trials_s.append(float(result.get(TIME_TOTAL_S, 0.0)))
 
     def may_start(self) -> bool:
         if self.limit_s is None:
@@ -119,7 +121,7 @@ class BudgetClock:
         """At a trial's report: stop it when the budget is spent (a trial at its last report just finishes)."""
         if self.limit_s is None or not budget_spent(self.elapsed_s, self.limit_s):
             return False
-        if int(result.get("training_iteration", 0) or 0) < self.planned_reports:
+        if int(result.get(TRAINING_ITERATION, 0) or 0) < self.planned_reports:
             self.stopped.add(trial_id)
         return True
 
@@ -171,11 +173,9 @@ class TimeBudgetSearcher(Searcher):
         super().__init__(metric=searcher.metric, mode=searcher.mode)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        from ray.tune.search.util import _set_search_properties_backwards_compatible
-
-        accepted = _set_search_properties_backwards_compatible(self.searcher.set_search_properties, metric, mode,
-                                                               config, **spec)
-        self._metric, self._mode = self.searcher.metric, self.searcher.mode
+        # the wrapped searcher is Tune's OptunaSearch (ours): it takes `spec`, as Searcher's signature has it
+        accepted = self.searcher.set_search_properties(metric, mode, config, **spec)
+        ray_internals.set_searcher_objective(self, self.searcher.metric, self.searcher.mode)
         return accepted
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:

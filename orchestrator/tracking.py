@@ -7,14 +7,13 @@ places on this node) read it from the environment or the .env file themselves.
 
 import os
 
-from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
-
 from publishing.subnet.secrets import read_env_file
+from trainables.compat.ray_internals import WandbCallbackBase, WandbLoggingActor
 
 WANDB_KEY = "WANDB_API_KEY"
 
 
-class _DotenvWandbLoggingActor(_WandbLoggingActor):
+class _DotenvWandbLoggingActor(WandbLoggingActor):
     def __init__(self, *args, env_file: str | None = None, **kwargs):
         if not os.environ.get(WANDB_KEY) and env_file:
             key = read_env_file(env_file).get(WANDB_KEY)
@@ -23,8 +22,8 @@ class _DotenvWandbLoggingActor(_WandbLoggingActor):
         super().__init__(*args, **kwargs)
 
 
-class SecretSafeWandbCallback(WandbLoggerCallback):
-    _logger_actor_cls = _DotenvWandbLoggingActor
+class SecretSafeWandbCallback(WandbCallbackBase):  # Tune's WandbLoggerCallback, its private hooks under public names
+    logging_actor_class = _DotenvWandbLoggingActor
 
     def __init__(self, env_file: str, **kwargs):
         super().__init__(**kwargs)
@@ -34,10 +33,10 @@ class SecretSafeWandbCallback(WandbLoggerCallback):
         # The key is checked at the edge (wandb_key_available); Ray's setup would export it to os.environ.
         self.api_key_file, self.api_key = None, None
 
-    def _start_logging_actor(self, trial, exclude_results, **wandb_init_kwargs):
+    def start_logging_actor(self, trial, exclude_results, **wandb_init_kwargs):
         key = os.environ.pop(WANDB_KEY, None)  # Ray copies it into the actor's runtime_env if present
         try:
-            super()._start_logging_actor(trial, exclude_results, env_file=self.env_file, **wandb_init_kwargs)
+            super().start_logging_actor(trial, exclude_results, env_file=self.env_file, **wandb_init_kwargs)
         finally:
             if key is not None:
                 os.environ[WANDB_KEY] = key

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainables.hyperparameters import NAMES, Hyperparameters
+from trainables.trial_contract import (BASE_EVAL_LOSS, DONE, EVAL_LOSS, EVAL_S_TOTAL, OUT_OF_MEMORY, RANK_LOSS, STEP,
+                                       TIME_TOTAL_S, TRAIN_S_TOTAL, TRAINING_ITERATION, TRIAL_ID)
 
 TRIALS_CSV = "trials.csv"
 
@@ -108,33 +110,33 @@ def records_from_results(results, planned_reports: int,
     for result in results:
         metrics = result.metrics or {}
         history = result.metrics_dataframe
-        losses = [] if history is None or "eval_loss" not in history else list(history["eval_loss"].dropna())
+        losses = [] if history is None or EVAL_LOSS not in history else list(history[EVAL_LOSS].dropna())
         losses = [loss for loss in losses if math.isfinite(loss)]  # an out-of-memory trial's last report is inf
         config = result.config or {}
-        trial_id = str(metrics.get("trial_id") or Path(result.path).name)
-        reports, step = int(metrics.get("training_iteration", 0)), int(metrics.get("step", 0))
-        status = trial_status(result.error is not None, bool(metrics.get("done")), reports, planned_reports,
-                              out_of_memory=bool(metrics.get("out_of_memory")),
+        trial_id = str(metrics.get(TRIAL_ID) or Path(result.path).name)
+        reports, step = int(metrics.get(TRAINING_ITERATION, 0)), int(metrics.get(STEP, 0))
+        status = trial_status(result.error is not None, bool(metrics.get(DONE)), reports, planned_reports,
+                              out_of_memory=bool(metrics.get(OUT_OF_MEMORY)),
                               stopped_by_budget=trial_id in budget_stopped)
         last = losses[-1] if losses else math.nan
-        rank = _finite_or_nan(metrics.get("rank_loss"))
-        ranks = [] if history is None or "rank_loss" not in history else list(history["rank_loss"].dropna())
+        rank = _finite_or_nan(metrics.get(RANK_LOSS))
+        ranks = [] if history is None or RANK_LOSS not in history else list(history[RANK_LOSS].dropna())
         ranks = [loss for loss in ranks if math.isfinite(loss)]
-        base = metrics.get("base_eval_loss")
+        base = metrics.get(BASE_EVAL_LOSS)
         records.append(TrialRecord(
             trial_id=trial_id,
             hyperparameters=Hyperparameters.from_mapping(config) if set(NAMES) <= set(config) else None,
             status=status,
             reason=ended_reason(status, reports, planned_reports, step, rank, str(result.error or ""),
-                                str(metrics.get("out_of_memory") or "")),
+                                str(metrics.get(OUT_OF_MEMORY) or "")),
             steps=step,
             best_eval_loss=min(losses) if losses else math.nan,
             last_eval_loss=last,
-            seconds=float(metrics.get("time_total_s", 0.0)),
+            seconds=float(metrics.get(TIME_TOTAL_S, 0.0)),
             folder=result_folder(result),
             base_eval_loss=float(base) if isinstance(base, (int, float)) else math.nan,
-            last_rank_loss=rank, best_rank_loss=min(ranks) if ranks else math.nan, train_s=_finite_or_nan(metrics.get("train_s_total")),
-            eval_s=_finite_or_nan(metrics.get("eval_s_total"))))
+            last_rank_loss=rank, best_rank_loss=min(ranks) if ranks else math.nan, train_s=_finite_or_nan(metrics.get(TRAIN_S_TOTAL)),
+            eval_s=_finite_or_nan(metrics.get(EVAL_S_TOTAL))))
     return records
 
 

@@ -37,12 +37,15 @@ from publishing.subnet.constants import BLOCK_SECONDS
 from publishing.subnet.epsilon import worth_restarting_the_wait
 from publishing.subnet.model_checks import ModelCheckError
 from publishing.subnet.model_id import ModelId
+from trainables.checkpoint_retention import KEPT_PER_TRIAL  # candidates remembered per trial: all it keeps
 from trainables.errors import one_line
+from trainables.trial_contract import EVAL_LOSS
 
 log = logging.getLogger("publishing")
 PUBLISH_FILE = "publish.json"
 DAMAGED_SUFFIX = ".damaged"
-KEPT_PER_TRIAL = 3  # candidates remembered per trial: a trial keeps its 2 best checkpoints, one more as margin
+
+
 @dataclass(frozen=True)
 class MergedBest:
     """The candidate merged into best_model/: the sweep's best, unless that one's checkpoint was gone."""
@@ -425,7 +428,7 @@ class PublishCoordinator:
             model_id = ModelId.from_compressed_str(published.model_id)
         base_model = self.publisher.base_model  # read back by the manual upload for its model card
         record = {"model_dir": prepared.model_dir, "model_id": model_id.to_compressed_str(), "hash": prepared.hash,
-                  "eval_loss": candidate.eval_loss, "hyperparameters": candidate.hyperparameters,
+                  EVAL_LOSS: candidate.eval_loss, "hyperparameters": candidate.hyperparameters,
                   "trial": candidate.key, "competition_id": self.publisher.competition.id,
                   "base_model": base_model if is_hub_id(base_model) else None, "stats": asdict(prepared.stats)}
         path = storage.join(self.experiment_dir, PUBLISH_FILE)

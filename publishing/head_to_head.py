@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 
 from publishing import storage
+from publishing.subnet.constants import VALIDATOR_EPSILON
 from publishing.subnet.iswin import Comparison, compare, compare_scores
 from trainables.data import EvalTask, TokenizedSplit
 from trainables.scoring import competition_score
@@ -25,7 +26,7 @@ class Opponent:
     model_dir: str
     # the competition's epsilon at the block the sweep started, against their commit block; a decaying epsilon
     # only shrinks while the sweep runs, so the value at the start is the cautious one
-    epsilon: float = 0.01
+    epsilon: float = VALIDATOR_EPSILON
 
 
 def remote_pair_losses(model_dir: str, settings: TrialSettings, split: TokenizedSplit, options: dict) -> list[float]:

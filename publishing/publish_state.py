@@ -13,6 +13,7 @@ from pathlib import Path
 from publishing import storage
 from publishing.subnet.model_id import ModelId, ModelIdError
 from trainables.errors import one_line
+from trainables.trial_contract import EVAL_LOSS
 
 STATE_FILE = "publish_state.json"
 
@@ -59,8 +60,8 @@ def _build(kind, entry: dict):
 
 
 # what the coordinator (and the summary) rely on in each entry
-PUBLISHED_KEYS = ("model_id", "eval_loss", "committed_at", "block")
-UPLOADED_KEYS = ("model_id", "eval_loss")
+PUBLISHED_KEYS = ("model_id", EVAL_LOSS, "committed_at", "block")  # eval_loss: the model's, as its trial reported it
+UPLOADED_KEYS = ("model_id", EVAL_LOSS)
 
 
 def _entry_problem(entry, keys: tuple) -> str | None:

@@ -11,7 +11,7 @@ import enum
 import math
 from dataclasses import dataclass
 
-from publishing.subnet.constants import PUBLISH_INTERVAL_S
+from publishing.subnet.constants import BLOCK_SECONDS, PUBLISH_INTERVAL_S
 
 
 class Action(enum.Enum):
@@ -35,7 +35,7 @@ def beats(candidate_loss: float, published_loss: float | None, min_improvement: 
 
 
 def last_commit_time(now: float, local_committed_at: float | None, chain_block: int | None,
-                     current_block: int | None, block_seconds: float = 12.0) -> float | None:
+                     current_block: int | None, block_seconds: float = BLOCK_SECONDS) -> float | None:
     """The later of local state and the chain's record of the hotkey's last commitment."""
     times = []
     if local_committed_at is not None:
@@ -61,5 +61,5 @@ def decide(candidate_loss: float, *, threshold: float, published_loss: float | N
         return Decision(Action.WAIT, hold_reason, not_before=hold_until)
     if last_committed_at is not None and now < last_committed_at + interval_s:
         opens = last_committed_at + interval_s
-        return Decision(Action.WAIT, f"the 20-minute window opens in {opens - now:.0f} s", not_before=opens)
+        return Decision(Action.WAIT, f"the {interval_s / 60:g}-minute window opens in {opens - now:.0f} s", not_before=opens)
     return Decision(Action.PUBLISH, f"eval loss {candidate_loss:.4f} is the best and the window is open")

@@ -14,9 +14,10 @@ from typing import Callable
 from publishing.publisher import Publisher, PublishTarget
 from publishing.subnet.chain import Chain, ChainError
 from publishing.subnet.competitions import Competition, CompetitionError, get_competition
+from publishing.subnet.constants import VALIDATOR_EPSILON
 from publishing.subnet.hub import HubClient
 from publishing.subnet.model_checks import ModelCheckError, check_model
-from publishing.subnet.model_id import ModelIdError, parse_repo_id
+from publishing.subnet.model_id import MAX_REPO_ID_LENGTH, ModelIdError, parse_repo_id
 from publishing.subnet.secrets import Secret, load_hf_token
 from trainables.documented import setting
 
@@ -36,7 +37,8 @@ class PublishOptions:
     """The publishing group of the config: the sweep's flags and the manual upload's (publishing.upload)."""
     offline: bool = setting(False, "never upload or commit; the best model is still packaged and described in "
                                    "publish.json")
-    hf_repo_id: str | None = setting(None, "Hugging Face repo to publish to (namespace/name, at most 38 characters)",
+    hf_repo_id: str | None = setting(None, "Hugging Face repo to publish to (namespace/name, at most "
+                                           f"{MAX_REPO_ID_LENGTH} characters)",
                                      unset="none: the sweep runs offline")
     competition_id: str = setting("m1", "the competition whose rules the sweep follows, from scoring to publishing "
                                         "(m1, g1, 4: --list_competitions prints them)")
@@ -46,7 +48,7 @@ class PublishOptions:
                                                       unset="no threshold")
     publish_min_improvement: float | None = setting(None, "publish only a model this much better than the hotkey's "
                                                           "committed one", unset="the competition's smallest epsilon, "
-                                                                                 "0.01")
+                                                                                 f"{VALIDATOR_EPSILON:g}")
     use_hotkey_in_hash: bool | None = setting(None, "commit the hotkey-salted hash of later subnet versions (always, "
                                                     "for a competition whose hash is salted, such as 4)",
                                               unset="the competition's hash form: off for m1 and g1, on for 4")

@@ -5,7 +5,7 @@ from ray import tune
 from publishing.coordinator_actor import NAMESPACE, actor_name, coordinator_for
 from publishing.publisher import Candidate
 from trainables.hyperparameters import Hyperparameters
-from trainables.trial_plan import EVAL_LOSS
+from trainables.trial_contract import EVAL_LOSS, REPORTED_AT, STEP
 
 
 class PublishCallback(tune.Callback):
@@ -32,10 +32,10 @@ class PublishCallback(tune.Callback):
         # number is ever compared with a published model's loss or published itself.
         if EVAL_LOSS not in result:
             return
-        candidate = Candidate(trial_id=trial.trial_id, step=int(result.get("step", 0)),
+        candidate = Candidate(trial_id=trial.trial_id, step=int(result.get(STEP, 0)),
                               eval_loss=float(result[EVAL_LOSS]),
                               hyperparameters=Hyperparameters.from_mapping(trial.config).as_dict(),
-                              checkpoint=checkpoint, reported_at=result.get("reported_at"))
+                              checkpoint=checkpoint, reported_at=result.get(REPORTED_AT))
         link = coordinator_for(self.sweep_id)
         if link is not None:
             link.offer(candidate)

@@ -25,6 +25,7 @@ from publishing.rules import Action
 from publishing.setup import PublishOptions, SetupError, prepare_publishing
 from trainables.documented import add_flag
 from trainables.errors import one_line
+from trainables.trial_contract import EVAL_LOSS
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -83,10 +84,10 @@ def model_eval_loss(model_dir: Path, given: float | None) -> float:
     if record is None:
         raise SetupError(f"the eval loss of {model_dir} is unknown (no --eval_loss, no {PUBLISH_FILE} beside it); "
                          "pass --eval_loss so a worse model is never published over a better one")
-    if not is_finite_number(record.get("eval_loss")):
+    if not is_finite_number(record.get(EVAL_LOSS)):
         raise SetupError(f"{model_dir.parent / PUBLISH_FILE} has no finite eval_loss (it has "
-                         f"{str(record.get('eval_loss'))[:40]!r}); pass --eval_loss with the model's eval loss")
-    return float(record["eval_loss"])
+                         f"{str(record.get(EVAL_LOSS))[:40]!r}); pass --eval_loss with the model's eval loss")
+    return float(record[EVAL_LOSS])
 
 
 def recorded_base_model(model_dir: Path) -> str:

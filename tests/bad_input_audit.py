@@ -3,8 +3,8 @@ driver's `main` in a forked process with Ray's start replaced by an exit; one ro
 
     .venv/bin/python tests/bad_input_audit.py            # a table: one line / accepted / traceback / wrong exit / hang
 
-Not a test (pytest does not collect it): the table's cases that must fail are in tests/test_cli.py; this shows the
-whole surface, accepted values included, for an issue's closing note.
+Not a test (pytest does not collect it): the table's cases that must fail are in tests/bad_inputs.py, run by
+tests/test_cli.py; this shows the whole surface, accepted values included, for an issue's closing note.
 """
 
 import os
@@ -51,8 +51,8 @@ def flag_cases(scratch: Path) -> dict[str, list[str]]:
 
 
 def table_cases(scratch: Path) -> dict[str, list[str]]:
-    """The bad-input table of tests/test_cli.py."""
-    from tests.test_cli import bad_inputs
+    """The bad-input table that tests/test_cli.py runs."""
+    from tests.bad_inputs import bad_inputs
     from trainables.embedded_model import ensure_embedded_model
 
     model_dir = ensure_embedded_model(scratch / "model-cache")

@@ -35,6 +35,29 @@ def sweep_data(tokenizer):
     return SweepData(tokenize_split(tokenizer, train, 2048), tokenize_split(tokenizer, held_out, 2048))
 
 
+@pytest.fixture(scope="module")
+def adapter_checkpoint(model_dir, sweep_data, tmp_path_factory) -> Path:
+    """A real LoRA checkpoint of the tiny model, trained for a few steps (once per test module that asks)."""
+    import shutil
+
+    from trainables.lora_trial import TrainingSettings, TrialSettings, train_lora
+
+    folder = tmp_path_factory.mktemp("checkpoint") / "adapter"
+    settings = TrialSettings(model_dir=str(model_dir),
+                             training=TrainingSettings(batch_size=8, accumulation_steps=1, eval_steps=5))
+
+    class Enough(Exception):
+        pass
+
+    def keep_first(metrics, checkpoint_dir):
+        shutil.copytree(checkpoint_dir, folder)
+        raise Enough
+
+    with pytest.raises(Enough):
+        train_lora({"learning_rate": 1e-3, "r": 8, "alpha": 16}, settings, sweep_data, keep_first)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def local_ray():
     """A real local Ray with this machine's 2 CPUs, shared by every test that needs one."""

@@ -5,17 +5,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from trainables.checkpoint_retention import GRACE_S, Retention, Saved, leftovers, stale
+from tests.synthetic_clock import Clock
+from trainables.checkpoint_retention import GRACE_S, Retention, Saved, kept_line, leftovers, stale
 
 LOSSES = [3.0, 1.0, 2.5, 0.5, 2.8, 2.9, float("nan"), 2.7]
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_checkpoint_is_stale_once_it_is_not_among_the_two_best_and_its_successor_is_past_the_grace():
@@ -35,6 +28,8 @@ def test_once_the_sweep_is_over_a_trial_keeps_its_two_best_and_its_latest():
     assert leftovers(list(zip(names, LOSSES))) == ["c0", "c2", "c4", "c5", "c6"]  # kept: c1, c3 (best), c7 (latest)
     assert leftovers([("c0", 1.0), ("c1", 2.0), ("c2", 3.0)]) == []
     assert leftovers([]) == []
+    # what the driver prints once it has deleted them (orchestrator.sweep), from the same rule
+    assert kept_line(5) == "checkpoints: kept each trial's 2 best and its latest; deleted 5 more"
 
 
 def _checkpoint(folder: Path):
@@ -46,7 +41,7 @@ def _checkpoint(folder: Path):
 
 
 def test_retention_deletes_stale_folders_only_after_the_grace_and_shrugs_at_one_already_gone(tmp_path):
-    clock = Clock()
+    clock = Clock(1_000.0)
     retention = Retention(clock=clock)
     deleted = []
     for i, loss in enumerate(LOSSES):  # a checkpoint every 2 minutes
@@ -80,7 +75,7 @@ def test_a_deletion_that_fails_is_tried_again_later_and_never_fails_the_trial(tm
             (tmp_path / path).mkdir()
             self.path, self.filesystem = str(tmp_path / path), fs
 
-    clock = Clock()
+    clock = Clock(1_000.0)
     retention = Retention(keep_best=1, grace_s=0, clock=clock)
     for name, loss in [("a", 1.0), ("b", 2.0), ("c", 3.0), ("d", 4.0)]:  # b is stale from d on: its deletion fails
         assert retention.saved_checkpoint(Checkpoint(name), loss) == []

@@ -12,12 +12,12 @@ Chromium is installed (CI installs it; see .ci/run).
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,12 +28,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import wait_for
+from tests.ray_nodes import RAY, free_port
 from trainables.trial_telemetry import GAUGES, SWEEP_GAUGES, prometheus_names
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")
 
-RAY = str(Path(sys.executable).parent / "ray")
 # Without these, headless Chromium tries to reach Google's services and stalls on a closed network.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -47,26 +48,6 @@ RUNNING_LINE = re.compile(r"^(\w+) RUNNING lr=\d\.\d\de-\d\d r=\d+ alpha=\d+ ste
 # a trial's actor on the Actors page: its repr, then its state
 RUNNING_ACTOR = re.compile(r"trial \w+ lr=\d\.\d\de-\d\d r=\d+ alpha=\d+\s+ALIVE")
 SUBMISSION_ID = "lora-sweep-dashboard-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what: str, probe, timeout: float, interval: float = 1.0):
-    """probe()'s first truthy value; probe may raise while the thing is not up yet."""
-    deadline, last_error = time.time() + timeout, None
-    while time.time() < deadline:
-        try:
-            value = probe()
-            if value:
-                return value
-        except Exception as e:  # noqa: BLE001 - not up yet
-            last_error = e
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error})")
 
 
 class Head:
@@ -205,6 +186,20 @@ class Page:
                 (self.shots / "timeout.txt").write_text(text)
                 raise AssertionError(f"{url} never showed {wanted}; its text is in {self.shots / 'timeout.txt'}")
 
+    async def until(self, what: str, expression: str, check=bool, timeout: float = 30, interval: float = 0.2):
+        """The value of the JS `expression` once `check` passes it, asked every `interval` s (while the page is between
+        two documents, as in a reload, the question fails and is asked again)."""
+        deadline, value = time.monotonic() + timeout, None
+        while True:
+            with contextlib.suppress(RuntimeError):
+                value = await self.js(expression)
+                if check(value):
+                    return value
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} "
+                                     f"(last value: {value!r:.2000})")
+            await asyncio.sleep(interval)
+
     async def screenshot(self, name: str) -> None:
         reply = await self.call("Page.captureScreenshot", format="png")
         (self.shots / name).write_bytes(base64.b64decode(reply["data"]))
@@ -297,9 +292,14 @@ def test_the_dashboard_shows_trial_ids_hyperparameters_and_eval_losses(head, tmp
         await page.screenshot("01-token-dialog.png")
         await page.js("document.querySelector('[role=dialog] input').focus()")
         await page.call("Input.insertText", text=head.token)
+        await page.js("window.beforeTheToken = true")  # gone with this document, once the dialog reloads the page
         await page.js("[...document.querySelectorAll('[role=dialog] button')].find(b => /submit/i.test(b.innerText))"
                       ".click()")
-        await asyncio.sleep(2)  # the dialog sets the cookie and reloads the page
+        # the dialog posts the token (the dashboard answers with an HttpOnly cookie), then reloads the page
+        await page.until("the page the token dialog reloads", "window.beforeTheToken === undefined "
+                         "&& document.readyState === 'complete'")
+        cookies = (await page.call("Network.getCookies", urls=[head.url]))["cookies"]
+        assert any(cookie["value"] == head.token for cookie in cookies), cookies
 
         # first, while trials still run: the Actors page names each trial's actor by its id and hyperparameters
         text = await page.open(head.url + "/#/actors", running[0])
@@ -318,16 +318,17 @@ def test_the_dashboard_shows_trial_ids_hyperparameters_and_eval_losses(head, tmp
 
         await page.open(head.url + f"/#/jobs/{SUBMISSION_ID}", "trials: ")
         await page.js(SCROLL_LOG_TO.format(fraction=max(last_block - 1, 0) / len(log_lines)))
-        await asyncio.sleep(1)
-        shown = await page.js(LOG_BOX_TEXT)
-        assert re.search(r"trials: \d+/4 done.* running, \d+ pending · ", shown), shown
-        assert RUNNING_LINE.search(shown), shown
+        # the viewer renders the lines scrolled into view
+        await page.until("a progress block with a running trial in the driver log's view", LOG_BOX_TEXT,
+                         lambda shown: shown and re.search(r"trials: \d+/4 done.* running, \d+ pending · ", shown)
+                         and RUNNING_LINE.search(shown))
         await page.screenshot("03-job-driver-log-progress.png")
 
         text = await page.open(head.url + f"/#/actors/{actor['actor_id']}", "[trial ")
-        await page.js(SCROLL_LOG_TO.format(fraction=0))
-        await asyncio.sleep(1)
         assert EVAL_LINE.search(text) and f"[trial {trial_id}]" in text, text[-2000:]
+        await page.js(SCROLL_LOG_TO.format(fraction=0))
+        await page.until("the trial's evaluation lines in the actor log's view", LOG_BOX_TEXT, lambda shown: (
+            shown and EVAL_LINE.search(shown) and f"[trial {trial_id}]" in shown))
         await page.screenshot("05-actor-log.png")
 
         logs = head.get(f"/api/v0/logs?node_id={actor['node_id']}")["data"]["result"]

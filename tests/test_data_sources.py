@@ -19,9 +19,9 @@ import requests
 
 from tests.conftest import write_jsonl
 from tests.hub_server import TEST_TOKEN, local_hub  # noqa: F401  (the fixture)
-from trainables import data_sources
+from orchestrator import data_sources
 from trainables.data import DataError, read_pairs, split_pairs
-from trainables.data_sources import (cortex_pairs_from_history, cortex_run_filters, fetch_cortex_pairs,
+from orchestrator.data_sources import (cortex_pairs_from_history, cortex_run_filters, fetch_cortex_pairs,
                                      load_hub_dataset, load_unwanted_phrases, read_local_dataset)
 from trainables.embedded_model import DATASET
 

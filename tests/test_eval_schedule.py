@@ -10,8 +10,9 @@ import pytest
 from trainables.data import EvalTask
 from trainables.lora_trial import train_lora
 from trainables.settings import TrainingSettings, TrialSettings
-from trainables.trial_plan import (EVAL_LOSS, EVAL_SHARE, RANK_LOSS, auto_eval_tokens, eval_schedule, evaluation_share,
-                                   evaluation_steps, planned_reports, rank_pairs, rank_subset, step_plan)
+from trainables.trial_contract import EVAL_LOSS, RANK_LOSS
+from trainables.trial_plan import (EVAL_SHARE, auto_eval_tokens, eval_schedule, evaluation_share, evaluation_steps,
+                                   planned_reports, rank_pairs, rank_subset, step_plan)
 
 
 def test_by_tokens_a_trial_evaluates_at_the_step_that_reaches_each_interval_and_at_its_last():

@@ -3,7 +3,6 @@ its trial resumes from its last checkpoint on the surviving node and the sweep e
 configuration as an undisturbed run."""
 
 import contextlib
-import glob
 import json
 import os
 import re
@@ -17,29 +16,11 @@ from pathlib import Path
 import pytest
 
 from tests.ray_nodes import free_port, start_node
+from tests.tune_results import checkpoint_registered, reports, staged_results
 
 pytestmark = pytest.mark.cluster  # every test here starts `ray start` nodes of its own
 REPO = Path(__file__).resolve().parents[1]
 GRID = "sampler: grid\nspace:\n  learning_rate: [1.0e-3, 2.0e-4]\n  r: [8]\n  alpha: [16]\n"
-
-
-def reports(result_json: Path) -> list[dict]:
-    return [json.loads(line) for line in result_json.read_text().splitlines() if line.strip()]
-
-
-def staged_results(name: str) -> list[Path]:
-    """The driver's own copies of each trial's result.json (Ray Tune's staging folder on the driver's machine, which it
-    syncs to the experiment folder every 10 s or so): the test watches trials here, with no delay."""
-    found = glob.glob(f"/tmp/ray/session_*/artifacts/*/{name}/driver_artifacts/*/result.json")
-    return sorted({Path(p).resolve() for p in found})  # session_latest links to one of the sessions
-
-
-def checkpoint_registered(rows: list[dict]) -> bool:
-    """Whether the driver surely holds a checkpoint of this trial. Tune logs a report (result.json) first and only
-    then asks the trial's actor for the checkpoint that came with it: a node killed in between leaves no checkpoint
-    to resume from. Tune takes no further report until that reply arrives, so a second report proves the first
-    checkpoint registered."""
-    return len(rows) >= 2
 
 
 @pytest.fixture
@@ -190,7 +171,7 @@ FAILING_SWEEP = """
 import json, sys
 import ray
 from ray import cloudpickle
-import tests.test_sweep as helpers
+from tests import faulty_trials
 from orchestrator.config import load_config
 from orchestrator.inputs import prepare_data, resolve_model_dir, trial_settings
 from orchestrator.search_space import parse_search_space
@@ -200,11 +181,11 @@ from publishing.setup import PublishSetup
 
 config = load_config(sys.argv[1:])
 ray.init(address=config.run.address, logging_level="ERROR")
-cloudpickle.register_pickle_by_value(helpers)  # the cluster's workers cannot import the tests
+cloudpickle.register_pickle_by_value(faulty_trials)  # the cluster's workers cannot import the tests
 model_dir = resolve_model_dir(config)
 space = parse_search_space({"sampler": "grid", "space": {"learning_rate": [1e-3, 1e-4], "r": [8], "alpha": [16]}}, "t")
 outcome = run_sweep(config, space, trial_settings(config, model_dir), prepare_data(config, model_dir),
-                    PublishSetup(PublishTarget()), trial_function=helpers.fail_at_one_learning_rate)
+                    PublishSetup(PublishTarget()), trial_function=faulty_trials.fail_at_one_learning_rate)
 print("OUTCOME " + json.dumps({"errored": outcome.errored, "finished": outcome.finished,
                                "best_lr": outcome.best_hyperparameters["learning_rate"]}))
 """

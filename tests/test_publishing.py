@@ -23,38 +23,8 @@ from publishing.subnet.model_id import ModelId
 from publishing.publisher import Candidate, Publisher, PublishTarget
 from publishing.subnet.secrets import Secret
 from tests.hub_server import local_hub  # noqa: F401  (the fixture)
-from trainables.lora_trial import TrainingSettings, TrialSettings, train_lora
-
-TOKEN = "hf_test_token"
-HOTKEY = "5HotkeyOfThisMinerForTestsxxxxxxxxxxxxxxxxxxxxxx"
-REPO = "miner/tiny-lora"
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(scope="module")
-def adapter_checkpoint(model_dir, sweep_data, tmp_path_factory) -> Path:
-    """A real LoRA checkpoint of the tiny model, trained for a few steps."""
-    folder = tmp_path_factory.mktemp("checkpoint") / "adapter"
-    settings = TrialSettings(model_dir=str(model_dir),
-                             training=TrainingSettings(batch_size=8, accumulation_steps=1, eval_steps=5))
-
-    class Enough(Exception):
-        pass
-
-    def keep_first(metrics, checkpoint_dir):
-        shutil.copytree(checkpoint_dir, folder)
-        raise Enough
-
-    with pytest.raises(Enough):
-        train_lora({"learning_rate": 1e-3, "r": 8, "alpha": 16}, settings, sweep_data, keep_first)
-    return folder
+from tests.miner_identity import HOTKEY, REPO, TOKEN
+from tests.synthetic_clock import Clock
 
 
 @pytest.fixture

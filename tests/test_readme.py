@@ -40,7 +40,8 @@ from orchestrator.config import load_config
 from publishing.subnet.competitions import COMPETITIONS_FILE
 from publishing.subnet.model_hash import hash_directory, hash_with_hotkey
 from publishing.subnet.model_id import ModelId
-from tests.test_dashboard_browser import free_port, wait_for
+from tests.polling import wait_for
+from tests.ray_nodes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

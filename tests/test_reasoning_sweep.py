@@ -15,8 +15,8 @@ from orchestrator.config import load_config
 from orchestrator.run import main
 from publishing.subnet.model_hash import hash_directory, hash_with_hotkey
 from publishing.subnet.model_id import ModelId
-from tests.test_scoring import validator_reference_loss
-from tests.test_sweep import trial_results
+from tests.tune_results import trial_results
+from tests.validator_reference import validator_reference_loss
 from trainables.reasoning_data import codeforces_sample, synthetic_1_sample
 from trainables.task_data import draw_task_samples
 

@@ -30,9 +30,10 @@ from orchestrator.run import main  # noqa: E402
 from tests.conftest import own_stderr  # noqa: E402
 from tests.hub_server import local_hub  # noqa: E402,F401  (the fixture)
 from tests.ray_nodes import RAY, free_port, start_node  # noqa: E402
-from tests.test_node_failure import REPO, checkpoint_registered, reports, staged_results  # noqa: E402
-from tests.test_publishing import adapter_checkpoint  # noqa: E402,F401  (the fixture)
+from tests.polling import wait_for  # noqa: E402
+from tests.tune_results import checkpoint_registered, reports, staged_results  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 BUCKET = "sweeps-bucket"
 GRID = "sampler: grid\nspace:\n  learning_rate: [1.0e-3, 2.0e-4]\n  r: [8]\n  alpha: [16]\n"
 EVAL_STEPS = 10  # --eval_steps: a checkpoint every 10 optimizer steps, every report a full evaluation
@@ -77,11 +78,8 @@ def s3():
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):  # a minute at most
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=5)
-                break
-            time.sleep(0.2)
+        wait_for("moto_server's first answer", lambda: urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=5), 60,
+                 interval=0.2, process=server)
         bootstrap = {"endpoint_url": endpoint, "region_name": "us-east-1",
                      "aws_access_key_id": "AKIABOOTSTRAPBOOTSTR", "aws_secret_access_key": "bootstrap"}
         iam = boto3.client("iam", **bootstrap)
@@ -184,19 +182,6 @@ def start_driver(cluster, tmp_path, name: str, log_path: Path, max_failures: int
                                 stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the sweep ended (code {process.returncode}) before {what}:\n"
-                                 f"{process.stdout.read()[-3000:] if process.stdout else ''}")
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def results_in_s3(s3, name: str) -> dict[str, list[dict]]:
     """Each trial's reports, read from its result.json in the bucket."""
     objects = s3.objects(f"sweeps/{name}")
@@ -253,7 +238,8 @@ def test_publish_state_in_s3_is_shared_by_drivers_on_other_machines(s3, local_hu
     from publishing.subnet.hub import HubClient
     from publishing.subnet.secrets import Secret
     from tests.in_memory_chain import InMemoryChain
-    from tests.test_publishing import HOTKEY, REPO, TOKEN, Clock
+    from tests.miner_identity import HOTKEY, REPO, TOKEN
+    from tests.synthetic_clock import Clock
 
     fs, folder = pyarrow.fs.FileSystem.from_uri(f"s3://{BUCKET}/shared/trial_1/checkpoint_000000")
     pyarrow.fs.copy_files(str(adapter_checkpoint), folder, destination_filesystem=fs)
@@ -351,14 +337,16 @@ def test_a_sweep_in_s3_survives_a_lost_worker_node_and_a_lost_driver(s3, cluster
     first_log = tmp_path / "driver.log"
     driver = start_driver(cluster, tmp_path, name, first_log, max_failures=1)
     try:
-        victim = wait_for(on_node(name, cluster.worker_pids), 300, "a report from the worker node", driver)
+        victim = wait_for("a report from the worker node", on_node(name, cluster.worker_pids), 300, interval=0.3,
+                          process=driver)
         checkpoints = [k for k in s3.objects(f"sweeps/{name}/{victim}") if "/checkpoint_" in k]
         assert any(k.endswith("/adapter_model.safetensors") for k in checkpoints), checkpoints  # uploaded by the worker
         first, dead = staged_rows(name, victim), cluster.worker_pids()
         cluster.kill_worker()  # without notice
         # (Tune rewrites a restored trial's result.json, so its new attempt is told apart by the process)
-        again = wait_for(lambda: [r for r in staged_rows(name, victim) if r["pid"] not in dead], 400,
-                         "the lost trial's restart on the head node", driver)
+        again = wait_for("the lost trial's restart on the head node",
+                         lambda: [r for r in staged_rows(name, victim) if r["pid"] not in dead], 400, interval=0.3,
+                         process=driver)
         # it continued from a checkpoint of the first attempt (read from S3), not from scratch
         assert EVAL_STEPS < again[0]["step"] <= first[-1]["step"] + EVAL_STEPS
     finally:
@@ -417,7 +405,8 @@ def test_a_trial_on_a_node_drained_for_preemption_moves_at_its_checkpoint_withou
     log_path = tmp_path / "driver.log"
     driver = start_driver(cluster, tmp_path, name, log_path, max_failures=0)
     try:
-        victim = wait_for(on_node(name, cluster.worker_pids), 300, "a report from the worker node", driver)
+        victim = wait_for("a report from the worker node", on_node(name, cluster.worker_pids), 300, interval=0.3,
+                          process=driver)
         before_notice = [r["step"] for r in staged_rows(name, victim)]
         deadline_s = 20
         drained = subprocess.run([RAY, "drain-node", "--address", cluster.address, "--node-id",
@@ -429,7 +418,8 @@ def test_a_trial_on_a_node_drained_for_preemption_moves_at_its_checkpoint_withou
         drained_at = time.time()
         # the trial leaves the worker at its next checkpoint, long before the deadline (Tune records why it ended)
         [staged] = [r.parent for r in staged_results(name) if r.parent.name == victim]
-        wait_for(lambda: (staged / "error.txt").exists(), deadline_s, "the trial leaving the drained node", driver)
+        wait_for("the trial leaving the drained node", lambda: (staged / "error.txt").exists(), deadline_s,
+                 interval=0.3, process=driver)
         first = staged_rows(name, victim)  # its attempt on the worker (Tune rewrites the file once it restarts)
         time.sleep(max(0.0, drained_at + deadline_s - time.time()))
         cluster.kill_worker()  # the reclaim, at the deadline

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from publishing.subnet.epsilon import Epsilon, is_evaluated, worth_restarting_the_wait
+from tests.validator_reference import validator_reference_loss
 from trainables.data import TokenizedSplit
 from trainables.evaluation import pair_losses
 from trainables.scoring import REASONING_SYSTEM_PROMPT, reference_sample, weighted_score
@@ -25,20 +25,6 @@ def chat_tokenizer(model_dir):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.chat_template = TEMPLATE
     return tokenizer
-
-
-def validator_reference_loss(model, tokenizer, question: str, reference: str) -> float:
-    """compute_reference_loss as SUBNET.md describes the later validator, written out plainly."""
-    context = tokenizer.apply_chat_template(
-        [{"role": "system", "content": REASONING_SYSTEM_PROMPT}, {"role": "user", "content": question}],
-        add_generation_prompt=True, tokenize=False)
-    context_ids = tokenizer.encode(context, truncation=False)
-    reference_ids = tokenizer.encode(reference, truncation=False)
-    ids = torch.tensor([context_ids + reference_ids])
-    logits = model(ids).logits[0, :-1]
-    targets = ids[0, 1:]
-    n = len(reference_ids)
-    return F.cross_entropy(logits[-n:], targets[-n:]).item()
 
 
 def test_reference_loss_equals_the_validators(model_dir, chat_tokenizer):

@@ -16,7 +16,7 @@ from orchestrator.search_space import load_search_space, parse_search_space
 from orchestrator.optuna_searcher import RAY_TRIAL_ID
 from orchestrator.study import choose_study, fingerprint, model_label, redacted
 from tests.conftest import own_stderr, write_jsonl
-from tests.test_sweep import trial_results
+from tests.tune_results import trial_results
 from trainables.data import SweepData
 
 

@@ -14,7 +14,7 @@ from orchestrator.study_report import (IMPORTANCES_PNG, PARALLEL_COORDINATES_PNG
                                        early_stopping_savings, param_importances, study_from_records, study_report,
                                        write_study_plots)
 from orchestrator.study import StudyChoice
-from orchestrator.sweep import SweepOutcome, summary_record
+from orchestrator.outcome import SweepOutcome, summary_record
 from orchestrator.trial_records import TrialRecord, TrialStatus, records_from_results
 from publishing.coordinator import CoordinatorReport
 from trainables.hyperparameters import NAMES, Hyperparameters

@@ -6,7 +6,7 @@ import shutil
 
 from orchestrator.config import load_config
 from orchestrator.summary import manual_upload_command, render_summary
-from orchestrator.sweep import SweepOutcome
+from orchestrator.outcome import SweepOutcome
 from orchestrator.trial_records import TrialRecord, TrialStatus
 from publishing.coordinator import CoordinatorReport, MergedBest
 from publishing.publish_state import PublishedModel

@@ -2,24 +2,17 @@
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM
 
 from orchestrator.run import main
-from orchestrator.sweep import concurrent_slots, trial_resources
+from orchestrator.cluster_plan import concurrent_slots, trial_resources
 from publishing.subnet.model_hash import hash_directory
 from publishing.subnet.model_id import ModelId
-
-
-def trial_results(experiment: Path) -> list[dict]:
-    """Every trial's params and reports, read back from the experiment folder Tune wrote."""
-    trials = []
-    for folder in sorted(p for p in experiment.iterdir() if (p / "params.json").is_file()):
-        reports = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
-        trials.append({"params": json.loads((folder / "params.json").read_text()), "reports": reports})
-    return trials
+from tests import faulty_trials
+from tests.faulty_trials import crash_once_after_first_checkpoint, fail_at_one_learning_rate, slow_to_clean_up
+from tests.tune_results import trial_results
 
 
 def test_one_trial_per_gpu_where_there_are_gpus():
@@ -154,28 +147,8 @@ def test_seed_grid_runs_exactly_its_twelve_combinations(local_ray, tmp_path, cap
     assert combos == expected
 
 
-def crash_once_after_first_checkpoint(config, settings, data):
-    """lora_trainable, except that a first attempt dies right after its first checkpoint is reported."""
-    from ray import tune
-
-    from trainables.lora_trial import lora_trainable
-
-    report = tune.report
-    if tune.get_checkpoint() is None:
-        def report_then_crash(metrics, checkpoint=None):
-            report(metrics, checkpoint=checkpoint)
-            raise RuntimeError("injected failure after the first checkpoint")
-        tune.report = report_then_crash
-    try:
-        lora_trainable(config, settings, data)
-    finally:
-        tune.report = report  # the worker is reused by the next trial
-
-
 @pytest.mark.slow
 def test_a_restarted_trial_resumes_from_its_tune_checkpoint(local_ray, model_dir, sweep_data, tmp_path):
-    import sys
-
     from ray import cloudpickle
 
     from orchestrator.config import load_config
@@ -187,7 +160,7 @@ def test_a_restarted_trial_resumes_from_its_tune_checkpoint(local_ray, model_dir
                           "--storage_path", str(tmp_path), "--experiment_name", "restart", "--no-dashboard"])
     space = parse_search_space({"sampler": "grid", "space": {"learning_rate": [5e-4], "r": [8], "alpha": [16]}},
                                "test")
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    cloudpickle.register_pickle_by_value(faulty_trials)  # workers cannot import the tests
     from publishing.setup import PublishSetup
     from publishing.publisher import PublishTarget
 
@@ -208,28 +181,21 @@ def test_a_restarted_trial_resumes_from_its_tune_checkpoint(local_ray, model_dir
     assert all(r["trial_started_at"] < second_attempt for r in trial["reports"] if r["step"] == 10)
 
 
-def test_nodes_that_cannot_see_the_storage_are_named():
-    from orchestrator.sweep import unshared_nodes
+def test_each_node_is_asked_on_itself_and_the_blind_ones_are_named(local_ray, tmp_path):
+    import os
 
-    nodes = [{"NodeManagerAddress": "10.0.0.1", "Alive": True}, {"NodeManagerAddress": "10.0.0.2", "Alive": True},
-             {"NodeManagerAddress": "10.0.0.3", "Alive": False}]
-    assert unshared_nodes(nodes, lambda n: n["NodeManagerAddress"] == "10.0.0.1") == ["10.0.0.2"]
-    assert unshared_nodes(nodes, lambda n: True) == []
+    from orchestrator.every_node import ask_each_node, blind_nodes
 
-
-def fail_at_one_learning_rate(config, settings, data):
-    """lora_trainable, except that the trial at learning rate 1e-4 always raises."""
-    from trainables.lora_trial import lora_trainable
-
-    if config["learning_rate"] == 1e-4:
-        raise RuntimeError("injected: this trial always fails")
-    lora_trainable(config, settings, data)
+    probe = tmp_path / "probe"
+    probe.write_text("probe")
+    answers = ask_each_node(os.path.exists, str(probe))
+    assert [sees for _, sees in answers] == [True] and blind_nodes(answers) == []
+    missing = ask_each_node(os.path.exists, str(tmp_path / "missing"))
+    assert blind_nodes(missing) == [answers[0][0]["NodeManagerAddress"]]
 
 
 @pytest.mark.slow
 def test_a_trial_that_keeps_failing_is_reported_and_the_sweep_goes_on(local_ray, model_dir, sweep_data, tmp_path):
-    import sys
-
     from ray import cloudpickle
 
     from orchestrator.config import load_config
@@ -244,7 +210,7 @@ def test_a_trial_that_keeps_failing_is_reported_and_the_sweep_goes_on(local_ray,
                           "--storage_path", str(tmp_path), "--experiment_name", "failing", "--no-dashboard"])
     space = parse_search_space({"sampler": "grid", "space": {"learning_rate": [1e-3, 1e-4], "r": [8], "alpha": [16]}},
                                "test")
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cloudpickle.register_pickle_by_value(faulty_trials)
     outcome = run_sweep(config, space, trial_settings(config, model_dir), sweep_data, PublishSetup(PublishTarget()),
                         trial_function=fail_at_one_learning_rate)
     assert outcome.errored == 1 and outcome.finished == 1
@@ -260,24 +226,9 @@ def test_a_trial_that_keeps_failing_is_reported_and_the_sweep_goes_on(local_ray,
     assert len(error_files) == 1 and "injected" in error_files[0].read_text()
 
 
-def slow_to_clean_up(config, settings, data):
-    """lora_trainable, except that a trial takes 4 s to clean up after it ends or is stopped: on a busy machine,
-    freeing a real model takes that long, and Ray Tune's reuse of the worker waited only 2 s for it."""
-    import time
-
-    from trainables.lora_trial import lora_trainable
-
-    try:
-        lora_trainable(config, settings, data)
-    finally:
-        time.sleep(4)
-
-
 @pytest.mark.slow
 def test_trials_stopped_by_the_scheduler_hand_their_worker_on_without_losing_the_next_trial(
         local_ray, model_dir, sweep_data, tmp_path):
-    import sys
-
     from ray import cloudpickle
 
     from orchestrator.config import load_config
@@ -295,7 +246,7 @@ def test_trials_stopped_by_the_scheduler_hand_their_worker_on_without_losing_the
                           "--no-dashboard"])
     space = parse_search_space({"sampler": "grid", "space": {"learning_rate": [1e-3, 1e-4, 1e-5, 1e-6],
                                                              "r": [8], "alpha": [16]}}, "test")
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cloudpickle.register_pickle_by_value(faulty_trials)
     outcome = run_sweep(config, space, trial_settings(config, model_dir), sweep_data, PublishSetup(PublishTarget()),
                         trial_function=slow_to_clean_up)
     statuses = [t.status for t in outcome.trials]

@@ -174,7 +174,8 @@ def test_the_time_budget_ends_a_sweep_within_one_report_and_still_merges_the_bes
     from orchestrator.inputs import trial_settings
     from orchestrator.search_space import parse_search_space
     from orchestrator.summary import render_summary
-    from orchestrator.sweep import run_sweep, summary_record
+    from orchestrator.outcome import summary_record
+    from orchestrator.sweep import run_sweep
     from publishing.publisher import PublishTarget
     from publishing.setup import PublishSetup
 

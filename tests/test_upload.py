@@ -13,17 +13,11 @@ from publishing.subnet.model_hash import hash_directory
 from publishing.subnet.model_id import ModelId
 from publishing.upload import main as upload_main, recorded_base_model
 from tests.hub_server import local_hub  # noqa: F401  (the fixture)
+from tests.synthetic_clock import Clock
 
 TOKEN = "hf_test_token"
 HOTKEY = "5UploadHotkeyxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
 REPO = "miner/manual"
-
-
-class Clock:
-    now = 1_700_000_000.0
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ import inspect
 
 import torch
 
-from trainables.attention_choice import (FLASH, FLEX, ONE_ROW_ATTENTIONS, VARLEN, AttentionChoice,  # noqa: F401
-                                         AttentionFacts, choose_attention, skips_masked_blocks)
+from trainables.attention_choice import (VARLEN, AttentionChoice, AttentionFacts, choose_attention,  # noqa: F401
+                                         skips_masked_blocks)
 
 def _has_varlen() -> bool:
     """torch.nn.attention.varlen.varlen_attn, taking k and v at the kv heads (enable_gqa) and a sliding window."""

@@ -18,7 +18,8 @@ to the trial means the driver has registered it, because Tune lets the trial go 
 result.
 
 When the sweep has finished and its best model is merged, the driver deletes what the grace left (`leftovers`), so
-each trial ends with its 2 best checkpoints and its latest, as under Tune's retention.
+each trial ends with its `KEEP_BEST` best checkpoints and its latest (`KEPT_PER_TRIAL` at most), as under Tune's
+retention. `kept_line` says so in the driver's log.
 """
 
 import math
@@ -26,7 +27,13 @@ import time
 from dataclasses import dataclass
 
 KEEP_BEST = 2     # as Tune kept: the coordinator falls back on a trial's next best when its best is gone
+KEPT_PER_TRIAL = KEEP_BEST + 1  # the most checkpoints a trial keeps: its KEEP_BEST best and its latest
 GRACE_S = 300.0   # how long a superseded checkpoint stays, for a snapshot that may still name it
+
+
+def kept_line(deleted: int) -> str:
+    """The driver's line once `leftovers` of every trial are deleted."""
+    return f"checkpoints: kept each trial's {KEEP_BEST} best and its latest; deleted {deleted} more"
 
 
 @dataclass(frozen=True)

@@ -5,24 +5,40 @@ the same way from the same fields, and `--help` shows each flag's allowed values
 
 import argparse
 import dataclasses
+import enum
 import types
 import typing
 from dataclasses import field
 
 
-def setting(default, help: str, flag: str | None = None, choices: tuple[str, ...] | None = None,
-            unset: str | None = None):
-    """`choices`: the only values allowed (checked by `check_choices`, listed by --help). `unset`: what a default
+def setting(default, help: str, flag: str | None = None,
+            choices: tuple[str, ...] | type[enum.StrEnum] | None = None, unset: str | None = None):
+    """`choices`: the only values allowed (checked by `check_choices`, listed by --help), as strings or a StrEnum
+    (its values are the choices, and `typed_choices` makes the field hold its member). `unset`: what a default
     of None means, in words ("the competition's sequence length"), shown by --help as the default."""
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "unset": unset})
+    kind = choices if isinstance(choices, type) and issubclass(choices, enum.StrEnum) else None
+    if kind is not None:
+        choices = tuple(member.value for member in kind)
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "unset": unset,
+                                            "enum": kind})
 
 
 def scalar_type(group: type, name: str) -> type:
-    """The type a setting's value has: `int | None` -> int."""
+    """The type a setting's value has: `int | None` -> int. A StrEnum setting's is str: the flag and the YAML value
+    are its string."""
     hint = typing.get_type_hints(group)[name]
     if isinstance(hint, types.UnionType):
         hint = next(t for t in typing.get_args(hint) if t is not type(None))
-    return hint
+    return str if isinstance(hint, type) and issubclass(hint, enum.StrEnum) else hint
+
+
+def typed_choices(group) -> None:
+    """For a frozen group's `__post_init__`: each setting whose choices are a StrEnum holds its member (a valid
+    string becomes the member; any other value stays as given, for `check_choices` to name the flag)."""
+    for f in dataclasses.fields(group):
+        kind, value = f.metadata.get("enum"), getattr(group, f.name)
+        if kind is not None and value in f.metadata["choices"]:
+            object.__setattr__(group, f.name, kind(value))
 
 
 def flag_name(f: dataclasses.Field) -> str:

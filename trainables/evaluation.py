@@ -18,10 +18,10 @@ from torch.utils.checkpoint import checkpoint
 
 from trainables.data import TokenizedSplit
 from trainables.packing import IGNORE, eval_micro_batches, micro_batch
+from trainables.trial_plan import LOSS_CHUNK_TOKENS
 
 # Architectures whose causal-LM head is exactly `lm_head(model(...).last_hidden_state)`.
 CHUNKED_LOSS_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2"})
-LOSS_CHUNK_TOKENS = 2048
 MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
 
 

@@ -47,7 +47,9 @@ def choose(requested: str, device_type: str, card: str | None, installed: bool) 
 
 def apply(model, requested: str, device) -> str:
     """Patch `model` (the base, before peft wraps it) as `choose` decides; returns the one line that says what and
-    why. Liger patches the instance's modules (and its model type's RoPE function) in place."""
+    why. Liger patches the instance's modules (and its model type's RoPE function) in place, through a private part
+    of Liger's (trainables.compat.liger_internals): where that is gone, `auto` turns the kernels off (the line says
+    why) and `liger` fails in one line."""
     card = None
     if device.type == "cuda":
         import torch
@@ -55,7 +57,12 @@ def apply(model, requested: str, device) -> str:
         card = torch.cuda.get_device_name(device)
     use, why = choose(requested, device.type, card, liger_installed())
     if use:
-        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        from trainables.compat import MissingInternal, liger_internals
 
-        _apply_liger_kernel_to_instance(model=model, **LIGER_KWARGS)
+        try:
+            liger_internals.apply_to_instance(model, **LIGER_KWARGS)
+        except MissingInternal as gone:
+            if requested == "liger":  # asked for: fail in one line
+                raise
+            return f"fused kernels off: {gone}"
     return why

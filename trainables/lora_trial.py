@@ -33,10 +33,15 @@ from trainables.out_of_memory import is_out_of_memory, out_of_memory_reason
 from trainables.settings import TrainingSettings, TrialSettings  # noqa: F401  (imported from here too)
 from trainables.packing import micro_batch, pairs_of, real_tokens
 from trainables.throughput import Throughput
-from trainables.trial_plan import (EVAL_LOSS, RANK_LOSS, EvalSchedule, RankSet, by_steps, eval_schedule,  # noqa: F401
-                                   micro_batch_shape, micro_batch_tokens, pair_lengths, planned_reports, rank_pairs,
-                                   row_tokens, step_plan, subset_of, tokens_per_step)
+from trainables.trial_contract import (EVAL_LOSS, EVAL_S_TOTAL, EVAL_SET, MEMORY_ESTIMATE_GB, MFU, PEAK_GPU_MEM_GB,
+                                       PEAK_RSS_MB, RANK_LOSS, REPORTED_AT, STEP, TASK_LOSSES, TOKENS_PER_S,
+                                       TRAIN_LOSS, TRAIN_S, TRAIN_S_TOTAL, TRIAL_STARTED_AT, EvalSet, Packing,
+                                       TrialReport)
+from trainables.trial_plan import (RankSet, eval_schedule, micro_batch_shape, micro_batch_tokens,  # noqa: F401
+                                   pair_lengths, planned_reports, rank_pairs, row_tokens, step_plan, subset_of,
+                                   tokens_per_step)
 from trainables.attention import attention_here
+from trainables.compat.transformers_internals import attention_implementation
 
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
@@ -116,7 +121,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, hyperp
                     settings: TrialSettings) -> None:
     model.save_pretrained(folder)  # the adapter only: adapter_config.json + adapter_model.safetensors
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, folder / OPTIMIZER_STATE)
-    state = {"step": step, "hyperparameters": hyperparameters, "base_model_dir": settings.model_dir}
+    state = {STEP: step, "hyperparameters": hyperparameters, "base_model_dir": settings.model_dir}
     (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2))
 
 
@@ -128,7 +133,7 @@ def restore_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
     states = torch.load(folder / OPTIMIZER_STATE, weights_only=True)
     optimizer.load_state_dict(states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])
-    return json.loads((folder / TRAINER_STATE).read_text())["step"]
+    return json.loads((folder / TRAINER_STATE).read_text())[STEP]
 
 
 Report = Callable[[dict, Path | None], None]  # metrics, checkpoint folder (None: no checkpoint)
@@ -144,20 +149,19 @@ def train_lora(hyperparameters: dict, settings: TrialSettings, data: SweepData, 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # count this trial's peak only, whatever ran here before
     torch.manual_seed(settings.seed)
-    progress = {"step": 0, "micro_batch_tokens": 0}
+    progress = {STEP: 0, "micro_batch_tokens": 0}
     try:
-        with settings.fail_allocation.armed(hyperparameters) if settings.fail_allocation else contextlib.nullcontext():
-            _train(hyperparameters, settings, data, report, resume_from, device, progress)
+        _train(hyperparameters, settings, data, report, resume_from, device, progress)
         return
     except Exception as error:  # noqa: BLE001: only running out of memory is an outcome; the rest re-raise
         if not is_out_of_memory(error):
             raise
-        reason = out_of_memory_reason(progress["step"] + 1, progress["micro_batch_tokens"], device,
+        reason = out_of_memory_reason(progress[STEP] + 1, progress["micro_batch_tokens"], device,
                                       settings.memory_estimate_gb)
     # here the exception and its frames (which held the model and its activations) are gone
     release_accelerator_memory()
-    report({EVAL_LOSS: math.inf, RANK_LOSS: math.inf, "out_of_memory": reason, "step": progress["step"],
-            **memory_metrics(device)}, None)
+    report(TrialReport(eval_loss=math.inf, rank_loss=math.inf, out_of_memory=reason, step=progress[STEP],
+                       **memory_metrics(device)).to_metrics(), None)
 
 
 def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, report: Report, resume_from: Path | None,
@@ -166,7 +170,7 @@ def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, repo
 
     chosen = Hyperparameters.from_mapping(hyperparameters)
     model, load_cost = measured_load(lambda: load_lora_model(settings, chosen.r, chosen.alpha, device))
-    attention = model.config._attn_implementation
+    attention = attention_implementation(model)
     # once per trial, in the worker's log: which attention trains and why (the driver's memory plan names its own)
     print(attention_here(settings.training.attn_implementation, device).line(), flush=True)
     plan = step_plan(settings, data.train, attention)
@@ -177,7 +181,7 @@ def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, repo
         optimizer, num_warmup_steps=int(settings.training.warmup_ratio * total_steps), num_training_steps=total_steps,
         min_lr_rate=settings.min_lr_ratio)
     step = restore_checkpoint(resume_from, model, optimizer, scheduler) if resume_from else 0
-    packing = settings.training.packing == "on"
+    packing = settings.training.packing == Packing.ON
     untrained = untrained_eval_loss(model, settings, data, device)
     layout = eval_layout(settings, data.eval, attention)
     throughput = Throughput.of(model, device)
@@ -188,7 +192,7 @@ def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, repo
     model.train()
     window = _Window()
     while step < total_steps:
-        progress["step"] = step
+        progress[STEP] = step
         micro_batches = plan.steps[step]
         pairs_in_step = sum(len(pairs_of(rows)) for rows in micro_batches)
         for rows in micro_batches:  # one optimizer step: gradients accumulate over its micro-batches
@@ -206,12 +210,12 @@ def _train(hyperparameters: dict, settings: TrialSettings, data: SweepData, repo
             evaluating = time.perf_counter()
             losses = evaluation_metrics(model, data, ranked, device, layout, full=step in schedule.full)
             took = time.perf_counter() - evaluating
-            spent["train_s_total"] += trained["train_s"]
-            spent["eval_s_total"] += took
-            metrics = {**losses, **trained, "eval_s": took, **spent, "step": step,
-                       "learning_rate_now": scheduler.get_last_lr()[0],
-                       "base_eval_loss": untrained, **memory_metrics(device, settings.memory_estimate_gb),
-                       **load_cost.metrics()}
+            spent[TRAIN_S_TOTAL] += trained[TRAIN_S]
+            spent[EVAL_S_TOTAL] += took
+            metrics = TrialReport(**losses, **trained, eval_s=took, **spent, step=step,
+                                  learning_rate_now=scheduler.get_last_lr()[0], base_eval_loss=untrained,
+                                  **memory_metrics(device, settings.memory_estimate_gb),
+                                  **load_cost.metrics()).to_metrics()
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder), model, optimizer, scheduler, step, hyperparameters, settings)
                 (Path(folder) / TIMING_STATE).write_text(json.dumps(spent))
@@ -227,22 +231,22 @@ def evaluation_metrics(model, data: SweepData, ranked: RankSet, device: torch.de
         losses = pair_losses(model, data.eval, device, **layout)
         score, per_task = competition_score(losses, data.tasks)
         rank = competition_score([losses[int(i)] for i in ranked.pairs], ranked.tasks)[0]
-        return {EVAL_LOSS: score, RANK_LOSS: rank, "eval_set": "full", **({"task_losses": per_task} if per_task else {})}
+        return {EVAL_LOSS: score, RANK_LOSS: rank, EVAL_SET: EvalSet.FULL, **({TASK_LOSSES: per_task} if per_task else {})}
     rank = competition_score(pair_losses(model, ranked.split, device, **layout), ranked.tasks)[0]
-    return {RANK_LOSS: rank, "eval_set": "subset"}
+    return {RANK_LOSS: rank, EVAL_SET: EvalSet.SUBSET}
 
 
 def _spent_so_far(checkpoint: Path | None) -> dict:
     saved = checkpoint / TIMING_STATE if checkpoint else None
     spent = json.loads(saved.read_text()) if saved and saved.is_file() else {}
-    return {"train_s_total": float(spent.get("train_s_total", 0.0)), "eval_s_total": float(spent.get("eval_s_total", 0.0))}
+    return {TRAIN_S_TOTAL: float(spent.get(TRAIN_S_TOTAL, 0.0)), EVAL_S_TOTAL: float(spent.get(EVAL_S_TOTAL, 0.0))}
 
 
 def eval_layout(settings: TrialSettings, split: TokenizedSplit, attention: str) -> dict:
     """How evaluation batches pairs: packed like training (micro-batches no larger than training's, so what the
     memory planner allowed for training covers evaluation), or padded batches of eval_batch_size pairs."""
     lengths = pair_lengths(split)
-    return {"batch_size": settings.training.eval_batch_size, "packing": settings.training.packing == "on",
+    return {"batch_size": settings.training.eval_batch_size, "packing": settings.training.packing == Packing.ON,
             "row_tokens": row_tokens(settings.training, lengths, attention),
             "micro_batch_tokens": micro_batch_tokens(settings.training, lengths)}
 
@@ -263,11 +267,11 @@ def untrained_eval_loss(model, settings: TrialSettings, data: SweepData, device:
     digest = hashlib.sha1(eval_split.tokens.tobytes() + eval_split.prompt_lens.tobytes()).hexdigest()
     key = (settings.model_dir, digest)
     if key not in _UNTRAINED_LOSSES:
-        if settings.training.packing == "on":  # with the adapters on: their gradients are checked too
+        if settings.training.packing == Packing.ON:  # with the adapters on: their gradients are checked too
             check_packing_is_kept_apart(model, eval_split, device)
         with model.disable_adapter():
             _UNTRAINED_LOSSES[key] = pair_losses(model, eval_split, device,
-                                                 **eval_layout(settings, eval_split, model.config._attn_implementation))
+                                                 **eval_layout(settings, eval_split, attention_implementation(model)))
     return competition_score(_UNTRAINED_LOSSES[key], data.tasks)[0]
 
 
@@ -277,7 +281,7 @@ def check_packing_is_kept_apart(model, split: TokenizedSplit, device: torch.devi
     An attention that let pairs see each other (one that ignores restarting position ids), or a kernel fed the wrong
     boundaries, would train on a different loss, silently. Run once per worker, on the real model."""
     few = subset_of(split, np.argsort(pair_lengths(split))[:3])
-    attention = model.config._attn_implementation
+    attention = attention_implementation(model)
     packed, packed_grads = _losses_and_gradients(model, micro_batch(few, [np.arange(len(few))], True), device)
     with _attention(model, "sdpa"):
         alone, alone_grads = _losses_and_gradients(model, micro_batch(few, [[i] for i in range(len(few))], False),
@@ -316,7 +320,7 @@ def _losses_and_gradients(model, batch: dict[str, torch.Tensor], device: torch.d
 @contextlib.contextmanager
 def _attention(model, attention: str):
     """The model computes with `attention` inside, with its own again after."""
-    own = model.config._attn_implementation
+    own = attention_implementation(model)
     model.set_attn_implementation(attention)
     try:
         yield
@@ -328,11 +332,11 @@ def memory_metrics(device: torch.device, estimate_gb: float | None = None) -> di
     """Peak memory of this worker process so far (and of its GPU), beside the planner's estimate."""
     # ru_maxrss is in KiB on Linux, in bytes on macOS
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-    metrics = {"peak_rss_mb": round(peak_rss, 1)}
+    metrics = {PEAK_RSS_MB: round(peak_rss, 1)}
     if device.type == "cuda":
-        metrics["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 3)  # GB, as the planner
+        metrics[PEAK_GPU_MEM_GB] = round(torch.cuda.max_memory_allocated(device) / 1e9, 3)  # GB, as the planner
     if estimate_gb is not None:
-        metrics["memory_estimate_gb"] = round(estimate_gb, 3)
+        metrics[MEMORY_ESTIMATE_GB] = round(estimate_gb, 3)
     return metrics
 
 
@@ -352,12 +356,12 @@ class _Window:
     def metrics(self, throughput: "Throughput") -> dict:
         elapsed = time.perf_counter() - self.started
         tokens_per_s = self.tokens / elapsed if elapsed > 0 else 0.0
-        metrics = {"train_loss": self.loss_sum / self.pairs if self.pairs else math.nan,
-                   "tokens_per_s": tokens_per_s, "train_s": elapsed}
+        metrics = {TRAIN_LOSS: self.loss_sum / self.pairs if self.pairs else math.nan,
+                   TOKENS_PER_S: tokens_per_s, TRAIN_S: elapsed}
         # the attention's share of the work grows with each pair's length: sum(L^2) / sum(L) per token
         mfu = throughput.mfu(tokens_per_s, self.square_tokens / self.tokens if self.tokens else 0.0)
         if mfu is not None:
-            metrics["mfu"] = mfu
+            metrics[MFU] = mfu
         return metrics
 
 
@@ -370,7 +374,7 @@ def model_pair_losses(model_dir: str, settings: TrialSettings, eval_split: Token
                            resolve_attention(settings.training.attn_implementation, device), device=device)
     try:
         return pair_losses(model, eval_split, device, **eval_layout(settings, eval_split,
-                                                                    model.config._attn_implementation))
+                                                                    attention_implementation(model)))
     finally:
         del model
         release_accelerator_memory()
@@ -398,12 +402,12 @@ def lora_trainable(config: dict, settings: TrialSettings, data: SweepData) -> No
     def report(metrics: dict, folder: Path | None) -> None:
         emit(trial_id, hyperparameters, metrics)  # the actor's log line and the Prometheus gauges
         # wall-clock bounds of this trial's work, so overlap between trials can be checked
-        tune.report({**metrics, "trial_started_at": started, "reported_at": time.time()},
+        tune.report({**metrics, TRIAL_STARTED_AT: started, REPORTED_AT: time.time()},
                     checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
         if folder is not None:  # its checkpoint is saved (tune.get_checkpoint() is now that stored copy)
-            retention.saved_checkpoint(tune.get_checkpoint(), metrics.get("eval_loss", math.nan))
+            retention.saved_checkpoint(tune.get_checkpoint(), metrics.get(EVAL_LOSS, math.nan))
             # on a node drained for preemption, the trial moves now
-            leave_if_draining(int(metrics.get("step", 0)), lambda: len(step_plan(settings, data.train)))
+            leave_if_draining(int(metrics.get(STEP, 0)), lambda: len(step_plan(settings, data.train)))
 
     checkpoint = tune.get_checkpoint()
     try:

@@ -37,12 +37,13 @@ pass again, so a card that needs 3 of 28 layers checkpointed should not pay for 
 
 from dataclasses import dataclass
 
-from trainables.attention import skips_masked_blocks
-from trainables.evaluation import LOSS_CHUNK_TOKENS
+from trainables.attention_choice import skips_masked_blocks
+from trainables.settings import ATTENTION_CHOICES
+from trainables.trial_contract import Checkpointing
+from trainables.trial_plan import LOSS_CHUNK_TOKENS
 
 GB = 1e9
 FP32 = 4  # LoRA weights, their gradients and AdamW moments, RMSNorm's upcast input, softmax statistics, the loss
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "varlen", "flex_attention")
 FLEX_BLOCK = 128  # FlexAttention's block: its block mask holds (T / 128)^2 block indices per row
 LABELS = {"weights": "weights", "lora_optimizer": "LoRA/optimizer", "activations": "activations",
           "attention_masks": "attention masks", "backward_peak": "backward peak"}
@@ -51,7 +52,7 @@ LABELS = {"weights": "weights", "lora_optimizer": "LoRA/optimizer", "activations
 # reserved 1.04-1.31 times the estimate on the 13 rows that ran (it keeps freed blocks while memory is plentiful),
 # and the one row planned at 1.16 times under the card (3B, 16k tokens, no checkpointing: 128.7 GB planned, 149.1 GB
 # budget) ran out of memory with 121 GB allocated. 30% refuses that row and leaves room for every reserved peak
-# measured; the budget's fixed 1.5 GiB (trainables.gpu_cards: the CUDA context, kernels) comes on top.
+# measured; the budget's fixed 1.5 GiB (orchestrator.gpu_cards: the CUDA context, kernels) comes on top.
 FRAGMENTATION_MARGIN = 0.30
 
 
@@ -192,8 +193,8 @@ def estimate_peak(shape: ModelShape, *, weight_bytes: int, lora_r: int, tokens: 
     row_tokens: tokens per row. A packed micro-batch is one row (the default); padded ones are `tokens` = B * W
     over rows of W: masks and eager's scores are then B * W * W entries.
     """
-    if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(f"attn_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {attn_implementation!r}")
+    if attn_implementation not in ATTENTION_CHOICES:
+        raise ValueError(f"attn_implementation must be one of {ATTENTION_CHOICES}, got {attn_implementation!r}")
     if skips_masked_blocks(attn_implementation) and device_type != "cuda":
         raise ValueError(f"{attn_implementation} trains on CUDA GPUs only")
     if isinstance(checkpointed_layers, bool) or not 0 <= checkpointed_layers <= shape.layers:
@@ -241,7 +242,7 @@ def estimate_peak(shape: ModelShape, *, weight_bytes: int, lora_r: int, tokens: 
 
 
 def plan(shape: ModelShape, *, weight_bytes: int, lora_r: int, tokens: int, budget_bytes: int,
-         gradient_checkpointing: str = "auto", attn_implementation: str = "sdpa", device_type: str = "cuda",
+         gradient_checkpointing: Checkpointing | str = Checkpointing.AUTO, attn_implementation: str = "sdpa", device_type: str = "cuda",
          row_tokens: int | None = None) -> MemoryPlan:
     """Decide how many decoder layers to checkpoint for a trial that must fit `budget_bytes` with the margin
     (`margin_bytes`); raise MemoryPlanError, one line, if it cannot.
@@ -250,7 +251,7 @@ def plan(shape: ModelShape, *, weight_bytes: int, lora_r: int, tokens: int, budg
     layer), "off" (none), or "auto": the fewest layers that fit, from the first (each one checkpointed costs its
     forward pass again in the backward pass, about a third more compute for that layer).
     """
-    if gradient_checkpointing not in ("auto", "on", "off"):
+    if gradient_checkpointing not in tuple(Checkpointing):
         raise ValueError(f"gradient_checkpointing must be auto, on or off, got {gradient_checkpointing!r}")
 
     def estimate(checkpointed: int, attn: str = attn_implementation) -> MemoryEstimate:
@@ -262,7 +263,8 @@ def plan(shape: ModelShape, *, weight_bytes: int, lora_r: int, tokens: int, budg
         return needed.total_bytes + margin_bytes(needed.total_bytes) <= budget_bytes
 
     layers = shape.layers
-    choices = {"auto": range(layers + 1), "on": (layers,), "off": (0,)}[gradient_checkpointing]
+    choices = {Checkpointing.AUTO: range(layers + 1), Checkpointing.ON: (layers,),
+               Checkpointing.OFF: (0,)}[Checkpointing(gradient_checkpointing)]
     for checkpointed in choices:  # in order: the first that fits checkpoints the fewest layers, so recomputes least
         if fits(needed := estimate(checkpointed)):
             return MemoryPlan(checkpointed, layers, needed)

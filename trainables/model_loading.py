@@ -15,6 +15,8 @@ from typing import Callable, TypeVar
 
 import torch
 
+from trainables.trial_contract import LOAD_HOST_PEAK_MB, LOAD_S
+
 T = TypeVar("T")
 
 CACHE_ENV = "LORA_SWEEP_CACHE"
@@ -114,7 +116,7 @@ class LoadCost:
 
     def metrics(self) -> dict:
         """For the trial's report."""
-        return {"load_s": round(self.seconds, 3), "load_host_peak_mb": round(self.host_peak_mb, 1)}
+        return {LOAD_S: round(self.seconds, 3), LOAD_HOST_PEAK_MB: round(self.host_peak_mb, 1)}
 
 
 def _anonymous_resident_bytes() -> int:

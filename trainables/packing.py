@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from trainables.data import TokenizedSplit
-from trainables.packing_plan import (StepPlan, auto_tokens_per_step, epoch_order, pack_first_fit,  # noqa: F401
-                                     pairs_of, plan_steps, rows_per_micro_batch, steps_of_epoch)
+from trainables.packing_plan import (StepPlan, auto_tokens_per_step, pack_first_fit, pairs_of,  # noqa: F401
+                                     plan_steps, rows_per_micro_batch, steps_of_epoch)
 
 IGNORE = -100
 

@@ -34,12 +34,11 @@ class NodePreempted(RayActorError):
 def drain_deadline(node_id: str) -> float | None:
     """When `node_id`'s drain ends (seconds since the epoch; 0.0: no deadline given), or None when it is not being
     drained. Asks the GCS (the call Ray Data and Serve make to avoid draining nodes); a failed check is None: a
-    trial is never failed by it."""
-    import ray
+    trial is never failed by it (a Ray without the call: one line says preemption moves are off)."""
+    from trainables.compat import ray_internals
 
-    try:
-        draining = ray._private.state.state.get_draining_nodes()  # {node id hex: deadline in ms, 0 for none}
-    except Exception:  # noqa: BLE001
+    draining = ray_internals.draining_nodes()  # {node id hex: deadline in ms, 0 for none}, or None
+    if draining is None:
         return None
     return draining[node_id] / 1000 if node_id in draining else None
 

@@ -16,8 +16,6 @@ out and the other weights are renormalised to 1, as validators do.
 
 import math
 
-from trainables.data import tokenize_pair
-
 # The later validators' system prompt for reasoning competitions, verbatim.
 REASONING_SYSTEM_PROMPT = (
     "You are a reflective AI capable of using extended chains of thought to consider the problem thoroughly and "
@@ -33,13 +31,6 @@ def reference_sample(tokenizer, question: str, reference: str) -> tuple[list[int
     context_ids = tokenizer.encode(context, truncation=False)
     reference_ids = tokenizer.encode(reference, truncation=False)
     return list(context_ids) + list(reference_ids), len(context_ids)
-
-
-def response_sample(tokenizer, question: str, response: str, max_length: int) -> tuple[list[int], int]:
-    return tokenize_pair(tokenizer, question, response, max_length)
-
-
-METHODS = ("response_loss", "reference_loss")
 
 
 def weighted_score(task_losses: dict[str, float], weights: dict[str, float]) -> float:

@@ -7,13 +7,10 @@ them, before anything needs the libraries that train.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from trainables.documented import check_choices, setting
+from trainables.documented import check_choices, setting, typed_choices
 from trainables.fused_kernels import CHOICES as FUSED_KERNEL_CHOICES
-
-if TYPE_CHECKING:
-    from trainables.out_of_memory import AllocationFailure
+from trainables.trial_contract import Checkpointing, Packing
 
 # transformers attention implementations a trial may ask for (varlen is registered by trainables.attention)
 ATTENTION_CHOICES = ("sdpa", "flash_attention_2", "varlen", "flex_attention", "eager")
@@ -23,17 +20,18 @@ ATTENTION_CHOICES = ("sdpa", "flash_attention_2", "varlen", "flex_attention", "e
 class TrainingSettings:
     """How every trial of a sweep trains: the training group of the sweep's config (each is a flag)."""
     num_epochs: int = setting(1, "passes over the training pairs per trial")
-    packing: str = setting("on", "on: pairs share rows of up to --micro_batch_tokens tokens, each attending only to "
-                                 "itself (no padding); off: padded micro-batches of --batch_size pairs",
-                           choices=("on", "off"))
+    packing: Packing = setting(Packing.ON, "on: pairs share rows of up to --micro_batch_tokens tokens, each "
+                                           "attending only to itself (no padding); off: padded micro-batches of "
+                                           "--batch_size pairs", choices=Packing)
     tokens_per_step: int = setting(0, "tokens per optimizer step; 0: batch_size x accumulation_steps pairs of "
                                       "average length")
     micro_batch_tokens: int = setting(0, "packed: tokens per micro-batch (one row); 0: batch_size x the longest pair")
     batch_size: int = setting(1, "pairs per padded micro-batch; with the accumulation steps, sizes the default step")
     accumulation_steps: int = setting(32, "micro-batches per optimizer step, for the default --tokens_per_step")
-    gradient_checkpointing: str = setting("auto", "auto: the fewest decoder layers the memory planner says a trial "
-                                                  "needs to fit (often none); on: every layer; off: none",
-                                          choices=("auto", "on", "off"))
+    gradient_checkpointing: Checkpointing = setting(Checkpointing.AUTO, "auto: the fewest decoder layers the memory "
+                                                                        "planner says a trial needs to fit (often "
+                                                                        "none); on: every layer; off: none",
+                                                    choices=Checkpointing)
     attn_implementation: str = setting("auto", "auto: the first that runs on the trial's device of "
                                                "flash_attention_2 (flash-attn installed), varlen (PyTorch's own "
                                                "variable-length attention, CUDA), flex_attention (CUDA), sdpa; the "
@@ -59,6 +57,9 @@ class TrainingSettings:
     fused_kernels: str = setting("auto", "liger: Liger Kernel's fused RMSNorm, RoPE and SwiGLU (CUDA, pip install "
                                          "liger-kernel); off; auto: on only on a card where the GPU benchmark "
                                          "measured them faster (none yet)", choices=FUSED_KERNEL_CHOICES)
+
+    def __post_init__(self):
+        typed_choices(self)  # "on" from a flag or YAML -> Packing.ON; a word not allowed stays, for check() to name
 
     def check(self) -> None:
         """Raise ValueError naming the flag to fix."""
@@ -94,4 +95,3 @@ class TrialSettings:
     # --gradient_checkpointing: on, every layer; off, none; auto, the fewest that let a trial fit
     checkpointed_layers: int = 0
     memory_estimate_gb: float | None = None  # the planner's estimate of a trial's peak, reported beside the measured
-    fail_allocation: AllocationFailure | None = None  # tests: the allocator refuses as a full GPU would

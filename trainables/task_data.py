@@ -24,7 +24,6 @@ from trainables.reasoning_data import PARSERS
 from trainables.scoring import reference_sample
 
 Sample = tuple[str, str]  # (question, reference)
-DEFAULT_EVAL_SAMPLES = 120  # what the later validator keeps of each data set
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,14 @@ from trainables.attention_choice import skips_masked_blocks
 from trainables.data import EvalTask, TokenizedSplit
 from trainables.packing_plan import StepPlan, auto_tokens_per_step, pairs_of, plan_steps, rows_per_micro_batch
 from trainables.settings import TrainingSettings, TrialSettings
+from trainables.trial_contract import Packing
 
-# The report's two losses. eval_loss scores the whole held-out set, the validators' way: only full evaluations carry
-# it, and only those are offered to the coordinator (publishing.tune_callback), merged or published. rank_loss scores
-# the fixed rank subset (`rank_pairs`) and is in every report: ASHA's rungs and Optuna's values compare it, like with
-# like, whichever evaluations were full. Where every evaluation is full (--eval_steps, --eval_rank_share 1) the two
-# are the same number.
-EVAL_LOSS, RANK_LOSS = "eval_loss", "rank_loss"
 FORWARD_SHARE = 1 / 3  # an evaluated token's work beside a trained one's (a forward and a backward: ~3 forwards)
 EVAL_SHARE = 0.15      # the most of a trial's work the automatic --eval_tokens lets evaluation take
 FULL_EVERY = 4         # every 4th evaluation, and the last, scores the whole set: candidates to publish come from
                        # stopped and budget-ended trials too, not only from the trials that finish
+LOSS_CHUNK_TOKENS = 2048  # an evaluation's logits are computed this many positions at a time (trainables.evaluation);
+                          # the memory planner counts one such slice
 
 
 def pair_lengths(split: TokenizedSplit) -> np.ndarray:
@@ -50,7 +47,7 @@ def row_tokens(training: TrainingSettings, lengths: np.ndarray, attention: str) 
 
 def micro_batch_shape(training: TrainingSettings, lengths: np.ndarray, attention: str) -> tuple[int, int]:
     """(rows, tokens a row) of the largest micro-batch a trial runs: what the memory planner sizes."""
-    if training.packing != "on":
+    if training.packing != Packing.ON:
         return training.batch_size, int(lengths.max())
     width = row_tokens(training, lengths, attention)
     return rows_per_micro_batch(micro_batch_tokens(training, lengths), width), width
@@ -61,7 +58,7 @@ def step_plan(settings: TrialSettings, split: TokenizedSplit, attention: str = "
     The attention implementation shapes the rows, never which pairs make a step."""
     training, lengths = settings.training, pair_lengths(split)
     return plan_steps(lengths, tokens_per_step(training, lengths), training.num_epochs, settings.seed,
-                      training.packing == "on", micro_batch_tokens(training, lengths), training.batch_size,
+                      training.packing == Packing.ON, micro_batch_tokens(training, lengths), training.batch_size,
                       row_tokens(training, lengths, attention))
 
 

@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass
 
 from trainables.hyperparameters import NAMES, Hyperparameters
+from trainables.trial_contract import (EVAL_LOSS, MEMORY_ESTIMATE_GB, MFU, PEAK_GPU_MEM_GB, PEAK_RSS_MB, RANK_LOSS,
+                                       STEP, TASK_LOSSES, TOKENS_PER_S, TRAIN_LOSS)
 
 
 @dataclass(frozen=True)
@@ -31,19 +33,19 @@ class ExportedMetric:
 PROMETHEUS_PREFIX = "ray_"
 # report metric -> its gauge, set by every trial at every evaluation (tagged by TAG_KEYS)
 TRIAL_GAUGES = {
-    "eval_loss": ExportedMetric("lora_trial_eval_loss", "the trial's eval loss at its latest evaluation "
+    EVAL_LOSS: ExportedMetric("lora_trial_eval_loss", "the trial's eval loss at its latest evaluation "
                                 "(validator-style)"),
-    "rank_loss": ExportedMetric("lora_trial_rank_loss", "the trial's loss on the fixed subset of the held-out set "
+    RANK_LOSS: ExportedMetric("lora_trial_rank_loss", "the trial's loss on the fixed subset of the held-out set "
                                 "every trial is ranked on, at its latest evaluation"),
-    "train_loss": ExportedMetric("lora_trial_train_loss", "the trial's mean training loss since its previous "
+    TRAIN_LOSS: ExportedMetric("lora_trial_train_loss", "the trial's mean training loss since its previous "
                                  "evaluation"),
-    "tokens_per_s": ExportedMetric("lora_trial_tokens_per_s", "real (unpadded) tokens trained per second"),
-    "step": ExportedMetric("lora_trial_step", "the optimizer step of the trial's latest evaluation"),
-    "peak_rss_mb": ExportedMetric("lora_trial_peak_rss_mb", "the trial worker's peak resident memory, MiB"),
-    "peak_gpu_mem_gb": ExportedMetric("lora_trial_peak_gpu_mem_gb", "the trial's peak GPU memory, GB (GPU trials)"),
-    "memory_estimate_gb": ExportedMetric("lora_trial_memory_estimate_gb", "the memory planner's estimate for the "
+    TOKENS_PER_S: ExportedMetric("lora_trial_tokens_per_s", "real (unpadded) tokens trained per second"),
+    STEP: ExportedMetric("lora_trial_step", "the optimizer step of the trial's latest evaluation"),
+    PEAK_RSS_MB: ExportedMetric("lora_trial_peak_rss_mb", "the trial worker's peak resident memory, MiB"),
+    PEAK_GPU_MEM_GB: ExportedMetric("lora_trial_peak_gpu_mem_gb", "the trial's peak GPU memory, GB (GPU trials)"),
+    MEMORY_ESTIMATE_GB: ExportedMetric("lora_trial_memory_estimate_gb", "the memory planner's estimate for the "
                                          "trial, GB"),
-    "mfu": ExportedMetric("lora_trial_mfu", "model FLOPs utilization over the GPU's bf16 peak (GPUs whose peak "
+    MFU: ExportedMetric("lora_trial_mfu", "model FLOPs utilization over the GPU's bf16 peak (GPUs whose peak "
                           "is known)"),
 }
 # the driver's gauges (orchestrator.sweep_metrics sets them from a Tune callback; tagged by experiment)
@@ -59,10 +61,10 @@ EXPORTED_METRICS = [*TRIAL_GAUGES.values(), *SWEEP_GAUGES.values()]
 GAUGES = {metric: gauge.name for metric, gauge in TRIAL_GAUGES.items()}  # report metric -> gauge name
 TAG_KEYS = ("trial_id", "experiment", *NAMES)
 # (report metric, label in the log line, format)
-LINE_FIELDS = [("step", "step", "d"), ("eval_loss", "eval_loss", ".4f"), ("rank_loss", "rank_loss", ".4f"),
-               ("train_loss", "train_loss", ".4f"),
-               ("tokens_per_s", "tokens/s", ".0f"), ("mfu", "mfu", ".1%"), ("peak_rss_mb", "peak_rss_mb", ".0f"),
-               ("peak_gpu_mem_gb", "peak_gpu_mem_gb", ".2f"), ("memory_estimate_gb", "estimated_gb", ".2f")]
+LINE_FIELDS = [(STEP, STEP, "d"), (EVAL_LOSS, EVAL_LOSS, ".4f"), (RANK_LOSS, RANK_LOSS, ".4f"),
+               (TRAIN_LOSS, TRAIN_LOSS, ".4f"),
+               (TOKENS_PER_S, "tokens/s", ".0f"), (MFU, MFU, ".1%"), (PEAK_RSS_MB, PEAK_RSS_MB, ".0f"),
+               (PEAK_GPU_MEM_GB, PEAK_GPU_MEM_GB, ".2f"), (MEMORY_ESTIMATE_GB, "estimated_gb", ".2f")]
 # what a trial's folder name may hold: one safe path component, locally and in object storage
 FOLDER_CHARACTERS = re.compile(r"[^A-Za-z0-9._=-]")
 
@@ -107,10 +109,16 @@ def named_trials(trainable):
     `trial 254c6de9 lr=6.90e-04 r=64 alpha=64`. Ray takes an actor's repr once, after `__init__` (where Tune hands
     the trial its id and config), for the Actors page and the log prefix; so it names the trial only when each
     trial has an actor of its own. The class keeps the function's name: Tune registers the trainable by it, and a
-    --resume finds the experiment's trainable by that name."""
+    --resume finds the experiment's trainable by that name (a private part of Ray's: where this Ray lacks it, Tune's
+    own class, with one line saying so)."""
     from ray.tune.trainable.function_trainable import wrap_function
 
+    from trainables.compat import ray_internals
+
     base = wrap_function(trainable)
+    name = ray_internals.function_trainable_name(base)
+    if name is None:
+        return base
 
     class NamedTrial(base):
         def setup(self, config, *args, **kwargs):
@@ -120,7 +128,7 @@ def named_trials(trainable):
         def __repr__(self) -> str:
             return "trial " + trial_label(self.trial_id, self.config)
 
-    NamedTrial.__name__ = NamedTrial.__qualname__ = base._name
+    NamedTrial.__name__ = NamedTrial.__qualname__ = name
     return NamedTrial
 
 
@@ -132,8 +140,8 @@ def format_line(trial_id: str, hyperparameters: Hyperparameters, metrics: dict) 
         if value is not None:
             value = int(value) if spec == "d" else float(value)
             parts.append(f"{label}={value:{spec}}")
-        if key == "eval_loss":  # a competition of weighted tasks: each task's loss beside the score
-            parts.extend(f"{task}={loss:.4f}" for task, loss in (metrics.get("task_losses") or {}).items())
+        if key == EVAL_LOSS:  # a competition of weighted tasks: each task's loss beside the score
+            parts.extend(f"{task}={loss:.4f}" for task, loss in (metrics.get(TASK_LOSSES) or {}).items())
     return " ".join(parts)
 
 

@@ -13,6 +13,7 @@ SDK calls used (checked against the installed bittensor 11.3 source):
   - `bittensor.Client(...).read("commitment", netuid=..., hotkey_ss58=...)`
   - `bittensor.Client(...).read("uid", hotkey_ss58=..., netuid=...)`    registration on the subnet
   - `bittensor.Client(...).block()`
+and one private part, through trainables.compat.bittensor_internals: the SDK's generated error catalog.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from urllib.parse import urlsplit
 
 import bittensor
 from bittensor import settings as bt_settings
-from bittensor._generated.errors import ERRORS as _SDK_ERRORS
 from bittensor.keyfiles import KeyfileError, WrongPasswordError, resolve_key_password
 from bittensor.result import ChainError as SdkChainError
 from bittensor.result import RpcConnectionError, RpcPolicyError
@@ -36,6 +36,7 @@ from bittensor.wallet import DEFAULT_WALLET_PATH
 
 from publishing.subnet.chain import ChainError, Commitment, Neuron
 from publishing.subnet.constants import MAX_COMMITMENT_BYTES
+from trainables.compat.bittensor_internals import error_catalog
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,11 @@ DEFAULT_TIMEOUT_S = 30.0
 # Submitting waits for the block to be finalized: on finney a few 12-second blocks.
 DEFAULT_SUBMIT_TIMEOUT_S = 120.0
 
-# Every error name the SDK's generated catalog knows, to find a name inside a plain message.
-_KNOWN_ERROR_NAMES = {info.name for info in _SDK_ERRORS.values()}
-_ERROR_DOCS = {info.name: info.docs for info in _SDK_ERRORS.values() if info.docs}
+# Every error name the SDK's generated catalog knows, to find a name inside a plain message (its one private part:
+# trainables.compat.bittensor_internals).
+_ERROR_CATALOG = error_catalog()
+_KNOWN_ERROR_NAMES = set(_ERROR_CATALOG)
+_ERROR_DOCS = {name: docs for name, docs in _ERROR_CATALOG.items() if docs}
 _CONNECTION_NEEDLES = ("could not connect", "connect call failed", "connection refused", "errno 111",
                        "name or service not known", "nodename nor servname", "network is unreachable",
                        "no route to host", "connection closed", "connection reset", "timed out")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import yaml
 
-from publishing.subnet.constants import VALIDATOR_EPSILON
+from publishing.subnet.constants import VALIDATOR_EPSILON, VALIDATOR_EVAL_SAMPLES
 from publishing.subnet.epsilon import Epsilon
+from trainables.trial_contract import ScoringMethod
 
 COMPETITIONS_FILE = Path(__file__).resolve().parents[2] / "configs" / "competitions.yaml"
-SCORING_METHODS = ("response_loss", "reference_loss")
 HASH_FORMS = ("plain", "salted")
 
 
@@ -27,12 +27,12 @@ class CompetitionError(ValueError):
 @dataclass(frozen=True)
 class Task:
     name: str
-    method: str       # one of SCORING_METHODS
+    method: ScoringMethod
     dataset: str      # where validators draw the samples
     weight: float
 
 
-ORIGINAL_TASKS = (Task("response", "response_loss", "cortex", 1.0),)
+ORIGINAL_TASKS = (Task("response", ScoringMethod.RESPONSE_LOSS, "cortex", 1.0),)
 
 
 @dataclass(frozen=True)
@@ -53,14 +53,14 @@ class Competition:
     hash: str = "plain"
     epsilon: Epsilon = Epsilon(VALIDATOR_EPSILON)
     eval_delay_blocks: int = 0
-    eval_samples: int = 120   # samples validators draw per task of a reference_loss competition
+    eval_samples: int = VALIDATOR_EVAL_SAMPLES
     tasks: tuple[Task, ...] = field(default=ORIGINAL_TASKS)
 
     @property
     def scored_by_reference(self) -> bool:
         """Its tasks score reference_loss on their own data sets (the later validators); else the original
         response loss on the training data's held-out share."""
-        return any(t.method == "reference_loss" for t in self.tasks)
+        return any(t.method == ScoringMethod.REFERENCE_LOSS for t in self.tasks)
 
     @property
     def architecture(self) -> str:
@@ -113,15 +113,15 @@ def _tasks(value, where: str) -> tuple[Task, ...]:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
             raise CompetitionError(f"{where}: task {item['name']} has weight {weight!r}; a weight must be a positive "
                                    f"number (the score is the weight-averaged task loss)")
-        if item["method"] not in SCORING_METHODS:
+        if item["method"] not in tuple(ScoringMethod):
             raise CompetitionError(f"{where}: task {item['name']} has method {item['method']!r}; use one of "
-                                   f"{', '.join(SCORING_METHODS)}")
-        tasks.append(Task(str(item["name"]), item["method"], str(item["dataset"]), float(weight)))
+                                   f"{', '.join(ScoringMethod)}")
+        tasks.append(Task(str(item["name"]), ScoringMethod(item["method"]), str(item["dataset"]), float(weight)))
     if len({t.name for t in tasks}) < len(tasks):
         raise CompetitionError(f"{where} names a task twice; task names must differ")
     if len({t.method for t in tasks}) > 1:
-        raise CompetitionError(f"{where} mixes scoring methods; a competition's tasks all score response_loss or "
-                               f"all reference_loss")
+        raise CompetitionError(f"{where} mixes scoring methods; a competition's tasks all score "
+                               f"{ScoringMethod.RESPONSE_LOSS} or all {ScoringMethod.REFERENCE_LOSS}")
     return tuple(tasks)
 
 

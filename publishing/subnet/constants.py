@@ -5,3 +5,4 @@ COMMIT_INTERVAL_BLOCKS = 100        # the chain takes one commitment per hotkey 
 PUBLISH_INTERVAL_S = COMMIT_INTERVAL_BLOCKS * BLOCK_SECONDS  # the "20 minutes" between publishes
 MAX_COMMITMENT_BYTES = 128          # a commitment (a ModelId string) is at most 128 bytes
 VALIDATOR_EPSILON = 0.01            # the earlier model's loss counts 1% lower in iswin
+VALIDATOR_EVAL_SAMPLES = 120        # samples validators draw per task of a reference_loss competition

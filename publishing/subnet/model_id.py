@@ -59,6 +59,7 @@ def parse_repo_id(repo_id: str) -> tuple[str, str]:
     if len(parts) != 2 or not all(_REPO_PART.match(p) for p in parts):
         raise ModelIdError(f"--hf_repo_id {repo_id!r} must be namespace/name (letters, digits, '.', '_', '-')")
     if len(repo_id) > MAX_REPO_ID_LENGTH:
-        raise ModelIdError(f"--hf_repo_id {repo_id!r} is {len(repo_id)} characters; the chain's 128-byte commitment "
-                           f"leaves room for {MAX_REPO_ID_LENGTH}, so choose a shorter name")
+        raise ModelIdError(f"--hf_repo_id {repo_id!r} is {len(repo_id)} characters; the chain's "
+                           f"{MAX_COMMITMENT_BYTES}-byte commitment leaves room for {MAX_REPO_ID_LENGTH}, so choose a "
+                           "shorter name")
     return parts[0], parts[1]

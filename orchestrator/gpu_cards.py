@@ -1,6 +1,7 @@
 """The GPUs a machine has, read with nvidia-smi, never through torch: torch would create a CUDA context in the
-reading process, holding memory on a GPU that a trial then uses. Kept free of the orchestrator so that the GPU
-benchmark runs with nothing but torch and transformers installed."""
+reading process, holding memory on a GPU that a trial then uses. The driver's memory planner and --device check
+read it; it imports only the standard library, so the GPU benchmark uses it with nothing but torch and
+transformers installed."""
 
 import os
 import shutil
