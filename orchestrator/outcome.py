@@ -3,10 +3,11 @@ collected from Tune's results once the coordinator has merged the best model."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from orchestrator.trial_records import TrialRecord, TrialStatus, count
 from publishing.coordinator import CoordinatorReport
@@ -107,34 +108,53 @@ def collect_outcome(config: SweepConfig, experiment: Experiment, records: list[T
                     report: CoordinatorReport, comparison: HeadToHead | None, settings: TrialSettings,
                     data: SweepData, plan: ClusterPlan, trials_csv: str, wall_s: float,
                     space: SearchSpace | None = None, study: StudyChoice | None = None,
-                    time_budget: BudgetEnd | None = None) -> SweepOutcome:
+                    time_budget: BudgetEnd | None = None,
+                    meanwhile: Callable[[SweepOutcome], None] = lambda outcome: None) -> SweepOutcome:
     """The finished sweep's outcome: the merged best, the plots, the head-to-head against --comparison_uid, and
-    what mattered (importances over the space's distributions, compute spent, what early stopping saved)."""
-    from orchestrator.plots import write_plots
-    from orchestrator.study_report import study_report
+    what mattered (importances over the space's distributions, compute spent, what early stopping saved).
+    `meanwhile` gets the outcome without its plots and what-mattered while those are drawn: the driver shuts its Ray
+    down then (a second or two of waiting for Ray's processes) and prints the summary's first lines. The
+    head-to-head, which needs Ray, comes before it."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from publishing.head_to_head import head_to_head
-    from trainables.trial_plan import step_plan
 
     best = report.best
     versus = None
     if comparison is not None and best is not None:
         versus = head_to_head(comparison.opponent, comparison.their_losses, best.model_dir, settings, data.eval,
                               plan.task_options, experiment.path, data.tasks)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plots") as pool:
+        drawing = pool.submit(draw_what_mattered, config, experiment, records, settings, data, plan, space)
+        outcome = SweepOutcome(experiment.path, experiment.name, records, interrupted=False,
+                               best_trial=next((r for r in records if best and r.trial_id == best.trial_id), None),
+                               base_eval_loss=base_eval_loss(results), wall_s=wall_s, plots=[], comparison=versus,
+                               publish=report, trials_csv=trials_csv,
+                               best_task_losses=task_losses(results, best.trial_id, best.step) if best else {},
+                               study=study, time_budget=time_budget)
+        meanwhile(outcome)
+        plots, mattered = drawing.result()
+    return dataclasses.replace(outcome, plots=[experiment.keep(p) for p in plots + mattered.plots],
+                               what_mattered=mattered)
+
+
+def draw_what_mattered(config: SweepConfig, experiment: Experiment, records: list[TrialRecord],
+                       settings: TrialSettings, data: SweepData, plan: ClusterPlan,
+                       space: SearchSpace | None) -> tuple[list[str], StudyReport]:
+    """The loss curves and hyperparameter plots, and what mattered with its own plots (matplotlib's Agg canvases,
+    no pyplot state: safe off the main thread)."""
+    from orchestrator.plots import write_plots
+    from orchestrator.study_report import study_report
+    from trainables.trial_plan import step_plan
+
     # drawn on this machine (from a copy of each trial's results when the experiment is in s3://...), kept with it
     plots_dir = Path(experiment.local_dir) / "plots"
     plots = [str(p) for p in write_plots(experiment.trial_results_here(), plots_dir,
                                          statuses={r.trial_id: r.status for r in records})]
     # a full trial's steps: the same pure plan every trial trains by; the steps each trial ran come from its reports
     mattered = study_report(records, plan.resources, len(step_plan(settings, data.train)),
-                            plots_dir, space.distributions if space else None,
-                            config.search.seed)
-    return SweepOutcome(experiment.path, experiment.name, records, interrupted=False,
-                        best_trial=next((r for r in records if best and r.trial_id == best.trial_id), None),
-                        base_eval_loss=base_eval_loss(results), wall_s=wall_s,
-                        plots=[experiment.keep(p) for p in plots + mattered.plots], comparison=versus,
-                        publish=report, trials_csv=trials_csv,
-                        best_task_losses=task_losses(results, best.trial_id, best.step) if best else {},
-                        study=study, time_budget=time_budget, what_mattered=mattered)
+                            plots_dir, space.distributions if space else None, config.search.seed)
+    return plots, mattered
 
 
 def base_eval_loss(results) -> float:

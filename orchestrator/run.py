@@ -59,43 +59,63 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {model_dir}\ndata: {len(data.train)} training pairs, {len(data.eval)} held-out eval pairs{tasks}")
 
     # Ray is imported only now, so bad input never pays for starting it.
-    from orchestrator.fault_lines import condense_storage_sync_failures
-    from orchestrator.storage_failure import StorageFailed, storage_failure_of
-    from orchestrator.summary import render_interrupted, render_storage_failure, render_summary, resume_command
-    from orchestrator.sweep import run_sweep, start_ray
+    from orchestrator.ray_start import start_ray
 
-    condense_storage_sync_failures()  # Tune's failed uploads to a full storage: one line each, not a traceback
     started_ray = False
     try:
-        started_ray = start_ray(config)
-        outcome = run_sweep(config, space, settings, data, publishing, opponent, experiment=experiment,
-                            command=["python", "-m", "orchestrator.run", *argv], study=study)
-        if started_ray:
-            import ray
+        started_ray = start_ray(config)  # the sweep's own modules are imported while Ray starts
+        from orchestrator.fault_lines import condense_storage_sync_failures
+        from orchestrator.summary import summary_head
+        from orchestrator.sweep import run_sweep
 
-            ray.shutdown()  # flushes the workers' last log lines now, so the summary is the last thing printed
+        condense_storage_sync_failures()  # Tune's failed uploads to a full storage: one line each, not a traceback
+
+        def merged(outcome) -> None:
+            """The best is merged: while the plots and importances are drawn, Ray is shut down (where this driver
+            started it: that flushes the workers' last log lines, so the summary is the last thing printed) and
+            the summary's first lines are printed."""
+            if started_ray:
+                shut_down_ray()
+            print(summary_head(outcome, config), flush=True)
+
+        outcome = run_sweep(config, space, settings, data, publishing, opponent, experiment=experiment,
+                            command=["python", "-m", "orchestrator.run", *argv], study=study, merged=merged)
+        if started_ray:
+            shut_down_ray()  # an interrupted sweep's workers too (once down, a second call does nothing)
     except (ConfigError, MissingInternal) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C: Tune stops without saving its last state
+        from orchestrator.summary import resume_command
+
         print(f"\ninterrupted: nothing was merged or published. To continue:\n  {resume_command(argv, experiment.name)}",
               file=sys.stderr)
         return INTERRUPTED_EXIT
-    except (StorageFailed, OSError) as e:  # a full or unwritable storage is an outcome: one line, and --resume
-        failure = e.failure if isinstance(e, StorageFailed) else storage_failure_of(experiment, [e])
+    except Exception as e:  # a full or unwritable storage is an outcome: one line, and --resume; the rest is raised
+        from orchestrator.storage_failure import StorageFailed, storage_failure_of
+        from orchestrator.summary import render_storage_failure
+
+        failure = (e.failure if isinstance(e, StorageFailed)
+                   else storage_failure_of(experiment, [e]) if isinstance(e, OSError) else None)
         if failure is None:
             raise
         if started_ray:
-            import ray
-
-            ray.shutdown()  # the workers' last log lines come before the error line, not after it
+            shut_down_ray()  # the workers' last log lines come before the error line, not after it
         print(f"error: {render_storage_failure(failure, argv, experiment.name)}", file=sys.stderr)
         return STORAGE_FAILED_EXIT
+    from orchestrator.summary import render_interrupted, summary_tail
+
     if outcome.interrupted:
         print(render_interrupted(outcome, argv))
         return INTERRUPTED_EXIT
-    print(render_summary(outcome, config))
+    print(summary_tail(outcome, config))
     return 0
+
+
+def shut_down_ray() -> None:
+    import ray
+
+    ray.shutdown()
 
 
 if __name__ == "__main__":

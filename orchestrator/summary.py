@@ -159,6 +159,12 @@ def evaluation_lines(trials) -> list[str]:
 
 
 def render_summary(outcome: SweepOutcome, config: SweepConfig) -> str:
+    return "\n".join([summary_head(outcome, config), summary_tail(outcome, config)])
+
+
+def summary_head(outcome: SweepOutcome, config: SweepConfig) -> str:
+    """The summary's first lines: how the trials ended, the best, the merged model, what was published. Known the
+    moment the coordinator has merged, before the plots and importances (summary_tail) are drawn."""
     gain = 1 - outcome.best_eval_loss / outcome.base_eval_loss if outcome.base_eval_loss else 0.0
     best = outcome.best_trial
     lines = [
@@ -181,7 +187,14 @@ def render_summary(outcome: SweepOutcome, config: SweepConfig) -> str:
         *([f"head-to-head:    {outcome.comparison.line()}",
            f"                 (per-pair losses in {outcome.experiment_path}/comparison.json)"]
           if outcome.comparison else []),
-        # importances, compute, early stopping; with --study, why optuna-dashboard's importances can differ
+    ]
+    return "\n".join(lines)
+
+
+def summary_tail(outcome: SweepOutcome, config: SweepConfig) -> str:
+    """The rest: what mattered (importances, compute, early stopping), the plots, where everything is, what next."""
+    lines = [
+        # with --study, why optuna-dashboard's importances can differ
         *(outcome.what_mattered.lines(stored_study=outcome.study is not None) if outcome.what_mattered else []),
         *(f"plot:            {path}" for path in outcome.plots),
         f"trials.csv:      {outcome.trials_csv}",

@@ -1,4 +1,5 @@
-"""The Ray edge: start or join Ray, then one sweep as a recipe: plan, build the tuner, fit, collect.
+"""One sweep on the Ray this process is connected to (orchestrator.ray_start starts or joins it), as a recipe:
+plan, build the tuner, fit, collect.
 
 Ray Tune's own parts do the work: OptunaSearch suggests (orchestrator.search_space), ASHA stops early, checkpoints
 are kept by eval loss, each trial runs in an actor named for it, and a progress block (orchestrator.progress)
@@ -10,9 +11,9 @@ trial ended (trial_records), what the sweep ends with (outcome), which checkpoin
 import dataclasses
 import logging
 import os
-import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from orchestrator.cluster_plan import ClusterPlan, plan_cluster
 from orchestrator.checkpoint_cleanup import delete_leftover_checkpoints
@@ -29,19 +30,12 @@ from trainables.settings import TrialSettings
 from trainables.trial_contract import RANK_LOSS, TRAINING_ITERATION
 from trainables.trial_plan import planned_reports
 
+if TYPE_CHECKING:
+    from orchestrator.study import StudyChoice
+
 # What Tune ranks by (ASHA's rungs, Optuna's values, TuneConfig): rank_loss, in every report and scored on the same
 # pairs in every trial. eval_loss, the whole set's, is in full evaluations only: what is published and merged.
 METRIC, MODE = RANK_LOSS, "min"
-TRIAL_THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
-# Quiet libraries keep the progress block readable. (Trials load only local folders, with local_files_only;
-# the Hub stays reachable for the coordinator, which publishes.)
-WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
-              "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-              "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning",
-              # A stopped trial's actor waits this long for the trial's thread to end (2 s by default) while it
-              # frees its model; on a busy machine that took longer than 2 s. (When actors were reused across
-              # trials, Tune then failed the next trial: "Trainable runner reuse requires reset_config()".)
-              TRIAL_THREAD_TIMEOUT_ENV: "600"}
 # Ray Tune (2.60, ray.tune.execution.class_cache) copies these from the driver's environment into every trial actor's
 # runtime environment, which each node's runtime_env_agent.log and the dashboard then show. They are left out: trials
 # read credentials where every Ray process does, from their node's environment, ~/.aws or role.
@@ -54,41 +48,6 @@ def keep_credentials_out_of_runtime_envs() -> None:
     from trainables.compat import ray_internals
 
     ray_internals.keep_out_of_trial_runtime_envs(CREDENTIAL_ENV_VARS)
-
-
-def start_ray(config: SweepConfig) -> bool:
-    """Start or join Ray; False when the caller's Ray is already up (tests, notebooks) and stays theirs."""
-    import ray
-
-    if ray.is_initialized():  # embedded use (tests, notebooks): the caller's Ray is the cluster
-        return False
-    if config.run.device.startswith("cuda:") and config.run.address is None:
-        # Ray hands out the GPUs CUDA_VISIBLE_DEVICES shows; restricting it pins the sweep to one GPU
-        os.environ["CUDA_VISIBLE_DEVICES"] = config.run.device.split(":", 1)[1]
-    # Checkpoints are kept by score, so Tune snapshots its state often; that is cheap here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Ray Tune and Optuna are imported while Ray starts: ray.init mostly waits for its processes (seconds).
-    tune_imports = threading.Thread(target=_import_tune, daemon=True, name="import-tune")
-    tune_imports.start()
-    # Without --address, "local" starts a Ray here, rather than joining one `ray start` left on this machine.
-    context = ray.init(address=config.run.address or "local",
-                       include_dashboard=config.run.dashboard if config.run.address is None else None,
-                       runtime_env={"env_vars": WORKER_ENV}, logging_level="WARNING", log_to_driver=True)
-    tune_imports.join()
-    if context.dashboard_url:
-        print(f"Ray dashboard: http://{context.dashboard_url}")
-        # Ray 2.60 turns token authentication on for a new local Ray (ray.init sets RAY_AUTH_MODE=token here);
-        # the dashboard then opens on a login page that wants the token, which nothing else tells the user about.
-        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
-            source = ("$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN")
-                      else os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
-            print(f"  it asks for a token: paste what `ray get-auth-token` prints (the token in {source})")
-    return True
-
-
-def _import_tune() -> None:
-    import ray.tune.schedulers  # noqa: F401
-    import ray.tune.search.optuna  # noqa: F401
 
 
 class _NoTunerRestoreHint(logging.Filter):
@@ -197,9 +156,12 @@ def build_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: 
 def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, data: SweepData,
               publishing: PublishSetup, opponent=None, trial_function=lora_trainable,
               experiment: Experiment | None = None, command: list[str] | None = None,
-              study=None) -> SweepOutcome:
+              study: "StudyChoice | None" = None,
+              merged: Callable[[SweepOutcome], None] = lambda outcome: None) -> SweepOutcome:
     """Run the sweep on the Ray this process is connected to: plan, build the tuner, fit, collect. Publishing
-    happens in the coordinator actor, fed by the tuner's callbacks."""
+    happens in the coordinator actor, fed by the tuner's callbacks. `merged` gets the outcome (less its plots and
+    what-mattered) once the best is merged and the sweep needs Ray no more, while the plots are drawn: the driver
+    shuts its Ray down and prints the summary's first lines then."""
     from ray import tune
 
     from orchestrator.memory_budget import plan_trial_memory, trial_budget
@@ -254,7 +216,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
         print(kept_line(deleted), flush=True)
     outcome = collect_outcome(config, experiment, records, results, report, comparison, settings, data, plan,
                               trials_csv, time.perf_counter() - started, space=space, study=study,
-                              time_budget=budget_end)
+                              time_budget=budget_end, meanwhile=merged)
     if config.tracking.wandb_project:
         from orchestrator.tracking import log_sweep_summary
 

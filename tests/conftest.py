@@ -63,7 +63,7 @@ def local_ray():
     """A real local Ray with this machine's 2 CPUs, shared by every test that needs one."""
     import ray
 
-    from orchestrator.sweep import WORKER_ENV
+    from orchestrator.ray_start import WORKER_ENV
 
     # the local Hub server speaks plain HTTP/LFS, not Xet (see tests/hub_server.py)
     env = {**WORKER_ENV, "HF_HUB_DISABLE_XET": "1"}

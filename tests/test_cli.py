@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import orchestrator.sweep
+import orchestrator.ray_start
 from orchestrator.run import main
 from tests.bad_inputs import bad_inputs, model_with_remote_code
 from tests.conftest import own_stderr
@@ -38,7 +38,7 @@ def test_bad_input_fails_at_the_edge(case, tmp_path, capsys, monkeypatch, model_
     def ray_must_not_start(_config):
         raise AssertionError("Ray started for bad input")
 
-    monkeypatch.setattr(orchestrator.sweep, "start_ray", ray_must_not_start)
+    monkeypatch.setattr(orchestrator.ray_start, "start_ray", ray_must_not_start)
     argv, fragment = bad_inputs(tmp_path, model_dir)[case]
     assert main(argv) == 2
     err = own_stderr(capsys)

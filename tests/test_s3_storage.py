@@ -25,7 +25,7 @@ import pytest
 pytest.importorskip("moto", reason="moto[server] is not installed (pip install -e '.[dev]' installs it)")
 pytest.importorskip("flask", reason="moto's server mode is not installed (pip install 'moto[server]')")
 
-import orchestrator.sweep  # noqa: E402
+import orchestrator.ray_start  # noqa: E402
 from orchestrator.run import main  # noqa: E402
 from tests.conftest import own_stderr  # noqa: E402
 from tests.hub_server import local_hub  # noqa: E402,F401  (the fixture)
@@ -195,7 +195,7 @@ def test_storage_that_cannot_be_written_fails_in_one_line_before_ray(s3, tmp_pat
     def ray_must_not_start(_config):
         raise AssertionError("Ray started for bad storage")
 
-    monkeypatch.setattr(orchestrator.sweep, "start_ray", ray_must_not_start)
+    monkeypatch.setattr(orchestrator.ray_start, "start_ray", ray_must_not_start)
 
     def fails(argv, *fragments):
         started = time.time()

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-import orchestrator.sweep
+import orchestrator.ray_start
 from orchestrator.config import ConfigError
 from orchestrator.optuna_searcher import ended_state
 from orchestrator.run import main
@@ -136,7 +136,7 @@ def test_a_damaged_journal_fails_in_one_line_before_ray_starts(content, tmp_path
     def ray_must_not_start(_config):
         raise AssertionError("Ray started for bad input")
 
-    monkeypatch.setattr(orchestrator.sweep, "start_ray", ray_must_not_start)
+    monkeypatch.setattr(orchestrator.ray_start, "start_ray", ray_must_not_start)
     (tmp_path / "bad.journal").write_text(content)
     assert main(["--storage_path", str(tmp_path), "--study", "bad.journal"]) == 2
     err = own_stderr(capsys)

@@ -50,9 +50,9 @@ def test_wandb_logs_every_trial_and_the_summary(local_ray, tmp_path, monkeypatch
 
 
 def test_wandb_flags_come_in_pairs_and_need_a_key(monkeypatch, tmp_path, capsys):
-    import orchestrator.sweep
+    import orchestrator.ray_start
 
-    monkeypatch.setattr(orchestrator.sweep, "start_ray", lambda c: (_ for _ in ()).throw(AssertionError("Ray")))
+    monkeypatch.setattr(orchestrator.ray_start, "start_ray", lambda c: (_ for _ in ()).throw(AssertionError("Ray")))
     assert main(["--wandb_project", "p"]) == 2
     assert "needs both --wandb_entity and --wandb_project" in capsys.readouterr().err
     monkeypatch.delenv("WANDB_MODE", raising=False)

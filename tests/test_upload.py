@@ -137,12 +137,12 @@ def test_missing_wallet_files_with_the_real_wallet_loader(env, best_model, tmp_p
     (["--hf_repo_id", "me/model", "--wallet.name", "nobody", "--wallet.hotkey", "hot"], "has no coldkey"),
 ])
 def test_the_sweep_checks_publishing_before_ray_starts(env, argv, fragment, capsys, monkeypatch, tmp_path):
-    import orchestrator.sweep
+    import orchestrator.ray_start
 
     def ray_must_not_start(_config):
         raise AssertionError("Ray started for bad input")
 
-    monkeypatch.setattr(orchestrator.sweep, "start_ray", ray_must_not_start)
+    monkeypatch.setattr(orchestrator.ray_start, "start_ray", ray_must_not_start)
     argv = [*argv, "--wallet.path", str(tmp_path / "wallets")] if "--wallet.name" in argv else argv
     assert sweep_main(argv) == 2
     assert fragment in one_line_error(capsys)
