@@ -6,6 +6,7 @@ tokenized once, in the driver, with the model's own tokenizer and chat template.
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import AutoTokenizer
@@ -14,12 +15,14 @@ from orchestrator.config import ConfigError, SweepConfig
 from publishing.subnet.chain import ChainError
 from publishing.subnet.competitions import COMPETITIONS_FILE, Competition, CompetitionError, Task, get_competition
 from publishing.subnet.hub import HubClient
+from publishing.subnet.model_id import ModelId
 from publishing.subnet.remote_model import RemoteModelError, best_uid, committed_model_id, default_model_cache, fetch_model
 from publishing.subnet.secrets import load_hf_token
 from publishing.setup import (PublishSetup, SetupError, open_bittensor_chain,
                               prepare_publishing)
 from orchestrator.data_sources import download_parquet_files, fetch_cortex_pairs, load_hub_dataset, read_local_dataset
-from trainables.data import DataError, SweepData, read_pairs, split_pairs, tokenize_split, with_responses
+from trainables.data import (DataError, EvalTask, SweepData, TokenizedSplit, read_pairs, split_pairs,
+                             tokenize_split, with_responses)
 from trainables.embedded_model import DATASET, ensure_embedded_model
 from trainables.errors import one_line
 from trainables.settings import TrialSettings
@@ -106,16 +109,37 @@ def resolve_opponent(config: SweepConfig, chain_factory=None, hub_endpoint: str 
     try:
         competition = get_competition(config.publishing.competition_id, config.publishing.competitions_file)
         chain = (chain_factory or (lambda: read_only_chain(config)))()
-        model_id = committed_model_id(chain, config.comparison.comparison_uid, competition.id)
-        hotkey = {n.uid: n.hotkey for n in chain.neurons()}[config.comparison.comparison_uid]
-        block = chain.read_commitment(hotkey).block
-        epsilon = competition.epsilon.at(chain.current_block(), block)
-        hub = HubClient(load_hf_token(config.publishing.env_file), endpoint=hub_endpoint)
-        folder = fetch_model(hub, model_id.repo_id, model_id.commit, competition.max_repo_bytes)
+        started = chain.current_block()  # before the download: epsilon only shrinks, this is the cautious one
+        committed = fetch_committed_model(config, chain, config.comparison.comparison_uid, hub_endpoint)
+        epsilon = competition.epsilon.at(started, committed.block)
     except (RemoteModelError, ChainError, CompetitionError) as e:
         raise ConfigError(f"--comparison_uid: {e}") from None
-    return Opponent(uid=config.comparison.comparison_uid, model_id=model_id.to_compressed_str(), block=block,
-                    model_dir=str(check_model_dir(folder)), epsilon=epsilon)
+    return Opponent(uid=committed.uid, model_id=committed.model_id.to_compressed_str(), block=committed.block,
+                    model_dir=str(committed.folder), epsilon=epsilon)
+
+
+@dataclass(frozen=True)
+class CommittedModel:
+    """A uid's committed model of the competition, fetched and checked."""
+    uid: int
+    model_id: ModelId
+    block: int   # the block its commitment landed in
+    folder: Path
+
+
+def fetch_committed_model(config: SweepConfig, chain, uid: int, hub_endpoint: str | None = None) -> CommittedModel:
+    """uid's committed model, with every check --comparison_uid applies (and orchestrator.score's --load_uid and
+    --load_best): a ModelId for this competition that names a commit; the repo at that commit within the
+    competition's size with safetensors weights, read from the Hub's metadata before anything is downloaded; only
+    weights, configs and tokenizer files fetched, once per node; the folder loadable without its own code. Raises
+    RemoteModelError, ChainError or CompetitionError for the caller to name its flag; ConfigError for the folder."""
+    competition = get_competition(config.publishing.competition_id, config.publishing.competitions_file)
+    model_id = committed_model_id(chain, uid, competition.id)
+    hotkey = {n.uid: n.hotkey for n in chain.neurons()}[uid]
+    block = chain.read_commitment(hotkey).block
+    hub = HubClient(load_hf_token(config.publishing.env_file), endpoint=hub_endpoint)
+    folder = fetch_model(hub, model_id.repo_id, model_id.commit, competition.max_repo_bytes)
+    return CommittedModel(uid=uid, model_id=model_id, block=block, folder=check_model_dir(folder))
 
 
 def resolve_model_dir(config: SweepConfig, chain_factory=None, hub_endpoint: str | None = None) -> Path:
@@ -205,19 +229,13 @@ def prepare_data(config: SweepConfig, model_dir: Path, hub_endpoint: str | None 
     """Tokenized once, here: the training pairs and the held-out set every trial is scored on, the competition's
     way (the original competitions: response loss on a held-out share of the training data; a competition with
     reference_loss tasks: each task's samples drawn from its own data set, the score their weighted mean)."""
-    try:
-        competition = get_competition(config.publishing.competition_id, config.publishing.competitions_file)
-    except CompetitionError as e:
-        raise ConfigError(f"--competition_id: {e}") from None
+    competition = data_competition(config)
     max_length = config.data.max_length or competition.sequence_length
     below = (f"; competition {competition.id} scores up to {competition.sequence_length} tokens: leave --max_length "
              f"out to keep them" if max_length < competition.sequence_length else "")
     try:
         tokenizer = choose_tokenizer(config, model_dir, hub_endpoint)
-        if config.data.task_data and not competition.scored_by_reference:
-            raise DataError(f"--task_data gives rows for a competition's tasks, but competition {competition.id} has "
-                            f"none (it scores a held-out share of the training pairs); leave it out, or pass "
-                            f"--competition_id of a competition with tasks (4)")
+        check_task_data(config, competition)
         if competition.scored_by_reference:
             return prepare_task_data(config, competition, tokenizer, max_length, hub_endpoint, below)
         pairs = read_training_pairs(config, hub_endpoint)
@@ -226,6 +244,39 @@ def prepare_data(config: SweepConfig, model_dir: Path, hub_endpoint: str | None 
                          eval=tokenize_split(tokenizer, held_out, max_length))
     except DataError as e:
         raise ConfigError(str(e)) from None
+
+
+def prepare_eval_data(config: SweepConfig, model_dir: Path,
+                      hub_endpoint: str | None = None) -> tuple[TokenizedSplit, tuple[EvalTask, ...]]:
+    """Only the held-out samples every trial is scored on, and the tasks they belong to: drawn by the same calls,
+    with the same seed, as prepare_data draws them, so `prepare_data(config, ...).eval` is the same split. The
+    training samples are neither tokenized nor, for a competition with tasks, drawn or read (orchestrator.score)."""
+    competition = data_competition(config)
+    max_length = config.data.max_length or competition.sequence_length
+    try:
+        tokenizer = choose_tokenizer(config, model_dir, hub_endpoint)
+        check_task_data(config, competition)
+        if competition.scored_by_reference:
+            return eval_tasks(draw_tasks(config, competition, 0, hub_endpoint), tokenizer)
+        _, held_out = split_pairs(read_training_pairs(config, hub_endpoint), config.data.eval_fraction,
+                                  config.search.seed)
+        return tokenize_split(tokenizer, held_out, max_length), ()
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+
+
+def data_competition(config: SweepConfig) -> Competition:
+    try:
+        return get_competition(config.publishing.competition_id, config.publishing.competitions_file)
+    except CompetitionError as e:
+        raise ConfigError(f"--competition_id: {e}") from None
+
+
+def check_task_data(config: SweepConfig, competition: Competition) -> None:
+    if config.data.task_data and not competition.scored_by_reference:
+        raise DataError(f"--task_data gives rows for a competition's tasks, but competition {competition.id} has "
+                        f"none (it scores a held-out share of the training pairs); leave it out, or pass "
+                        f"--competition_id of a competition with tasks (4)")
 
 
 def task_files(task: Task, sources: dict[str, str], config: SweepConfig, hub_endpoint: str | None) -> list[Path]:
@@ -249,6 +300,22 @@ def prepare_task_data(config: SweepConfig, competition: Competition, tokenizer, 
     """Each task's held-out samples drawn the validators' way; training on the tasks' other samples mixed by task
     weight, or on one task's data set (--dataset_repo_id naming it), or on the pairs --dataset_path,
     --dataset_repo_id or --use_cortex choose (each pair's response scored as a reference)."""
+    samples = draw_tasks(config, competition, config.data.train_samples_per_task, hub_endpoint)
+    eval_split, tasks = eval_tasks(samples, tokenizer)
+    one_task = [s for s, t in zip(samples, competition.tasks) if t.dataset == config.data.dataset_repo_id]
+    if one_task:
+        train = mixture(one_task, config.search.seed)
+    elif config.data.dataset_path or config.data.dataset_repo_id or config.data.use_cortex:
+        train = [(p["question"], p["response"]) for p in read_training_pairs(config, hub_endpoint)]
+    else:
+        train = mixture(samples, config.search.seed)
+    return SweepData(train=tokenize_references(tokenizer, train, max_length, below), eval=eval_split, tasks=tasks)
+
+
+def draw_tasks(config: SweepConfig, competition: Competition, pool_samples: int,
+               hub_endpoint: str | None = None) -> list[TaskSamples]:
+    """Each task's held-out samples, drawn the validators' way, and up to pool_samples training samples after them
+    (0: the held-out samples only; they are the same whatever pool_samples is)."""
     sources = config.data.task_sources()
     unknown = set(sources) - {t.name for t in competition.tasks}
     if unknown:
@@ -259,18 +326,11 @@ def prepare_task_data(config: SweepConfig, competition: Competition, tokenizer, 
         held_out, pool = draw_task_samples(task_files(task, sources, config, hub_endpoint), parser_for(task.dataset),
                                            competition.sequence_length,
                                            config.data.eval_samples_per_task or competition.eval_samples,
-                                           config.data.train_samples_per_task, config.search.seed, task.name)
+                                           pool_samples, config.search.seed, task.name)
         samples.append(TaskSamples(task.name, task.weight, held_out, pool))
-        print(f"task {task.name}: {len(held_out)} held-out samples, {len(pool)} for training")
-    eval_split, tasks = eval_tasks(samples, tokenizer)
-    one_task = [s for s, t in zip(samples, competition.tasks) if t.dataset == config.data.dataset_repo_id]
-    if one_task:
-        train = mixture(one_task, config.search.seed)
-    elif config.data.dataset_path or config.data.dataset_repo_id or config.data.use_cortex:
-        train = [(p["question"], p["response"]) for p in read_training_pairs(config, hub_endpoint)]
-    else:
-        train = mixture(samples, config.search.seed)
-    return SweepData(train=tokenize_references(tokenizer, train, max_length, below), eval=eval_split, tasks=tasks)
+        print(f"task {task.name}: {len(held_out)} held-out samples" +
+              (f", {len(pool)} for training" if pool_samples else ""))
+    return samples
 
 
 def trial_settings(config: SweepConfig, model_dir: Path) -> TrialSettings:
