@@ -75,8 +75,8 @@ def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Ex
     searcher = optuna_search(space, config.search.seed, METRIC, MODE, full_reports=full_reports, study=study)
     return tune.Tuner(
         # one actor per trial, named for it on the dashboard's Actors page (no param_space: the searcher holds the
-        # space, and each trial's config is its suggestion)
-        named_trials(trainable),
+        # space, and each trial's config is its suggestion); with --reuse_workers, actors named for their purpose
+        named_trials(trainable, per_trial=not config.run.reuse_workers),
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=num_trials,
             # --time_budget: declines trials that would not finish in time (a pass-through without a budget; always
@@ -86,8 +86,9 @@ def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Ex
                                     experiment.path),
             scheduler=scheduler,
             # Ray names an actor once, when it starts: a reused actor would show its first trial's name for
-            # every later one. A new actor costs a trial a second or two of imports; trials run minutes to hours.
-            reuse_actors=False,
+            # every later one. A new actor costs a trial its process's start and imports (about 4 s on a CPU):
+            # little beside trials of minutes to hours, most of a sweep of trials of seconds (--reuse_workers).
+            reuse_actors=config.run.reuse_workers,
             trial_dirname_creator=trial_dirname),  # trial_<id>_lr=6.90e-04_r=64_alpha=64
         run_config=tune.RunConfig(
             name=experiment.name, storage_path=experiment.storage, callbacks=callbacks,
@@ -135,7 +136,9 @@ def build_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: 
 
         check_sealed(experiment.path)  # again, just before Tune reads: the folder may have changed since the input checks
 
-        return tune.Tuner.restore(experiment.path, trainable=named_trials(trainable), resume_unfinished=True,
+        return tune.Tuner.restore(experiment.path, trainable=named_trials(trainable,
+                                                                         per_trial=not config.run.reuse_workers),
+                                  resume_unfinished=True,
                                   resume_errored=True)
     callbacks = [PublishCallback(experiment.name),
                  SweepMetricsCallback(experiment.name, space.trials(config.search.num_samples)),  # Grafana's gauges

@@ -138,13 +138,19 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_seed_grid_runs_exactly_its_twelve_combinations(local_ray, tmp_path, capsys):
+    """The original's grid, each combination once; with --reuse_workers, trial after trial in the same workers (two
+    at a time on the session's 2 CPUs), each from its own start: the step count starts over, the config is its own."""
     code = main(["--search", "seed_grid", "--num_epochs", "1", "--eval_steps", "100", "--scheduler", "fifo",
-                 "--storage_path", str(tmp_path), "--experiment_name", "grid", "--no-dashboard"])
+                 "--reuse_workers", "--storage_path", str(tmp_path), "--experiment_name", "grid", "--no-dashboard"])
     assert code == 0
-    combos = sorted((t["params"]["learning_rate"], t["params"]["r"], t["params"]["alpha"])
-                    for t in trial_results(tmp_path / "grid"))
+    trials = trial_results(tmp_path / "grid")
+    combos = sorted((t["params"]["learning_rate"], t["params"]["r"], t["params"]["alpha"]) for t in trials)
     expected = sorted((lr, r, 16) for lr in (1e-5, 1e-6, 1e-8, 1e-10) for r in (32, 64, 128))
     assert combos == expected
+    workers = {report["pid"] for trial in trials for report in trial["reports"]}
+    assert len(workers) < len(trials)  # workers were reused
+    for trial in trials:
+        assert trial["reports"][0]["training_iteration"] == 1 and trial["reports"][0]["config"] == trial["params"]
 
 
 @pytest.mark.slow

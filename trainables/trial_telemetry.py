@@ -2,7 +2,8 @@
 
 - `named_trials` gives the trial's actor a repr of `trial <id> lr=... r=... alpha=...`: the Actors page shows it, and
   Ray prefixes the actor's log lines with it (`(trial 254c6de9 lr=6.90e-04 r=64 alpha=64 pid=...)`). Ray captures
-  the repr once, when the actor is created, so the sweep runs one actor per trial (Tune's `reuse_actors=False`).
+  the repr once, when the actor is created, so the sweep runs one actor per trial (Tune's `reuse_actors=False`);
+  with --reuse_workers a worker runs trial after trial and is called `lora trial worker`.
 - `emit` prints `[trial <id>] lr=... r=... alpha=... step=... eval_loss=... train_loss=... tokens/s=... mfu=...`
   (tokens/s counts real tokens only; mfu on GPUs whose peak is known; peak memory beside the planner's estimate)
   to the worker's stderr: the tab the dashboard's actor page opens its logs on (the driver's console and a
@@ -104,7 +105,7 @@ def quiet_exit_races(unraisable) -> None:
         sys.__unraisablehook__(unraisable)
 
 
-def named_trials(trainable):
+def named_trials(trainable, per_trial: bool = True):
     """A function trainable as Tune runs it (its `ImplicitFunc` class), with the actor's repr naming the trial:
     `trial 254c6de9 lr=6.90e-04 r=64 alpha=64`. Ray takes an actor's repr once, after `__init__` (where Tune hands
     the trial its id and config), for the Actors page and the log prefix; so it names the trial only when each
@@ -126,7 +127,8 @@ def named_trials(trainable):
             return super().setup(config, *args, **kwargs)
 
         def __repr__(self) -> str:
-            return "trial " + trial_label(self.trial_id, self.config)
+            # a worker reused across trials (--reuse_workers) keeps the repr of its first: it is named for its job
+            return "trial " + trial_label(self.trial_id, self.config) if per_trial else "lora trial worker"
 
     NamedTrial.__name__ = NamedTrial.__qualname__ = name
     return NamedTrial
