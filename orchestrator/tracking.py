@@ -21,6 +21,15 @@ class _DotenvWandbLoggingActor(WandbLoggingActor):
                 os.environ[WANDB_KEY] = key  # this process only, never a runtime_env
         super().__init__(*args, **kwargs)
 
+    def run(self):
+        try:
+            super().run()
+        finally:
+            # Ray kills this actor as soon as run() returns, and W&B writes a run's records from a service process of
+            # its own: wandb.finish() can return before they are on disk (under load a trial's offline run file was
+            # left with its header only). teardown waits for the service to write everything and stop.
+            self._wandb.teardown()
+
 
 class SecretSafeWandbCallback(WandbCallbackBase):  # Tune's WandbLoggerCallback, its private hooks under public names
     logging_actor_class = _DotenvWandbLoggingActor
