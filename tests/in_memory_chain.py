@@ -60,3 +60,20 @@ class InMemoryChain:
             commitment = Commitment(block=block, data=data)
             self.commitments[self.hotkey_ss58] = commitment
             self.history.append((self.hotkey_ss58, commitment))
+
+
+def chain_with_rival(hub_url: str, model_dir, work_dir) -> tuple["InMemoryChain", str]:
+    """A chain of two neurons where uid 1 (hotkey hk1, the larger incentive) has committed `model_dir` for m1 as
+    rival/tiny, uploaded to the Hub at `hub_url`; with that upload's commit."""
+    from pathlib import Path
+
+    from publishing.package import package_model
+    from publishing.subnet.hub import HubClient
+    from publishing.subnet.model_id import ModelId
+    from publishing.subnet.secrets import Secret
+
+    commit = HubClient(Secret("hf_test_token"), endpoint=hub_url).upload(
+        "rival/tiny", package_model(model_dir, Path(work_dir) / "upload"), "card", "rival")
+    chain = InMemoryChain(None, neurons=[Neuron(0, "hk0", 0.2), Neuron(1, "hk1", 0.8)])
+    chain.commit_as("hk1", ModelId("rival", "tiny", commit, "h" * 44, "m1").to_compressed_str())
+    return chain, commit

@@ -11,16 +11,11 @@ from orchestrator.inputs import resolve_opponent, trial_settings
 from orchestrator.search_space import parse_search_space
 from orchestrator.summary import render_summary
 from orchestrator.sweep import run_sweep
-from publishing.subnet.chain import Neuron
-from tests.in_memory_chain import InMemoryChain
+from tests.in_memory_chain import InMemoryChain, chain_with_rival
 from publishing.coordinator import PublishCoordinator
 from publishing.rules import Action
 from publishing.subnet.iswin import compare, iswin
-from publishing.subnet.hub import HubClient
-from publishing.subnet.model_id import ModelId
-from publishing.package import package_model
 from publishing.publisher import Candidate, Publisher, PublishTarget
-from publishing.subnet.secrets import Secret
 from publishing.setup import PublishSetup
 from tests.hub_server import local_hub  # noqa: F401  (the fixture)
 
@@ -65,11 +60,7 @@ def test_require_win_keeps_a_losing_model_off_the_hub(model_dir, tmp_path):
 def opponent_on_chain(local_hub, model_dir, tmp_path, monkeypatch):
     """uid 1 has committed the untrained tiny model."""
     monkeypatch.setenv("LORA_SWEEP_CACHE", str(tmp_path / "cache"))
-    commit = HubClient(Secret("hf_test_token"), endpoint=local_hub.url).upload(
-        "rival/tiny", package_model(model_dir, tmp_path / "upload"), "card", "rival")
-    chain = InMemoryChain(None, neurons=[Neuron(0, "hk0", 0.2), Neuron(1, "hk1", 0.8)])
-    chain.commit_as("hk1", ModelId("rival", "tiny", commit, "h" * 44, "m1").to_compressed_str())
-    return chain
+    return chain_with_rival(local_hub.url, model_dir, tmp_path)[0]
 
 
 @pytest.mark.slow

@@ -11,15 +11,10 @@ import pytest
 from orchestrator.config import load_config
 from orchestrator.inputs import prepare_data, trial_settings
 from orchestrator.score import main
-from publishing.package import package_model
-from publishing.subnet.chain import Neuron
 from publishing.subnet.competitions import COMPETITIONS_FILE
 from publishing.subnet.constants import BLOCK_SECONDS
-from publishing.subnet.hub import HubClient
-from publishing.subnet.model_id import ModelId
-from publishing.subnet.secrets import Secret
 from tests.hub_server import local_hub  # noqa: F401  (the fixture)
-from tests.in_memory_chain import InMemoryChain
+from tests.in_memory_chain import chain_with_rival
 from trainables.lora_trial import model_pair_losses
 from trainables.scoring import competition_score
 
@@ -135,11 +130,7 @@ def test_two_models_are_scored_on_the_same_samples_and_the_better_one_wins(model
 def rival_on_chain(local_hub, model_dir, tmp_path, monkeypatch):
     """uid 1, the leader, has committed the embedded model for m1 through the local Hub."""
     monkeypatch.setenv("LORA_SWEEP_CACHE", str(tmp_path / "cache"))
-    commit = HubClient(Secret("hf_test_token"), endpoint=local_hub.url).upload(
-        "rival/tiny", package_model(model_dir, tmp_path / "upload"), "card", "rival")
-    chain = InMemoryChain(None, neurons=[Neuron(0, "hk0", 0.2), Neuron(1, "hk1", 0.8)])
-    chain.commit_as("hk1", ModelId("rival", "tiny", commit, "h" * 44, "m1").to_compressed_str())
-    return chain, commit
+    return chain_with_rival(local_hub.url, model_dir, tmp_path)
 
 
 def test_a_committed_model_keeps_epsilon_against_local_ones(local_hub, rival_on_chain, model_dir, worse_model,
