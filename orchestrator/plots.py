@@ -312,3 +312,27 @@ def write_plots(experiment_dir: str | Path, out_dir: str | Path | None = None,
         draw(trials).savefig(path, format="png")
         written.append(path)
     return written
+
+
+def rounds_figure(records) -> Figure:
+    """orchestrator.mine's rounds.png: per round (orchestrator.rounds.RoundRecord), our best score and the leader's,
+    each on that round's held-out samples (a round draws its own, so the lines compare within a round, not across)."""
+    figure = new_figure(7, 4)
+    axes = figure.add_subplot()
+    rounds = [r.round for r in records]
+    ours = [r.best_score for r in records]
+    leader = [r.leader_score for r in records]
+    axes.plot(rounds, ours, "o-", color="tab:blue", label="our best this round")
+    if any(_finite(v) for v in leader):
+        axes.plot(rounds, leader, "s--", color="tab:red", label="the leader")
+    for r, score in zip(records, ours):
+        if r.published and _finite(score):
+            axes.annotate("published", (r.round, score), textcoords="offset points", xytext=(0, 8), ha="center",
+                          fontsize=8, color="tab:green")
+    axes.set_xlabel("round")
+    axes.set_ylabel("score (eval loss, lower is better)")
+    axes.set_xticks(rounds)
+    axes.set_title("Mining: our score and the leader's, each on its round's held-out samples", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return figure

@@ -77,3 +77,67 @@ def chain_with_rival(hub_url: str, model_dir, work_dir) -> tuple["InMemoryChain"
     chain = InMemoryChain(None, neurons=[Neuron(0, "hk0", 0.2), Neuron(1, "hk1", 0.8)])
     chain.commit_as("hk1", ModelId("rival", "tiny", commit, "h" * 44, "m1").to_compressed_str())
     return chain, commit
+
+
+class _ChainHolder:
+    """An InMemoryChain in a Ray actor, so the driver and the coordinator actor read and write the same chain; with
+    an answer: when `watched` first commits, `rival` commits `answer` (a rival who reacts to being beaten)."""
+
+    def __init__(self, neurons: list[Neuron], watched: str, rival: str | None = None, answer: str | None = None):
+        self.chain = InMemoryChain(None, registered={n.hotkey for n in neurons}, neurons=neurons)
+        self.watched, self.rival, self.answer = watched, rival, answer
+
+    def call(self, method: str, hotkey: str | None, *args):
+        self.chain.hotkey_ss58 = hotkey
+        result = getattr(self.chain, method)(*args)
+        if method == "set_commitment" and hotkey == self.watched and self.answer is not None:
+            self.chain.commit_as(self.rival, self.answer)
+            self.answer = None
+        return result
+
+    def history(self) -> list[tuple[str, int, str]]:
+        return [(hotkey, c.block, c.data) for hotkey, c in self.chain.history]
+
+
+class SharedChain:
+    """A Chain client of the chain held by the named actor `name` (start_shared_chain), as `hotkey_ss58`; picklable,
+    so a PublishSetup's chain_factory (functools.partial(SharedChain, name, hotkey)) reaches the coordinator actor."""
+
+    def __init__(self, name: str, hotkey_ss58: str | None):
+        self.name, self.hotkey_ss58 = name, hotkey_ss58
+
+    def _call(self, method: str, *args):
+        import ray
+
+        return ray.get(ray.get_actor(self.name).call.remote(method, self.hotkey_ss58, *args))
+
+    def current_block(self) -> int:
+        return self._call("current_block")
+
+    def neurons(self) -> list[Neuron]:
+        return self._call("neurons")
+
+    def is_registered(self, hotkey_ss58: str) -> bool:
+        return self._call("is_registered", hotkey_ss58)
+
+    def read_commitment(self, hotkey_ss58: str) -> Commitment | None:
+        return self._call("read_commitment", hotkey_ss58)
+
+    def commit_as(self, hotkey_ss58: str, data: str) -> None:
+        self._call("commit_as", hotkey_ss58, data)
+
+    def set_commitment(self, data: str) -> None:
+        self._call("set_commitment", data)
+
+    def history(self) -> list[tuple[str, int, str]]:
+        import ray
+
+        return ray.get(ray.get_actor(self.name).history.remote())
+
+
+def start_shared_chain(name: str, neurons: list[Neuron], watched: str, rival: str | None = None,
+                       answer: str | None = None):
+    """The actor behind SharedChain (on the caller's Ray); kill it with ray.kill when done."""
+    import ray
+
+    return ray.remote(num_cpus=0)(_ChainHolder).options(name=name).remote(neurons, watched, rival, answer)
