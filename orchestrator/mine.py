@@ -315,7 +315,7 @@ def round_config(config: SweepConfig, folder: str, number: int, seed: int, budge
         data = dataclasses.replace(data, tokenizer="model")
     run = dataclasses.replace(config.run, storage_path=folder, experiment_name=round_folder(number), resume=resume,
                               time_budget=None if budget_s is None else f"{max(budget_s, 10.0):.0f}")
-    search = dataclasses.replace(config.search, seed=seed, study=config.search.study or "study.journal")
+    search = dataclasses.replace(config.search, seed=seed)
     return dataclasses.replace(config, data=data, run=run, search=search)
 
 
@@ -460,6 +460,7 @@ def main(argv: list[str] | None = None, chain_factory=None, hub_endpoint: str | 
     except (ConfigError, MissingInternal) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    request = dataclasses.replace(request, config=with_local_parts(config, folder))
     reads_chain = publishing.chain_factory is not None
     chain = publishing.chain_factory() if reads_chain else None
     if not store.is_remote(folder):
@@ -485,6 +486,24 @@ def main(argv: list[str] | None = None, chain_factory=None, hub_endpoint: str | 
             import ray
 
             ray.shutdown()
+
+
+def with_local_parts(config: SweepConfig, folder: str) -> SweepConfig:
+    """The run's study (--study, else study.journal in the mining folder) and, where the mining folder is in object
+    storage, this machine's folder for what needs a file system: ~/ray_results/<run>/ (each round's best_model/
+    under it, and the study's journal file, which a bucket cannot hold), not ~/ray_results/round-NNN, which every
+    run would share."""
+    import os
+
+    from orchestrator.experiment import DEFAULT_LOCAL_DIR, LOCAL_DIR_ENV
+
+    study = config.search.study or "study.journal"
+    if store.is_remote(folder):
+        local = Path(os.environ.get(LOCAL_DIR_ENV) or DEFAULT_LOCAL_DIR).expanduser().resolve() / store.name(folder)
+        os.environ[LOCAL_DIR_ENV] = str(local)
+        if config.search.study is None:
+            study = str(local / "study.journal")
+    return dataclasses.replace(config, search=dataclasses.replace(config.search, study=study))
 
 
 def resume_line(request: MineRequest, folder: str) -> str:

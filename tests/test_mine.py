@@ -185,13 +185,25 @@ def test_an_outage_is_retried_with_backoff_and_a_refusal_is_not():
     assert len(waits) == 4  # a refusal is not retried
 
 
+def readme_mining_block() -> list[str]:
+    """The README's offline mining command, as argv after `python -m orchestrator.mine`."""
+    import re
+    import shlex
+
+    blocks = re.findall(r"```shell\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    line = next(b.strip() for b in blocks if b.startswith(".venv/bin/python -m orchestrator.mine"))
+    return shlex.split(line)[3:]
+
+
 def test_a_killed_driver_resumes_its_round_and_no_round_is_lost_or_repeated(local_ray, model_dir, tmp_path, capsys):
-    """Offline (no chain): the driver is killed while round 2's sweep runs; --resume finishes round 2 from its saved
-    state, then runs round 3."""
+    """The README's offline run (no chain), in a folder of its own: the driver is killed while round 2's sweep runs;
+    --resume finishes round 2 from its saved state, then runs round 3."""
     env = {**os.environ, "LORA_SWEEP_CACHE": str(model_dir.parent), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    argv = [*TINY_ROUNDS, "--num_epochs", "3", "--storage_path", str(tmp_path / "runs"), "--experiment_name", "m"]
+    argv = [*readme_mining_block(), "--scheduler", "fifo", "--no-dashboard", "--storage_path", str(tmp_path / "runs"),
+            "--experiment_name", "m"]
+    assert "--rounds" in argv
     folder = tmp_path / "runs" / "m"
-    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.mine", *argv, "--rounds", "3"], cwd=REPO, env=env,
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.mine", *argv], cwd=REPO, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 300
@@ -205,7 +217,7 @@ def test_a_killed_driver_resumes_its_round_and_no_round_is_lost_or_repeated(loca
     assert [r["round"] for r in rows(folder)] == ["1"]  # round 2 was running: it has no row
     round_two = json.loads((folder / "round-002" / "round.json").read_text())
 
-    code = mine.main([*argv, "--rounds", "3", "--resume"])
+    code = mine.main([*argv, "--resume"])
     out = capsys.readouterr().out
     assert code == 0, out[-4000:]
     assert "resume: round 2's sweep was running when it stopped; it resumes" in out

@@ -249,3 +249,18 @@ def test_every_relative_link_in_the_readme_and_docs_points_at_a_file():
     for page in [README, *sorted((REPO / "docs").glob("*.md"))]:
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
+
+
+def test_the_mining_block_is_a_valid_mine_command_of_the_cluster_block():
+    """The README's mining block submits `orchestrator.mine` with flags it takes (the sweep's, and its own)."""
+    from orchestrator.mine import parse
+
+    blocks = re.findall(r"```shell\n(.*?)```", README.read_text(), re.S)
+    block = next(b for b in blocks if "python -m orchestrator.mine --address auto" in b)
+    job = " ".join(line.rstrip("\\ ").strip() for line in block.strip().splitlines())
+    argv = shlex.split(job.split(" -- ", 1)[1])
+    assert argv[:3] == ["python", "-m", "orchestrator.mine"]
+    request = parse(argv[3:])
+    assert request.config.publishing.competition_id == "4" and request.require_win
+    assert request.round_budget_s == 12 * 3600 and request.config.run.address == "auto"
+    assert job.startswith("ray job submit --address http://localhost:8265")
