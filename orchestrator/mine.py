@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -534,6 +535,9 @@ def run_rounds(request: MineRequest, folder: str, space, base_model_dir: Path, p
     number, action = step.round, step.action
     gpus, cpus = cluster_size(config)
     while True:
+        # Ray Tune (2.60, tune.run) sets its own SIGINT handler for a sweep and leaves it set after: between rounds it
+        # would swallow Ctrl-C (a flag only a running sweep reads). Python's own handler makes it a KeyboardInterrupt.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         go = next_round(number, max_rounds=request.rounds, time_budget_s=config.run.time_budget_s,
                         round_budget_s=request.round_budget_s, elapsed_s=time.time() - run_started)
         print(go.line, flush=True)
@@ -580,6 +584,7 @@ def run_one_round(request: MineRequest, folder: str, number: int, action: Next, 
     from orchestrator.study import choose_study, ranking
     from orchestrator.summary import summary_head, summary_tail
     from orchestrator.sweep import run_sweep
+    from orchestrator.sweep_metrics import mining_numbers, set_mining_gauges
 
     config = request.config
     seed = round_seed(config.search.seed, number)
@@ -610,6 +615,8 @@ def run_one_round(request: MineRequest, folder: str, number: int, action: Next, 
                                 our_uid=contenders.our_uid, base_score=base_score)
         print(f"{decision.line} (on {samples} held-out samples, data seed {seed})", flush=True)
         chosen = decision.chosen
+        fields = decision.record_fields()
+        set_mining_gauges(mining_numbers(number, fields["leader_score"], chosen.score), store.name(folder))
     cfg = with_start(cfg, chosen)
     model_dir = resolve_model_dir(cfg)
     data = prepare_data(cfg, model_dir, hub_endpoint)

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from ray import tune
 
 from trainables.trial_contract import EVAL_LOSS
-from trainables.trial_telemetry import SWEEP_GAUGES
+from trainables.trial_telemetry import MINING_GAUGES, SWEEP_GAUGES
 
 TAG_KEYS = ("experiment",)
 ENDED_STATES = ("TERMINATED", "ERROR")
 
-_gauges: dict = {}  # SWEEP_GAUGES key -> Gauge, created once per driver process
+_gauges: dict = {}  # SWEEP_GAUGES or MINING_GAUGES key -> Gauge, created once per driver process
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,11 @@ def sweep_numbers(states: list[str], lowest_losses: list[float | None], total: i
                         trials_total=max(total, len(states)))
 
 
-def _gauge(key: str):
+def _gauge(key: str, gauges: dict = SWEEP_GAUGES):
     if key not in _gauges:
         from ray.util.metrics import Gauge
 
-        _gauges[key] = Gauge(SWEEP_GAUGES[key].name, description=SWEEP_GAUGES[key].meaning, tag_keys=TAG_KEYS)
+        _gauges[key] = Gauge(gauges[key].name, description=gauges[key].meaning, tag_keys=TAG_KEYS)
     return _gauges[key]
 
 
@@ -77,3 +77,15 @@ class SweepMetricsCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._update(trials)
+
+
+def mining_numbers(round_number: int, leader_score: float, start_score: float) -> dict[str, float]:
+    """A mining round's gauges (MINING_GAUGES): a score that is not a number (no leader, a base model not scored)
+    is left unset, so Grafana shows the last round's value, not a NaN."""
+    numbers = {"round": float(round_number), "leader_score": leader_score, "start_score": start_score}
+    return {key: value for key, value in numbers.items() if math.isfinite(value)}
+
+
+def set_mining_gauges(numbers: dict[str, float], mining: str) -> None:
+    for key, value in numbers.items():
+        _gauge(key, MINING_GAUGES).set(value, tags={"experiment": mining})

@@ -64,7 +64,9 @@ class InMemoryChain:
 
 def chain_with_rival(hub_url: str, model_dir, work_dir) -> tuple["InMemoryChain", str]:
     """A chain of two neurons where uid 1 (hotkey hk1, the larger incentive) has committed `model_dir` for m1 as
-    rival/tiny, uploaded to the Hub at `hub_url`; with that upload's commit."""
+    rival/tiny, uploaded to the Hub at `hub_url`; with that upload's commit. Its clock stands still (a test moves it
+    by setting `chain.clock`): a block boundary passing mid-test would change the block a test reads back."""
+    import time
     from pathlib import Path
 
     from publishing.package import package_model
@@ -74,7 +76,8 @@ def chain_with_rival(hub_url: str, model_dir, work_dir) -> tuple["InMemoryChain"
 
     commit = HubClient(Secret("hf_test_token"), endpoint=hub_url).upload(
         "rival/tiny", package_model(model_dir, Path(work_dir) / "upload"), "card", "rival")
-    chain = InMemoryChain(None, neurons=[Neuron(0, "hk0", 0.2), Neuron(1, "hk1", 0.8)])
+    now = time.time()
+    chain = InMemoryChain(None, neurons=[Neuron(0, "hk0", 0.2), Neuron(1, "hk1", 0.8)], clock=lambda: now)
     chain.commit_as("hk1", ModelId("rival", "tiny", commit, "h" * 44, "m1").to_compressed_str())
     return chain, commit
 

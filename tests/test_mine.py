@@ -93,7 +93,7 @@ def test_three_rounds_follow_the_rival_and_publish_by_the_rules(rival, local_hub
     chain_factory, chain, strong = rival
     local_hub.fail_next("model_info", times=1, status=503)  # the Hub is down when round 1 fetches the leader
     local_hub.fail_next("commit", times=1, status=503)      # and again when round 1 first uploads our model
-    argv = [*TINY_ROUNDS, "--rounds", "3", "--require_win", "--hf_repo_id", "miner/mined", "--wallet.name", "cold",
+    argv = [*TINY_ROUNDS, "--num_samples", "1", "--rounds", "3", "--require_win", "--hf_repo_id", "miner/mined", "--wallet.name", "cold",
             "--wallet.hotkey", "hot", "--storage_path", str(tmp_path / "runs"), "--experiment_name", "mining"]
     code = mine.main(argv, chain_factory=chain_factory, hub_endpoint=local_hub.url)
     out = capsys.readouterr().out
@@ -195,22 +195,41 @@ def readme_mining_block() -> list[str]:
     return shlex.split(line)[3:]
 
 
-def test_a_killed_driver_resumes_its_round_and_no_round_is_lost_or_repeated(local_ray, model_dir, tmp_path, capsys):
-    """The README's offline run (no chain), in a folder of its own: the driver is killed while round 2's sweep runs;
-    --resume finishes round 2 from its saved state, then runs round 3."""
+def test_ctrl_c_and_a_killed_driver_are_resumed_and_no_round_is_lost_or_repeated(local_ray, model_dir, tmp_path,
+                                                                                   capsys):
+    """The README's offline run (no chain, two rounds), in a folder of its own: Ctrl-C once round 1 is recorded;
+    --resume, killed while round 2's sweep runs; --resume again finishes round 2 from its saved state."""
     env = {**os.environ, "LORA_SWEEP_CACHE": str(model_dir.parent), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     argv = [*readme_mining_block(), "--scheduler", "fifo", "--no-dashboard", "--storage_path", str(tmp_path / "runs"),
             "--experiment_name", "m"]
     assert "--rounds" in argv
     folder = tmp_path / "runs" / "m"
-    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.mine", *argv], cwd=REPO, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
+
+    def start(*more: str, output=subprocess.DEVNULL) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "orchestrator.mine", *argv, *more], cwd=REPO, env=env,
+                                stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def wait_until(condition, driver: subprocess.Popen, what: str) -> None:
         deadline = time.time() + 300
-        while time.time() < deadline and driver.poll() is None and not list(
-                (folder / "round-002").glob("*/result.json")):
-            time.sleep(0.2)
-        assert list((folder / "round-002").glob("*/result.json")), "round 2 did not start in time"
+        while time.time() < deadline and driver.poll() is None and not condition():
+            time.sleep(0.1)
+        assert condition(), f"{what} did not happen in time"
+
+    driver = start(output=subprocess.PIPE)
+    try:
+        wait_until(lambda: (folder / "rounds.csv").is_file(), driver, "round 1")
+        driver.send_signal(signal.SIGINT)  # what Ctrl-C sends: round 1 is recorded, round 2 is being prepared
+        out, _ = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, out[-3000:]
+    assert "--experiment_name m --resume" in out and "=== Sweep summary ===" in out  # round 1's, not round 2's
+    assert json.loads((folder / "mining.json").read_text())["status"] == "interrupted"
+
+    driver = start("--resume")
+    try:
+        wait_until(lambda: list((folder / "round-002").glob("*/result.json")), driver, "round 2's first report")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
@@ -223,7 +242,8 @@ def test_a_killed_driver_resumes_its_round_and_no_round_is_lost_or_repeated(loca
     assert "resume: round 2's sweep was running when it stopped; it resumes" in out
     assert f"round 2: resumes from {round_two['start_source']}" in out
     table = rows(folder)
-    assert [r["round"] for r in table] == ["1", "2", "3"]
+    assert [r["round"] for r in table] == ["1", "2"]
+    assert "round 3" not in out  # --rounds 2: the run ends there
     assert table[1]["data_seed"] == str(round_two["data_seed"]) and table[1]["start_model"] == round_two["start_model"]
     assert all(math.isfinite(float(r["best_score"])) for r in table)
     assert json.loads((folder / "mining.json").read_text())["status"] == "finished"
@@ -237,3 +257,10 @@ def test_a_killed_driver_resumes_its_round_and_no_round_is_lost_or_repeated(loca
     printed = capsys.readouterr().out
     line = next(line for line in printed.splitlines() if line.startswith(str(folder / "round-001" / "best_model")))
     assert float(line.split("score ")[1].split()[0]) == pytest.approx(float(table[0]["best_score"]), abs=1e-4)
+
+
+def test_a_bad_flag_loads_neither_torch_nor_ray():
+    script = ("import sys\nfrom orchestrator import mine\nassert mine.main(['--rounds', '0']) == 2\n"
+              "print(sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

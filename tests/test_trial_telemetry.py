@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 from trainables.hyperparameters import Hyperparameters
-from trainables.trial_telemetry import (EXPORTED_METRICS, GAUGES, SWEEP_GAUGES, TAG_KEYS, TRIAL_GAUGES, emit,
-                                        format_line, named_trials, prometheus_names, tags, trial_folder_name,
-                                        trial_label)
+from trainables.trial_telemetry import (EXPORTED_METRICS, GAUGES, MINING_GAUGES, SWEEP_GAUGES, TAG_KEYS,
+                                        TRIAL_GAUGES, emit, format_line, named_trials, prometheus_names, tags,
+                                        trial_folder_name, trial_label)
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "configs" / "grafana" / "lora_sweep_dashboard.json"
 HYPERPARAMETERS = Hyperparameters(learning_rate=2.1e-4, r=16, alpha=32)
@@ -78,7 +78,7 @@ def test_every_grafana_panel_plots_an_exported_metric_and_every_metric_has_a_pan
 
 def test_one_list_names_every_exported_metric_once_with_its_meaning():
     names = [m.name for m in EXPORTED_METRICS]
-    assert len(names) == len(set(names)) == len(TRIAL_GAUGES) + len(SWEEP_GAUGES)
+    assert len(names) == len(set(names)) == len(TRIAL_GAUGES) + len(SWEEP_GAUGES) + len(MINING_GAUGES)
     assert all(m.meaning and "\n" not in m.meaning for m in EXPORTED_METRICS)
     assert {f"lora_sweep_{key}" for key in SWEEP_GAUGES} == {m.name for m in SWEEP_GAUGES.values()}
 
@@ -117,6 +117,14 @@ def test_the_sweeps_gauges_count_ended_and_running_trials_and_take_the_lowest_fi
         best_eval_loss=3.25, trials_finished=3, trials_running=1, trials_total=8)
     assert sweep_numbers([], [], total=4) == SweepNumbers(None, 0, 0, 4)
     assert set(SweepNumbers.__dataclass_fields__) == set(SWEEP_GAUGES)  # a gauge for every number
+
+
+def test_a_mining_rounds_gauges_leave_a_score_that_is_not_a_number_unset():
+    from orchestrator.sweep_metrics import mining_numbers
+
+    assert mining_numbers(3, 4.25, 3.5) == {"round": 3.0, "leader_score": 4.25, "start_score": 3.5}
+    assert mining_numbers(1, math.nan, math.nan) == {"round": 1.0}  # no leader, and the base model not scored
+    assert set(mining_numbers(2, 1.0, 2.0)) == set(MINING_GAUGES)  # a gauge for every number
 
 
 def test_a_trial_actor_drops_only_the_systemexit_of_its_sigterm_race(capsys):

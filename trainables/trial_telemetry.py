@@ -58,7 +58,15 @@ SWEEP_GAUGES = {
     "trials_running": ExportedMetric("lora_sweep_trials_running", "trials training now"),
     "trials_total": ExportedMetric("lora_sweep_trials_total", "trials the sweep will run"),
 }
-EXPORTED_METRICS = [*TRIAL_GAUGES.values(), *SWEEP_GAUGES.values()]
+# a mining run's gauges (orchestrator.mine sets them before each round; tagged by experiment: the mining folder's name)
+MINING_GAUGES = {
+    "round": ExportedMetric("lora_mining_round", "the round a mining run (python -m orchestrator.mine) is in"),
+    "leader_score": ExportedMetric("lora_mining_leader_score", "the competition leader's score on the round's "
+                                   "held-out samples"),
+    "start_score": ExportedMetric("lora_mining_start_score", "the score of the model the round starts from, on "
+                                  "the round's held-out samples"),
+}
+EXPORTED_METRICS = [*TRIAL_GAUGES.values(), *SWEEP_GAUGES.values(), *MINING_GAUGES.values()]
 GAUGES = {metric: gauge.name for metric, gauge in TRIAL_GAUGES.items()}  # report metric -> gauge name
 TAG_KEYS = ("trial_id", "experiment", *NAMES)
 # (report metric, label in the log line, format)
