@@ -5,7 +5,7 @@
         --round_budget 6h --require_win                     # a miner on competition 4, for as long as it runs
 
 A round is one sweep (orchestrator.sweep.run_sweep, the same as `python -m orchestrator.run`), in its own folder
-round-NNN under one mining folder (--storage_path/--experiment_name). Before each round the competition is read from
+<run>.round-NNN under one mining folder <run> (--storage_path/--experiment_name). Before each round the competition is read from
 the chain: the leader's model, our best merged model so far and our committed model are scored on the round's held-out
 samples (orchestrator.score's functions), and the round starts from the best of them (orchestrator.rounds.decide_start;
 --start pins it). Each round draws fresh training samples (rounds.round_seed), continues the study or seeds a new one
@@ -149,8 +149,8 @@ def write_mining(folder: str, **fields) -> None:
 
 
 def read_round_file(folder: str, number: int) -> tuple[dict | None, str | None]:
-    """round-NNN/round.json, or (None, the warning a damaged one costs)."""
-    path = store.join(folder, round_folder(number), ROUND_FILE)
+    """<run>.round-NNN/round.json, or (None, the warning a damaged one costs)."""
+    path = store.join(folder, round_folder(number, store.name(folder)), ROUND_FILE)
     try:
         data = json.loads(store.read_text(path))
         if not isinstance(data, dict):
@@ -163,7 +163,7 @@ def read_round_file(folder: str, number: int) -> tuple[dict | None, str | None]:
 
 
 def write_round_file(folder: str, number: int, **fields) -> None:
-    path = store.join(folder, round_folder(number), ROUND_FILE)
+    path = store.join(folder, round_folder(number, store.name(folder)), ROUND_FILE)
     data = read_round_file(folder, number)[0] or {}
     data.update(fields)
     store.write_text(path, json.dumps(data, indent=2, default=str))
@@ -174,7 +174,7 @@ def sweep_folders(folder: str) -> list[SweepFolder]:
 
     found = []
     for name in store.folders(folder):
-        if (number := folder_round(name)) is not None:
+        if (number := folder_round(name, store.name(folder))) is not None:
             sub = store.join(folder, name)
             found.append(SweepFolder(number, (read_marker(sub) or {}).get("status"), has_tune_state(sub)))
     return found
@@ -314,7 +314,7 @@ def round_config(config: SweepConfig, folder: str, number: int, seed: int, budge
         # the embedded model's own tokenizer, every round: a round that starts from a model made from it tokenizes as
         # the first did (auto would fetch the competition's from the Hub for any model but the embedded one)
         data = dataclasses.replace(data, tokenizer="model")
-    run = dataclasses.replace(config.run, storage_path=folder, experiment_name=round_folder(number), resume=resume,
+    run = dataclasses.replace(config.run, storage_path=folder, experiment_name=round_folder(number, store.name(folder)), resume=resume,
                               time_budget=None if budget_s is None else f"{max(budget_s, 10.0):.0f}")
     search = dataclasses.replace(config.search, seed=seed)
     return dataclasses.replace(config, data=data, run=run, search=search)
@@ -328,7 +328,7 @@ def carry_publish_state(folder: str, number: int, decision: StartDecision) -> st
     from publishing.publish_state import STATE_FILE, read_state, write_state
 
     for earlier in range(number - 1, 0, -1):
-        state, problem = read_state(store.join(folder, round_folder(earlier), STATE_FILE))
+        state, problem = read_state(store.join(folder, round_folder(earlier, store.name(folder)), STATE_FILE))
         if problem:
             return f"warning: round {earlier}'s publish state is damaged ({problem}); round {number} starts without " \
                    "it (the 20-minute window is still read from the chain)"
@@ -343,7 +343,7 @@ def carry_publish_state(folder: str, number: int, decision: StartDecision) -> st
         last = state.published[-1]
         state.published[-1] = dataclasses.replace(last, eval_loss=rescored)
         line += f" (our commitment re-scored on this round's samples: {rescored:.4f}, was {last.eval_loss:.4f})"
-    write_state(store.join(folder, round_folder(number), STATE_FILE), state)
+    write_state(store.join(folder, round_folder(number, store.name(folder)), STATE_FILE), state)
     return line
 
 
@@ -382,7 +382,7 @@ def record_round(folder: str, number: int, outcome, started_at: float, gpus: int
         data_seed=int(data.get("data_seed", 0)), study=data.get("study", "new"),
         best_trial=best.trial_id if best else "", best_score=outcome.best_eval_loss, published=published,
         publish_reason=reason, compute_hours=hours, compute_unit=unit,
-        experiment=round_folder(number))
+        experiment=round_folder(number, store.name(folder)))
 
 
 def record_from_folder(folder: str, number: int) -> RoundRecord:
@@ -400,7 +400,7 @@ def record_from_folder(folder: str, number: int) -> RoundRecord:
         data_seed=int(data.get("data_seed", 0)), study=data.get("study", "new"), best_trial="",
         best_score=_float(data.get("best_score")), published=False,
         publish_reason="unknown: the driver stopped before the round was recorded (see its publish_state.json)",
-        compute_hours=0.0, compute_unit="GPU-hours", experiment=round_folder(number))
+        compute_hours=0.0, compute_unit="GPU-hours", experiment=round_folder(number, store.name(folder)))
 
 
 def _float(value) -> float:
@@ -425,7 +425,7 @@ def free_round_disk(folder: str, number: int) -> int:
     if store.is_remote(folder):
         return 0  # the sweep's own rule (checkpoint_cleanup) has kept each trial's best two there
     gone = 0
-    for checkpoint in Path(folder, round_folder(number)).glob("*/checkpoint_*"):
+    for checkpoint in Path(folder, round_folder(number, store.name(folder))).glob("*/checkpoint_*"):
         shutil.rmtree(checkpoint, ignore_errors=True)
         gone += 1
     return gone
@@ -492,8 +492,8 @@ def main(argv: list[str] | None = None, chain_factory=None, hub_endpoint: str | 
 def with_local_parts(config: SweepConfig, folder: str) -> SweepConfig:
     """The run's study (--study, else study.journal in the mining folder) and, where the mining folder is in object
     storage, this machine's folder for what needs a file system: ~/ray_results/<run>/ (each round's best_model/
-    under it, and the study's journal file, which a bucket cannot hold), not ~/ray_results/round-NNN, which every
-    run would share."""
+    under it, and the study's journal file, which a bucket cannot hold): a run's files together, beside its other
+    runs'."""
     import os
 
     from orchestrator.experiment import DEFAULT_LOCAL_DIR, LOCAL_DIR_ENV
@@ -534,17 +534,22 @@ def run_rounds(request: MineRequest, folder: str, space, base_model_dir: Path, p
         print(f"round {number}: finished before the run stopped; recorded from its folder")
     number, action = step.round, step.action
     gpus, cpus = cluster_size(config)
+    stop = CtrlC()
     while True:
-        # Ray Tune (2.60, tune.run) sets its own SIGINT handler for a sweep and leaves it set after: between rounds it
-        # would swallow Ctrl-C (a flag only a running sweep reads). Python's own handler makes it a KeyboardInterrupt.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop.install(at_once=True)  # preparing a round (fetching, scoring): Ctrl-C stops now
         go = next_round(number, max_rounds=request.rounds, time_budget_s=config.run.time_budget_s,
-                        round_budget_s=request.round_budget_s, elapsed_s=time.time() - run_started)
+                        round_budget_s=request.round_budget_s, elapsed_s=time.time() - run_started,
+                        stop_requested=stop.requested)
         print(go.line, flush=True)
+        if stop.requested:
+            write_mining(folder, status="interrupted")
+            print(f"interrupted between rounds. To continue:\n  {resume_line(request, folder)}", file=sys.stderr)
+            return INTERRUPTED_EXIT
         if not go.go:
             break
         outcome, started_at = run_one_round(request, folder, number, action, go.budget_s, space, base_model_dir,
-                                            publishing, chain, hub_endpoint, records)
+                                            publishing, chain, hub_endpoint, records,
+                                            merged=lambda: stop.install(at_once=False))
         if outcome.interrupted:
             from orchestrator.summary import render_interrupted
 
@@ -566,6 +571,32 @@ def run_rounds(request: MineRequest, folder: str, space, base_model_dir: Path, p
     return 0
 
 
+class CtrlC:
+    """Ctrl-C in a mining run, outside a sweep (a running sweep's is Ray Tune's own: it saves and stops the sweep).
+
+    Ray Tune (2.60, tune.run) sets its SIGINT handler for a sweep and leaves it set afterwards, where it would swallow
+    Ctrl-C: this one is set again before each round and once the round's best is merged. While a round is prepared
+    (fetching and scoring models) Ctrl-C stops at once; once its best is merged, it lets the round be recorded (its
+    plots, its row in rounds.csv) and the run stops before the next round; a second Ctrl-C stops at once. Between
+    Tune's end and the merge (the coordinator's last publish) Tune's handler stays: a commit is not cut in half."""
+
+    def __init__(self):
+        self.requested = False
+        self.at_once = True
+
+    def install(self, at_once: bool) -> None:
+        self.at_once = at_once
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.at_once or self.requested:
+            self.requested = True
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: the run stops once this round is recorded (Ctrl-C again: at once)", file=sys.stderr,
+              flush=True)
+
+
 def round_line(record: RoundRecord, checkpoints_gone: int) -> str:
     published = f"published ({record.publish_reason})" if record.published else \
         f"not published: {record.publish_reason}"
@@ -576,7 +607,8 @@ def round_line(record: RoundRecord, checkpoints_gone: int) -> str:
 
 
 def run_one_round(request: MineRequest, folder: str, number: int, action: Next, budget_s: float | None, space,
-                  base_model_dir: Path, publishing, chain, hub_endpoint: str | None, records: list[RoundRecord]):
+                  base_model_dir: Path, publishing, chain, hub_endpoint: str | None, records: list[RoundRecord],
+                  merged=lambda: None):
     """Decide (or, resuming, read the decision), then run the round's sweep; (its outcome, when it started)."""
     from orchestrator.experiment import choose_experiment
     from orchestrator.inputs import check_training_size, prepare_data, resolve_model_dir, resolve_opponent, \
@@ -593,8 +625,8 @@ def run_one_round(request: MineRequest, folder: str, number: int, action: Next, 
         print(warning)
     resume = action is Next.RESUME and saved is not None and "start_model" in saved
     if action is Next.RESTART or (action is Next.RESUME and not resume):
-        aside = store.join(folder, f"{round_folder(number)}.restarted-{int(time.time())}")
-        store.move(store.join(folder, round_folder(number)), aside)
+        aside = store.join(folder, f"{round_folder(number, store.name(folder))}.restarted-{int(time.time())}")
+        store.move(store.join(folder, round_folder(number, store.name(folder))), aside)
         print(f"round {number}: its unfinished folder is kept as {store.name(aside)}; the round starts over")
     cfg = round_config(config, folder, number, seed, budget_s, resume)
     if resume:
@@ -642,7 +674,7 @@ def run_one_round(request: MineRequest, folder: str, number: int, action: Next, 
           f"(seed {seed})", flush=True)
     outcome = run_sweep(cfg, space, settings, data, setup, opponent, experiment=experiment,
                         command=["python", "-m", "orchestrator.mine", *request.argv], study=study,
-                        merged=lambda o: print(summary_head(o, cfg), flush=True))
+                        merged=lambda o: (merged(), print(summary_head(o, cfg), flush=True)))
     if not outcome.interrupted:
         print(summary_tail(outcome, cfg))
     return outcome, started_at
@@ -662,7 +694,7 @@ def plan_round_study(folder: str, number: int, study, space, records: list[Round
         if record.round == number - 1 and data:
             previous = data.get("fingerprint")
         try:
-            text = store.read_bytes(store.join(folder, round_folder(record.round), "trials.csv"))
+            text = store.read_bytes(store.join(folder, round_folder(record.round, store.name(folder)), "trials.csv"))
         except OSError:
             continue
         found, problems = trial_rows(text, record.round)

@@ -442,14 +442,16 @@ def round_compute(wall_s: float, gpus: int, cpus: int) -> tuple[float, str]:
     return wall_s * max(cpus, 1) / 3600, CPU_HOURS
 
 
-def round_folder(round_number: int) -> str:
-    """The sweep folder (--experiment_name) of round `round_number` under the mining folder: round-001."""
-    return f"round-{round_number:03d}"
+def round_folder(round_number: int, run: str | None = None) -> str:
+    """The sweep folder (--experiment_name) of round `round_number` under the mining folder: round-001, or, for the
+    run `run` (the mining folder's name), run.round-001. A sweep's name is also its coordinator actor's, its W&B
+    group and its gauges' tag: the run's name in it keeps two runs on one cluster apart."""
+    return f"{run + '.' if run else ''}round-{round_number:03d}"
 
 
-def folder_round(name: str) -> int | None:
-    """round_folder's inverse: the round of a folder's name, or None for any other folder."""
-    match = ROUND_FOLDER.match(name)
+def folder_round(name: str, run: str | None = None) -> int | None:
+    """round_folder's inverse: the round of a folder's name, or None for any other folder (or another run's)."""
+    match = (re.match(rf"^{re.escape(run)}\.round-(\d{{3,}})$", name) if run else ROUND_FOLDER.match(name))
     return int(match.group(1)) if match and int(match.group(1)) >= 1 else None
 
 

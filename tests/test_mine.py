@@ -130,8 +130,8 @@ def test_three_rounds_follow_the_rival_and_publish_by_the_rules(rival, local_hub
     assert len(failed) == 2  # the upload was retried by the publisher, and its commit went through (above)
     # each finished round keeps its best model and summary, not its checkpoints; the rounds are plotted
     for n in (1, 2, 3):
-        assert (folder / f"round-00{n}" / "best_model" / "model.safetensors").is_file()
-        assert not list((folder / f"round-00{n}").glob("*/checkpoint_*"))
+        assert (folder / f"mining.round-00{n}" / "best_model" / "model.safetensors").is_file()
+        assert not list((folder / f"mining.round-00{n}").glob("*/checkpoint_*"))
     assert (folder / "rounds.png").stat().st_size > 0
     assert "round 2: starts from the leader (uid 1, " in out
     assert TOKEN not in out and TOKEN.encode() not in (folder / "rounds.csv").read_bytes()
@@ -225,16 +225,17 @@ def test_ctrl_c_and_a_killed_driver_are_resumed_and_no_round_is_lost_or_repeated
             os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 130, out[-3000:]
     assert "--experiment_name m --resume" in out and "=== Sweep summary ===" in out  # round 1's, not round 2's
+    assert "interrupted between rounds" in out or "interrupted: nothing more is published" in out
     assert json.loads((folder / "mining.json").read_text())["status"] == "interrupted"
 
     driver = start("--resume")
     try:
-        wait_until(lambda: list((folder / "round-002").glob("*/result.json")), driver, "round 2's first report")
+        wait_until(lambda: list((folder / "m.round-002").glob("*/result.json")), driver, "round 2's first report")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     assert [r["round"] for r in rows(folder)] == ["1"]  # round 2 was running: it has no row
-    round_two = json.loads((folder / "round-002" / "round.json").read_text())
+    round_two = json.loads((folder / "m.round-002" / "round.json").read_text())
 
     code = mine.main([*argv, "--resume"])
     out = capsys.readouterr().out
@@ -252,10 +253,10 @@ def test_ctrl_c_and_a_killed_driver_are_resumed_and_no_round_is_lost_or_repeated
     # eval loss that round's sweep reported for it
     from orchestrator import score
 
-    assert score.main(["--load_model_dir", str(folder / "round-001" / "best_model"), "--seed", "0",
+    assert score.main(["--load_model_dir", str(folder / "m.round-001" / "best_model"), "--seed", "0",
                        "--tokenizer", "model"]) == 0
     printed = capsys.readouterr().out
-    line = next(line for line in printed.splitlines() if line.startswith(str(folder / "round-001" / "best_model")))
+    line = next(line for line in printed.splitlines() if line.startswith(str(folder / "m.round-001" / "best_model")))
     assert float(line.split("score ")[1].split()[0]) == pytest.approx(float(table[0]["best_score"]), abs=1e-4)
 
 

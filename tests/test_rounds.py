@@ -433,3 +433,11 @@ def test_each_round_draws_its_own_samples_and_a_resume_draws_them_again():
 def test_seed_describes_itself():
     seed = Seed({"learning_rate": 2e-4, "r": 16, "alpha": 16}, 2, "e", 4.0)
     assert seed.describe() == "lr=2.00e-04 r=16 alpha=16 (round 2, 4.0000)"
+
+
+def test_a_runs_round_folders_carry_its_name_and_are_told_from_another_runs():
+    assert round_folder(7, "mine-1") == "mine-1.round-007"
+    assert folder_round("mine-1.round-007", "mine-1") == 7
+    assert folder_round("mine-2.round-007", "mine-1") is None and folder_round("round-007", "mine-1") is None
+    assert folder_round("mine-1.round-007.restarted-1765000000", "mine-1") is None  # a restarted round set aside
+    assert folder_round("a.b.round-002", "a.b") == 2
