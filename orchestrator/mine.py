@@ -23,9 +23,6 @@ wallet, without --offline); offline, each round starts from our best model so fa
 
 import argparse
 import dataclasses
-import json
-import math
-import shutil
 import signal
 import sys
 import time
@@ -34,14 +31,14 @@ from pathlib import Path
 
 from orchestrator.config import ConfigError, SweepConfig, load_config
 from orchestrator.durations import parse_duration
-from orchestrator.rounds import (ROUNDS_CSV, Candidate, Next, RoundRecord, Source, Start, StartDecision,
-                                 SweepFolder, append_round, decide_start, folder_round, next_round, read_rounds,
-                                 resume_step, round_compute, round_folder, round_seed)
+from orchestrator.contenders import gather, score_contenders
+from orchestrator.mining_folder import (as_float, carry_publish_state, choose_mining_folder, draw_rounds,
+                                        free_round_disk, read_round_file, record_from_folder, record_round,
+                                        sweep_folders, write_mining, write_round_file)
+from orchestrator.rounds import (ROUNDS_CSV, Candidate, Next, RoundRecord, Source, Start, append_round, decide_start,
+                                 next_round, read_rounds, resume_step, round_folder, round_seed)
 from publishing import storage as store
 
-MINING_FILE = "mining.json"  # the run's marker: its command and status; what --resume looks for
-ROUND_FILE = "round.json"    # a round's decision, written before its sweep: a resume restarts it from the same model
-RUN_FLAGS = ("rounds", "round_budget", "start")
 INTERRUPTED_EXIT = 130
 
 
@@ -98,203 +95,6 @@ def parse(argv: list[str]) -> MineRequest:
     return MineRequest(config, argv, own.rounds, round_budget_s, Start(own.start), own.require_win)
 
 
-# --- the mining folder -------------------------------------------------------------------------------------------
-
-def new_mining_name() -> str:
-    return time.strftime("mine-%Y%m%d-%H%M%S")
-
-
-def choose_mining_folder(config: SweepConfig) -> str:
-    """The run's folder: --storage_path/--experiment_name (default mine-<time>); with --resume, the named one or the
-    newest unfinished run there. One line for what is wrong."""
-    from orchestrator.experiment import check_local_storage, check_remote_storage
-
-    if store.is_remote(config.run.storage_path):
-        check_remote_storage(config.run.storage_path)
-        where = config.run.storage_path
-    else:
-        where = str(check_local_storage(config.run.storage_path))
-    name = config.run.experiment_name
-    if not config.run.resume:
-        name = name or new_mining_name()
-        if read_mining(store.join(where, name)) is not None:
-            raise ConfigError(f"--experiment_name {name!r} is a mining run in {where}; add --resume to continue it, "
-                              "or give a new --experiment_name")
-        return store.join(where, name)
-    if name:
-        if read_mining(store.join(where, name)) is None:
-            raise ConfigError(f"--resume: no mining run {name!r} in {where}; check --experiment_name and "
-                              "--storage_path")
-        return store.join(where, name)
-    runs = sorted((m.get("updated_at", 0), n) for n in store.folders(where)
-                  if (m := read_mining(store.join(where, n))) is not None and m.get("status") != "finished")
-    if not runs:
-        raise ConfigError(f"--resume found no unfinished mining run in {where}; pass --experiment_name of the one "
-                          "to continue")
-    return store.join(where, runs[-1][1])
-
-
-def read_mining(folder: str) -> dict | None:
-    try:
-        data = json.loads(store.read_text(store.join(folder, MINING_FILE)))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def write_mining(folder: str, **fields) -> None:
-    data = read_mining(folder) or {"created_at": time.time()}
-    data.update(fields, updated_at=time.time())
-    store.write_text(store.join(folder, MINING_FILE), json.dumps(data, indent=2))
-
-
-def read_round_file(folder: str, number: int) -> tuple[dict | None, str | None]:
-    """<run>.round-NNN/round.json, or (None, the warning a damaged one costs)."""
-    path = store.join(folder, round_folder(number, store.name(folder)), ROUND_FILE)
-    try:
-        data = json.loads(store.read_text(path))
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        return data, None
-    except FileNotFoundError:
-        return None, None
-    except (OSError, ValueError) as e:
-        return None, f"warning: {path} is damaged ({type(e).__name__}); that round's choices are not reused"
-
-
-def write_round_file(folder: str, number: int, **fields) -> None:
-    path = store.join(folder, round_folder(number, store.name(folder)), ROUND_FILE)
-    data = read_round_file(folder, number)[0] or {}
-    data.update(fields)
-    store.write_text(path, json.dumps(data, indent=2, default=str))
-
-
-def sweep_folders(folder: str) -> list[SweepFolder]:
-    from orchestrator.experiment import has_tune_state, read_marker
-
-    found = []
-    for name in store.folders(folder):
-        if (number := folder_round(name, store.name(folder))) is not None:
-            sub = store.join(folder, name)
-            found.append(SweepFolder(number, (read_marker(sub) or {}).get("status"), has_tune_state(sub)))
-    return found
-
-
-def our_best(folder: str, records: list[RoundRecord]) -> tuple[str, int] | None:
-    """Our best merged model so far, (folder, round): a round's best replaces the one before where it scored lower on
-    that round's samples (its ours_score was the earlier best's score there) or there was none."""
-    best = None
-    for record in records:
-        data, _ = read_round_file(folder, record.round)
-        model = (data or {}).get("best_model_dir")
-        if not record.best_trial or not model or not Path(model).is_dir():
-            continue
-        if best is None or math.isnan(record.ours_score) or record.best_score < record.ours_score:
-            best = (model, record.round)
-    return best
-
-
-# --- the chain's view: the leader, our commitment ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Contenders:
-    """The models a round may start from, fetched (orchestrator.score.Contender), before they are scored."""
-    leader: object | None = None      # Contender
-    ours: object | None = None
-    committed: object | None = None
-    committed_is_ours: bool = False
-    our_uid: int | None = None
-    notes: tuple[str, ...] = ()       # what could not be read or fetched, one line each
-
-
-def gather(config: SweepConfig, chain, folder: str, records: list[RoundRecord], hub_endpoint: str | None,
-           say=print, sleep=time.sleep) -> Contenders:
-    """Fetch the leader's model and our committed model (each with every check --load_uid applies), and find our
-    best merged model. An outage is retried (orchestrator.retry); what stays unreachable is left out with a note:
-    the round goes on without it."""
-    from orchestrator.inputs import fetch_committed_model
-    from orchestrator.retry import Unreachable, retried
-    from orchestrator.score import Contender
-    from publishing.subnet.chain import ChainError
-    from publishing.subnet.competitions import CompetitionError
-    from publishing.subnet.remote_model import RemoteModelError, best_uid
-
-    notes = []
-    best = our_best(folder, records)
-    ours = Contender(f"round {best[1]}'s best model", Path(best[0])) if best else None
-    if chain is None:
-        return Contenders(ours=ours)
-    competition_id = config.publishing.competition_id
-
-    def fetch(uid: int, role: str):
-        try:
-            committed = retried(f"fetching {role}'s model (uid {uid})",
-                                lambda: fetch_committed_model(config, chain, uid, hub_endpoint), say=say, sleep=sleep)
-        except (RemoteModelError, ChainError, CompetitionError, ConfigError, Unreachable) as e:
-            notes.append(f"{role} (uid {uid}) left out: {e}")
-            return None
-        model = committed.model_id
-        return Contender(f"uid {uid} ({model.repo_id}@{model.commit[:8]})", committed.folder, block=committed.block,
-                         uid=uid, model_id=model.to_compressed_str())
-
-    try:
-        neurons = retried("reading the subnet's neurons", chain.neurons, say=say, sleep=sleep)
-        our_uid = next((n.uid for n in neurons if chain.hotkey_ss58 and n.hotkey == chain.hotkey_ss58), None)
-        try:
-            leader_uid = retried("finding the leader", lambda: best_uid(chain, competition_id), say=say, sleep=sleep)
-        except RemoteModelError as e:
-            leader_uid = None
-            notes.append(f"no leader: {e}")
-        ours_committed = (retried("reading our commitment", lambda: chain.read_commitment(chain.hotkey_ss58),
-                                  say=say, sleep=sleep) if our_uid is not None else None)
-    except (Unreachable, ChainError) as e:
-        return Contenders(ours=ours, notes=(f"the chain is unreachable ({e}); this round starts from our own best",))
-    leader = fetch(leader_uid, "the leader") if leader_uid is not None and leader_uid != our_uid else None
-    committed, committed_is_ours = None, False
-    if ours_committed is not None:
-        published = read_round_file(folder, best[1])[0].get("best_model_id") if best else None
-        if ours is not None and published == ours_committed.data:
-            committed_is_ours = True
-        else:
-            committed = fetch(our_uid, "our committed model")
-    if leader_uid is not None and leader_uid == our_uid and committed is None and not committed_is_ours:
-        committed = fetch(our_uid, "our committed model")
-    return Contenders(leader, ours, committed, committed_is_ours, our_uid, tuple(notes))
-
-
-def score_contenders(config: SweepConfig, contenders: Contenders, base_model_dir: Path, base_embedded: bool,
-                     hub_endpoint: str | None):
-    """Each contender scored on the round's held-out samples (its --seed), as orchestrator.score scores: (leader,
-    ours, committed) as rounds.Candidate, the base model's score where there is none of them (nan otherwise), and
-    the held-out set's size."""
-    from transformers.utils import logging as hf_logging
-
-    from orchestrator.inputs import data_competition, prepare_eval_data
-    from orchestrator.score import Contender, check_vocabulary, score_model
-
-    hf_logging.disable_progress_bar()  # a "Loading weights" bar per model is noise between the round's lines
-
-    competition = data_competition(config)
-    eval_split, tasks = prepare_eval_data(config, base_model_dir, hub_endpoint)
-    present = [c for c in (contenders.leader, contenders.ours, contenders.committed) if c is not None]
-    check_vocabulary(present, eval_split)
-
-    def candidate(contender, source: Source) -> Candidate | None:
-        if contender is None:
-            return None
-        scored = score_model(config, contender, eval_split, tasks, competition)
-        block = None if math.isinf(contender.block) else int(contender.block)
-        return Candidate(source, str(contender.folder), scored.score, contender.uid, block, scored.rejected)
-
-    scored = (candidate(contenders.leader, Source.LEADER), candidate(contenders.ours, Source.OURS),
-              candidate(contenders.committed, Source.COMMITTED))
-    base_score = math.nan
-    if not present:  # the round starts from the base model: its score is the start's
-        base = Contender(str(base_model_dir), base_model_dir, embedded=base_embedded)
-        base_score = score_model(config, base, eval_split, tasks, competition).score
-    return (*scored, base_score, len(eval_split))
-
-
 # --- one round ---------------------------------------------------------------------------------------------------
 
 def with_start(config: SweepConfig, chosen: Candidate) -> SweepConfig:
@@ -320,96 +120,6 @@ def round_config(config: SweepConfig, folder: str, number: int, seed: int, budge
     return dataclasses.replace(config, data=data, run=run, search=search)
 
 
-def carry_publish_state(folder: str, number: int, decision: StartDecision) -> str | None:
-    """The coordinator's state of the round before, copied into this round's folder: what was published and when
-    (never twice, the window) holds across rounds. The last published model's loss is re-scored on this round's
-    samples where our committed model was scored, so the coordinator's "better than our commitment" compares losses
-    of the same samples. Returns the line to print, or None when there is nothing to carry."""
-    from publishing.publish_state import STATE_FILE, read_state, write_state
-
-    for earlier in range(number - 1, 0, -1):
-        state, problem = read_state(store.join(folder, round_folder(earlier, store.name(folder)), STATE_FILE))
-        if problem:
-            return f"warning: round {earlier}'s publish state is damaged ({problem}); round {number} starts without " \
-                   "it (the 20-minute window is still read from the chain)"
-        if state.published or state.uploaded:
-            break
-    else:
-        return None
-    rescored = decision.ours.score if decision.committed is None and decision.ours else \
-        decision.committed.score if decision.committed else math.nan
-    line = f"round {number}: carries round {earlier}'s publish state"
-    if state.published and math.isfinite(rescored):
-        last = state.published[-1]
-        state.published[-1] = dataclasses.replace(last, eval_loss=rescored)
-        line += f" (our commitment re-scored on this round's samples: {rescored:.4f}, was {last.eval_loss:.4f})"
-    write_state(store.join(folder, round_folder(number, store.name(folder)), STATE_FILE), state)
-    return line
-
-
-def publish_result(outcome, started_at: float) -> tuple[bool, str]:
-    report = outcome.publish
-    published = report.published
-    if published is not None and published.committed_at >= started_at:
-        return True, f"committed {published.model_id} at block {published.block}"
-    if report.offline:
-        return False, "offline (no --hf_repo_id)"
-    if report.not_before:
-        return False, f"the 20-minute window opens at {time.strftime('%H:%M:%S', time.localtime(report.not_before))}"
-    return False, (report.lines[-1] if report.lines else "nothing better to publish")
-
-
-def record_round(folder: str, number: int, outcome, started_at: float, gpus: int, cpus: int) -> RoundRecord:
-    """The round's row of rounds.csv, from its round.json (the decision) and its outcome."""
-    data, _ = read_round_file(folder, number)
-    data = data or {}
-    published, reason = publish_result(outcome, started_at)
-    best = outcome.best_trial
-    hours, unit = round_compute(outcome.wall_s, gpus, cpus)
-    model_id = None
-    if outcome.publish.published and outcome.publish.best and \
-            outcome.publish.published.trial == f"{outcome.publish.best.trial_id}@{outcome.publish.best.step}":
-        model_id = outcome.publish.published.model_id  # the merged best is the model committed
-    write_round_file(folder, number, best_model_dir=outcome.best_model_dir, best_model_id=model_id,
-                     best_score=outcome.best_eval_loss)
-    nan = math.nan
-    return RoundRecord(
-        round=number, started_at=started_at, ended_at=time.time(),
-        start_source=Source(data.get("start_source", Source.BASE)), start_model=data.get("start_model", ""),
-        start_score=_float(data.get("start_score")), start_reason=data.get("start_reason", "unknown"),
-        leader_uid=data.get("leader_uid"), leader_score=_float(data.get("leader_score")),
-        ours_score=_float(data.get("ours_score", nan)), committed_score=_float(data.get("committed_score", nan)),
-        data_seed=int(data.get("data_seed", 0)), study=data.get("study", "new"),
-        best_trial=best.trial_id if best else "", best_score=outcome.best_eval_loss, published=published,
-        publish_reason=reason, compute_hours=hours, compute_unit=unit,
-        experiment=round_folder(number, store.name(folder)))
-
-
-def record_from_folder(folder: str, number: int) -> RoundRecord:
-    """The row of a round whose sweep finished but whose row was never written (the driver stopped in between):
-    its round.json; what only the outcome knew (the best trial, what was published) is marked unknown."""
-    data, _ = read_round_file(folder, number)
-    data = data or {}
-    now = time.time()
-    return RoundRecord(
-        round=number, started_at=float(data.get("started_at", now)), ended_at=now,
-        start_source=Source(data.get("start_source", Source.BASE)), start_model=data.get("start_model", ""),
-        start_score=_float(data.get("start_score")), start_reason=data.get("start_reason", "unknown"),
-        leader_uid=data.get("leader_uid"), leader_score=_float(data.get("leader_score")),
-        ours_score=_float(data.get("ours_score")), committed_score=_float(data.get("committed_score")),
-        data_seed=int(data.get("data_seed", 0)), study=data.get("study", "new"), best_trial="",
-        best_score=_float(data.get("best_score")), published=False,
-        publish_reason="unknown: the driver stopped before the round was recorded (see its publish_state.json)",
-        compute_hours=0.0, compute_unit="GPU-hours", experiment=round_folder(number, store.name(folder)))
-
-
-def _float(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def cluster_size(config: SweepConfig) -> tuple[int, int]:
     """(GPUs, CPUs) the rounds run on: what a round's compute is counted in."""
     import ray
@@ -417,18 +127,6 @@ def cluster_size(config: SweepConfig) -> tuple[int, int]:
     resources = ray.cluster_resources()
     gpus = 0 if config.run.device == "cpu" else int(resources.get("GPU", 0))
     return gpus, int(resources.get("CPU", 1))
-
-
-def free_round_disk(folder: str, number: int) -> int:
-    """A finished round keeps its best model, its summary files and its trials' results; every checkpoint goes (its
-    best is merged into best_model/, and a finished sweep is never resumed). How many went."""
-    if store.is_remote(folder):
-        return 0  # the sweep's own rule (checkpoint_cleanup) has kept each trial's best two there
-    gone = 0
-    for checkpoint in Path(folder, round_folder(number, store.name(folder))).glob("*/checkpoint_*"):
-        shutil.rmtree(checkpoint, ignore_errors=True)
-        gone += 1
-    return gone
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
@@ -630,7 +328,7 @@ def run_one_round(request: MineRequest, folder: str, number: int, action: Next, 
         print(f"round {number}: its unfinished folder is kept as {store.name(aside)}; the round starts over")
     cfg = round_config(config, folder, number, seed, budget_s, resume)
     if resume:
-        chosen = Candidate(Source(saved["start_source"]), saved["start_model"], _float(saved.get("start_score")))
+        chosen = Candidate(Source(saved["start_source"]), saved["start_model"], as_float(saved.get("start_score")))
         started_at = float(saved.get("started_at", time.time()))
         print(f"round {number}: resumes from {chosen.source} ({chosen.label})")
         decision = None
@@ -706,18 +404,6 @@ def plan_round_study(folder: str, number: int, study, space, records: list[Round
     if plan.action is StudyAction.SEED:
         enqueue_seeds(optuna.load_study(study_name=study.name, storage=open_storage(study.storage)), plan.seeds)
     return plan.record
-
-
-def draw_rounds(folder: str, records: list[RoundRecord]) -> str | None:
-    """rounds.png: our best score and the leader's, round by round (each round's samples)."""
-    if store.is_remote(folder):
-        return None
-    from orchestrator.plots import rounds_figure
-
-    figure = rounds_figure(records)
-    path = Path(folder, "rounds.png")
-    figure.savefig(path, dpi=110)
-    return str(path)
 
 
 if __name__ == "__main__":
