@@ -12,6 +12,7 @@ from pathlib import Path
 from orchestrator.config import ConfigError, SweepConfig
 from orchestrator.mining_folder import our_best, read_round_file
 from orchestrator.rounds import Candidate, RoundRecord, Source
+from trainables.errors import one_line
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def gather(config: SweepConfig, chain, folder: str, records: list[RoundRecord], 
             committed = retried(f"fetching {role}'s model (uid {uid})",
                                 lambda: fetch_committed_model(config, chain, uid, hub_endpoint), say=say, sleep=sleep)
         except (RemoteModelError, ChainError, CompetitionError, ConfigError, Unreachable) as e:
-            notes.append(f"{role} (uid {uid}) left out: {e}")
+            notes.append(f"{role} (uid {uid}) left out: {one_line(e, 300)}")
             return None
         model = committed.model_id
         return Contender(f"uid {uid} ({model.repo_id}@{model.commit[:8]})", committed.folder, block=committed.block,
@@ -62,11 +63,11 @@ def gather(config: SweepConfig, chain, folder: str, records: list[RoundRecord], 
             leader_uid = retried("finding the leader", lambda: best_uid(chain, competition_id), say=say, sleep=sleep)
         except RemoteModelError as e:
             leader_uid = None
-            notes.append(f"no leader: {e}")
+            notes.append(f"no leader: {one_line(e, 300)}")
         ours_committed = (retried("reading our commitment", lambda: chain.read_commitment(chain.hotkey_ss58),
                                   say=say, sleep=sleep) if our_uid is not None else None)
     except (Unreachable, ChainError) as e:
-        return Contenders(ours=ours, notes=(f"the chain is unreachable ({e}); this round starts from our own best",))
+        return Contenders(ours=ours, notes=(f"the chain is unreachable ({one_line(e, 300)}); this round starts from our own best",))
     leader = fetch(leader_uid, "the leader") if leader_uid is not None and leader_uid != our_uid else None
     committed, committed_is_ours = None, False
     if ours_committed is not None:

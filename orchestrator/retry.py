@@ -48,7 +48,7 @@ def retried(what: str, read: Callable[[], T], *, attempts: int = ATTEMPTS, first
         except Exception as e:  # noqa: BLE001 - sorted by is_transient
             if not is_transient(e):
                 raise
-            reason = f"{type(e).__name__}: {one_line(str(e))[:160]}"
+            reason = one_line(e, 160)  # the type alone when the message is empty
             if attempt == attempts:
                 say(f"retry: {what} failed {attempts} times ({reason}); going on without it")
                 raise Unreachable(f"{what} failed {attempts} times ({reason})") from e
