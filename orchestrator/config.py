@@ -264,7 +264,9 @@ def _scalar_type(name: str) -> type:
     return scalar_type(GROUPS[FIELD_GROUP[name]], name)
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag is a ConfigError: one line, exit 2 (the sweep's, orchestrator.score's and orchestrator.mine's)."""
+
     def error(self, message):
         raise ConfigError(f"{message}; run with --help to see every flag")
 
@@ -280,13 +282,13 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     default where the file sets one."""
     defaults = defaults or {}
     # allow_abbrev=False: `--num_sample 2` is an unknown flag, not a silent `--num_samples 2`
-    parser = _OneLineParser(prog="python -m orchestrator.run", argument_default=argparse.SUPPRESS,
-                            usage="python -m orchestrator.run [--config FILE] [--FLAG VALUE ...]",
-                            description="A LoRA hyperparameter sweep on Ray Tune + Optuna for the Bittensor "
-                                        "finetuning subnet. With no flags: an offline sweep on a tiny bundled model. "
-                                        "Every flag is also a key of the --config YAML; flags win. A default "
-                                        f"shown is {DEFAULT_CONFIG.relative_to(REPO_ROOT)}'s where it sets one.",
-                            allow_abbrev=False)
+    parser = OneLineParser(prog="python -m orchestrator.run", argument_default=argparse.SUPPRESS,
+                           usage="python -m orchestrator.run [--config FILE] [--FLAG VALUE ...]",
+                           description="A LoRA hyperparameter sweep on Ray Tune + Optuna for the Bittensor "
+                                       "finetuning subnet. With no flags: an offline sweep on a tiny bundled model. "
+                                       "Every flag is also a key of the --config YAML; flags win. A default "
+                                       f"shown is {DEFAULT_CONFIG.relative_to(REPO_ROOT)}'s where it sets one.",
+                           allow_abbrev=False)
     parser.add_argument("--config", metavar="FILE",
                         help=f"YAML of settings (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
     for group, cls in GROUPS.items():

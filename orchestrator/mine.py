@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.config import ConfigError, SweepConfig, load_config
+from orchestrator.config import ConfigError, OneLineParser, SweepConfig, load_config
 from orchestrator.durations import parse_duration
 from orchestrator.contenders import gather, score_contenders
 from orchestrator.mining_folder import (as_float, carry_publish_state, choose_mining_folder, draw_rounds,
@@ -42,22 +42,17 @@ from publishing import storage as store
 INTERRUPTED_EXIT = 130
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise ConfigError(f"{message}; run with --help to see every flag")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="python -m orchestrator.mine", allow_abbrev=False, add_help=False,
-                            description="Rounds of sweeps that follow the competition's leader. Every other flag is "
-                                        "the sweep's (python -m orchestrator.run --help); --experiment_name names the "
-                                        "mining folder, --time_budget is the whole run's, --resume continues the run.")
+    parser = OneLineParser(prog="python -m orchestrator.mine", allow_abbrev=False, add_help=False,
+                           description="Rounds of sweeps that follow the competition's leader. Every other flag is "
+                                       "the sweep's (python -m orchestrator.run --help); --experiment_name names the "
+                                       "mining folder, --time_budget is the whole run's, --resume continues the run.")
     parser.add_argument("--rounds", type=int, metavar="N", help="end the run after round N (default: no limit)")
     parser.add_argument("--round_budget", metavar="DURATION",
                         help="each round's time, e.g. 90m or 6h (default: a round ends when its trials end)")
     parser.add_argument("--start", choices=[s.value for s in Start], default=Start.BEST.value,
                         help="where each round starts: best (whichever of the leader's, ours and our committed "
-                             "model scores lowest), or pinned to the leader's model or ours (default: best)")
+                            "model scores lowest), or pinned to the leader's model or ours (default: best)")
     parser.add_argument("--require_win", action="store_true",
                         help="publish only a model that beats the round's leader under the competition's epsilon")
     return parser

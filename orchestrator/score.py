@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.config import (DEFAULT_CONFIG, FIELDS, FIELD_GROUP, GROUPS, REPO_ROOT, ConfigError, DataConfig,
-                                 SweepConfig, _config_flag, _settings_for_help, load_config, read_yaml_settings)
+                                 OneLineParser, SweepConfig, _config_flag, _settings_for_help, load_config,
+                                 read_yaml_settings)
 from trainables.documented import add_flag
 from trainables.trial_contract import TASK_LOSSES
 
@@ -50,11 +51,6 @@ SOURCE_FLAGS = ("load_model_dir", "load_repo", "download_repo_latest_commit", "l
 NOT_COMMITTED = math.inf  # a folder or a Hub repo: committed now, after every on-chain model
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise ConfigError(f"{message}; run with --help to see every flag")
-
-
 class _Source(argparse.Action):
     """Appends (flag, value) to `sources` in command-line order: the models are listed and scored in that order."""
 
@@ -67,14 +63,14 @@ class _Source(argparse.Action):
 def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     """`defaults`: a config file's settings, the defaults --help shows where it sets one (as the sweep's)."""
     defaults = defaults or {}
-    parser = _OneLineParser(prog="python -m orchestrator.score", allow_abbrev=False,
-                            usage="python -m orchestrator.score [--load_model_dir DIR | --load_repo NS/NAME "
-                                  "--download_repo_latest_commit SHA | --load_uid N | --load_best ...] "
-                                  "[--FLAG VALUE ...]",
-                            description="Score models for a competition the validators' way, on the same held-out "
-                                        "samples, with the sweep's own scoring code; with several models, say who "
-                                        "wins under the competition's rule. Flags other than the models' and --json "
-                                        "are the sweep's (python -m orchestrator.run --help) and mean the same.")
+    parser = OneLineParser(prog="python -m orchestrator.score", allow_abbrev=False,
+                           usage="python -m orchestrator.score [--load_model_dir DIR | --load_repo NS/NAME "
+                                 "--download_repo_latest_commit SHA | --load_uid N | --load_best ...] "
+                                 "[--FLAG VALUE ...]",
+                           description="Score models for a competition the validators' way, on the same held-out "
+                                       "samples, with the sweep's own scoring code; with several models, say who "
+                                       "wins under the competition's rule. Flags other than the models' and --json "
+                                       "are the sweep's (python -m orchestrator.run --help) and mean the same.")
     models = parser.add_argument_group(
         "models", "each may be given several times, in any mix; scored and listed in the order given (none: the "
                   "embedded default model, or the model a --config file chooses)")
@@ -84,16 +80,16 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
                         help="a Hugging Face repo, at the commit of the --download_repo_latest_commit given with it")
     models.add_argument("--download_repo_latest_commit", action="append", metavar="SHA", default=[],
                         help="the 40-character commit of a --load_repo (the first commit goes with the first repo, "
-                             "and so on)")
+                            "and so on)")
     models.add_argument("--load_uid", action=_Source, type=int, metavar="N", dest="load_uid",
                         help="the model uid N has committed on the chain for the competition, fetched with every "
-                             "check the sweep's --load_uid and --comparison_uid apply")
+                            "check the sweep's --load_uid and --comparison_uid apply")
     models.add_argument("--load_best", action=_Source, nargs=0, dest="load_best",
                         help="the competition's leader: the model of the uid with the highest incentive, as the "
-                             "sweep's --load_best reads it")
+                            "sweep's --load_best reads it")
     parser.add_argument("--config", metavar="FILE",
                         help="a sweep's YAML of settings: its competition, data, seed and model apply (default: "
-                             f"{DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
+                            f"{DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
     parser.add_argument("--json", metavar="PATH", help="also write the scores, per-pair losses and verdict as JSON")
     for title, names in SHARED.items():
         group = parser.add_argument_group(title)
