@@ -1,6 +1,7 @@
 """Ray nodes of a test's own on this machine: `ray start --block` in a process group of its own (so a test can kill a
 node whole without touching any other Ray here), started when the node says so, not after a fixed sleep."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -36,3 +37,57 @@ def start_node(args: list[str], env: dict, timeout_s: float = 90) -> subprocess.
                                f"{Path(log.name).read_text(errors='replace')[-2000:]}")
         time.sleep(0.1)
     return node
+
+
+class Cluster:
+    """Head and worker, one CPU each, each `ray start --block` in its own process group, so that each can be killed
+    whole without touching any other Ray on this machine (`ray stop` would stop them all, including the test
+    session's own, and Ray ends a driver whose raylet is gone). Shared by a module's tests: a test may kill (or drain)
+    the worker, and `ensure_worker` starts a new one for the next."""
+
+    def __init__(self, env: dict):
+        self.env, self.port, self.nodes, self.worker = env, free_port(), [], None
+        self.address = f"127.0.0.1:{self.port}"
+
+    def _start(self, *args) -> subprocess.Popen:
+        node = start_node([*args, "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
+                          self.env)
+        self.nodes.append(node)
+        return node
+
+    def start(self) -> None:
+        self._start("--head", "--port", str(self.port), "--include-dashboard", "false")
+        self.ensure_worker()
+
+    def ensure_worker(self) -> None:
+        if self.worker is None or self.worker.poll() is not None:
+            self.worker = self._start("--address", self.address)
+
+    def worker_pids(self) -> set[int]:
+        out = subprocess.run(["ps", "-o", "pid=", "-g", str(self.worker.pid)], capture_output=True, text=True).stdout
+        return {int(p) for p in out.split()}
+
+    def worker_node_id(self) -> str:
+        """The worker's Ray node id, read from its raylet's command line (no driver needed)."""
+        for pid in self.worker_pids():
+            with contextlib.suppress(OSError):
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                for arg in args:
+                    if arg.startswith((b"--node_id=", b"--node-id=")):
+                        return arg.split(b"=", 1)[1].decode()
+        raise AssertionError("the worker's raylet has no --node_id")
+
+    def kill_worker(self) -> None:
+        """The whole worker node: every process of its session (Ray's workers run in process groups of their own, so
+        killing the node's group alone leaves a trial training on until it notices its raylet is gone)."""
+        for _ in range(2):
+            for pid in self.worker_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.worker.wait()
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()

@@ -109,8 +109,9 @@ def head(tmp_path):
 def submit_sweep(head: Head, storage: Path) -> None:
     """The README's cluster command, with a sweep small enough for a test."""
     entrypoint = [sys.executable, "-m", "orchestrator.run", "--address", "auto", "--experiment_name", "dashboard",
-                  # trials long enough (8 epochs of the tiny data, ~20 s each) that the pages catch one running
-                  "--storage_path", str(storage), "--num_samples", "4", "--scheduler", "fifo", "--num_epochs", "8"]
+                  # two trials at once (this machine's two CPUs), long enough (10 epochs of the tiny data, ~25 s each)
+                  # that the pages catch them running; a second wave would only lengthen the wait for the job's end
+                  "--storage_path", str(storage), "--num_samples", "2", "--scheduler", "fifo", "--num_epochs", "10"]
     argv = [RAY, "job", "submit", "--address", head.url, "--submission-id", SUBMISSION_ID, "--no-wait", "--",
             *entrypoint]
 
@@ -320,7 +321,7 @@ def test_the_dashboard_shows_trial_ids_hyperparameters_and_eval_losses(head, tmp
         await page.js(SCROLL_LOG_TO.format(fraction=max(last_block - 1, 0) / len(log_lines)))
         # the viewer renders the lines scrolled into view
         await page.until("a progress block with a running trial in the driver log's view", LOG_BOX_TEXT,
-                         lambda shown: shown and re.search(r"trials: \d+/4 done.* running, \d+ pending · ", shown)
+                         lambda shown: shown and re.search(r"trials: \d+/2 done.* running, \d+ pending · ", shown)
                          and RUNNING_LINE.search(shown))
         await page.screenshot("03-job-driver-log-progress.png")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ray_nodes import free_port, start_node
+from tests.ray_nodes import Cluster
 from tests.tune_results import checkpoint_registered, reports, staged_results
 
 pytestmark = pytest.mark.cluster  # every test here starts `ray start` nodes of its own
@@ -23,31 +23,25 @@ REPO = Path(__file__).resolve().parents[1]
 GRID = "sampler: grid\nspace:\n  learning_rate: [1.0e-3, 2.0e-4]\n  r: [8]\n  alpha: [16]\n"
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """Head and worker, one CPU each, each `ray start --block` in its own process group, so that each can be
-    killed whole without touching any other Ray on this machine (`ray stop` would stop them all, including
-    the test session's own, and Ray ends a driver whose raylet is gone)."""
-    port = free_port()
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    """One two-node cluster for this module's tests (a `ray start` pair costs about 12 s here)."""
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_health_check_period_ms": "1000",
-           "RAY_health_check_failure_threshold": "3", "LORA_SWEEP_CACHE": str(tmp_path / "cache")}
+           "RAY_health_check_failure_threshold": "3", "LORA_SWEEP_CACHE": str(tmp_path_factory.mktemp("cache"))}
     env.pop("RAY_ADDRESS", None)
-    common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-    nodes = []
-
-    def start(*args):
-        nodes.append(start_node([*args, *common], env))
-        return nodes[-1]
-
+    cluster = Cluster(env)
     try:
-        start("--head", "--port", str(port), "--include-dashboard", "false")
-        worker = start("--address", f"127.0.0.1:{port}")
-        yield f"127.0.0.1:{port}", env, worker
+        cluster.start()
+        yield cluster
     finally:
-        for node in reversed(nodes):
-            if node.poll() is None:
-                os.killpg(node.pid, signal.SIGKILL)
-                node.wait()
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster(nodes):
+    """The module's cluster with a live worker (an earlier test may have killed it): address, env, worker node."""
+    nodes.ensure_worker()
+    return nodes.address, nodes.env, nodes.worker
 
 
 def sweep(address, env, tmp_path, name) -> subprocess.Popen:

@@ -7,7 +7,6 @@ AWS_SECRET_ACCESS_KEY and AWS_DEFAULT_REGION in the environment of the driver an
 `ray start` here, as in tests/test_node_failure.py); nothing passes them to the product any other way.
 """
 
-import contextlib
 import csv
 import io
 import json
@@ -29,7 +28,7 @@ import orchestrator.ray_start  # noqa: E402
 from orchestrator.run import main  # noqa: E402
 from tests.conftest import own_stderr  # noqa: E402
 from tests.hub_server import local_hub  # noqa: E402,F401  (the fixture)
-from tests.ray_nodes import RAY, free_port, start_node  # noqa: E402
+from tests.ray_nodes import RAY, Cluster, free_port  # noqa: E402
 from tests.polling import wait_for  # noqa: E402
 from tests.tune_results import checkpoint_registered, reports, staged_results  # noqa: E402
 
@@ -99,57 +98,6 @@ def s3():
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
-
-
-class Cluster:
-    """Head and worker, one CPU each, as in tests/test_node_failure.py, shared by this module's sweeps; the worker
-    can be killed (or drained) by a test and is started again for the next one."""
-
-    def __init__(self, env: dict):
-        self.env, self.port, self.nodes, self.worker = env, free_port(), [], None
-        self.address = f"127.0.0.1:{self.port}"
-
-    def _start(self, *args) -> subprocess.Popen:
-        node = start_node([*args, "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
-                          self.env)
-        self.nodes.append(node)
-        return node
-
-    def start(self) -> None:
-        self._start("--head", "--port", str(self.port), "--include-dashboard", "false")
-        self.ensure_worker()
-
-    def ensure_worker(self) -> None:
-        if self.worker is None or self.worker.poll() is not None:
-            self.worker = self._start("--address", self.address)
-
-    def worker_pids(self) -> set[int]:
-        out = subprocess.run(["ps", "-o", "pid=", "-g", str(self.worker.pid)], capture_output=True, text=True).stdout
-        return {int(p) for p in out.split()}
-
-    def worker_node_id(self) -> str:
-        """The worker's Ray node id, read from its raylet's command line (no driver needed)."""
-        for pid in self.worker_pids():
-            with contextlib.suppress(OSError):
-                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                for arg in args:
-                    if arg.startswith((b"--node_id=", b"--node-id=")):
-                        return arg.split(b"=", 1)[1].decode()
-        raise AssertionError("the worker's raylet has no --node_id")
-
-    def kill_worker(self) -> None:
-        """The whole worker node, every process of its session (see tests/test_node_failure.py)."""
-        for _ in range(2):
-            for pid in self.worker_pids():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        self.worker.wait()
-
-    def stop(self) -> None:
-        for node in reversed(self.nodes):
-            if node.poll() is None:
-                os.killpg(node.pid, signal.SIGKILL)
-                node.wait()
 
 
 @pytest.fixture(scope="module")
