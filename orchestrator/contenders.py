@@ -97,11 +97,12 @@ def score_contenders(config: SweepConfig, contenders: Contenders, base_model_dir
     eval_split, tasks = prepare_eval_data(config, base_model_dir, hub_endpoint)
     present = [c for c in (contenders.leader, contenders.ours, contenders.committed) if c is not None]
     check_vocabulary(present, eval_split)
+    options = scoring_task_options(config)
 
     def candidate(contender, source: Source) -> Candidate | None:
         if contender is None:
             return None
-        scored = score_model(config, contender, eval_split, tasks, competition)
+        scored = score_model(config, contender, eval_split, tasks, competition, options)
         block = None if math.isinf(contender.block) else int(contender.block)
         return Candidate(source, str(contender.folder), scored.score, contender.uid, block, scored.rejected)
 
@@ -110,5 +111,17 @@ def score_contenders(config: SweepConfig, contenders: Contenders, base_model_dir
     base_score = math.nan
     if not present:  # the round starts from the base model: its score is the start's
         base = Contender(str(base_model_dir), base_model_dir, embedded=base_embedded)
-        base_score = score_model(config, base, eval_split, tasks, competition).score
+        base_score = score_model(config, base, eval_split, tasks, competition, options).score
     return (*scored, base_score, len(eval_split))
+
+
+def scoring_task_options(config: SweepConfig) -> dict | None:
+    """Where the round's trials will use GPUs, each contender is scored as a trial would be: a Ray task with a trial's
+    resources, on a GPU node (the driver may run on a CPU-only head, where a 3B model at 16k tokens would take hours
+    and its memory). Where they use CPUs, in this process, as orchestrator.score scores (None)."""
+    import ray
+
+    from orchestrator.cluster_plan import ClusterPlan, trial_resources
+
+    resources = trial_resources(config.run.device, config.run.cpus_per_trial, ray.cluster_resources().get("GPU", 0))
+    return ClusterPlan(resources, 1).task_options if "gpu" in resources else None

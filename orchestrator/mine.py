@@ -367,7 +367,8 @@ def run_one_round(request: MineRequest, folder: str, number: int, action: Next, 
           f"(seed {seed})", flush=True)
     outcome = run_sweep(cfg, space, settings, data, setup, opponent, experiment=experiment,
                         command=["python", "-m", "orchestrator.mine", *request.argv], study=study,
-                        merged=lambda o: (merged(), print(summary_head(o, cfg), flush=True)))
+                        merged=lambda o: (merged(), print(summary_head(o, cfg), flush=True)),
+                        progress_title=f"round {number}")  # the job log shows the round in progress
     if not outcome.interrupted:
         print(summary_tail(outcome, cfg))
     return outcome, started_at

@@ -175,9 +175,11 @@ class ProgressBlock(ProgressReporter):
     """Tune's progress reporter for this sweep: prints `progress_block` every REPORT_EVERY_S seconds and at the end.
     The scheduler's and resources' status strings Tune passes along (`*sys_info`) are left out (see the module)."""
 
-    def __init__(self, total_trials: int, planned_reports: int, slots: int, every_s: float = REPORT_EVERY_S):
+    def __init__(self, total_trials: int, planned_reports: int, slots: int, every_s: float = REPORT_EVERY_S,
+                 title: str = ""):
         self.total_trials, self.planned_reports, self.slots = total_trials, planned_reports, slots
         self.every_s = every_s
+        self.title = title  # opens each header: `round 2 · trials: ...` (orchestrator.mine)
         self._last_printed = 0.0
 
     def setup(self, start_time=None, total_samples=None, metric=None, mode=None, **kwargs):
@@ -189,4 +191,6 @@ class ProgressBlock(ProgressReporter):
     def report(self, trials, done: bool, *sys_info: str) -> None:
         self._last_printed = time.monotonic()
         views = [view_of(t, self.planned_reports) for t in trials]
-        print("\n" + progress_block(views, self.total_trials, self.planned_reports, self.slots, done), flush=True)
+        block = progress_block(views, self.total_trials, self.planned_reports, self.slots, done)
+        title = getattr(self, "title", "")  # (a sweep saved before titles were: its pickled reporter has none)
+        print("\n" + (f"{title} · " if title else "") + block, flush=True)

@@ -236,17 +236,21 @@ class Scored:
     rejected: str | None  # why validators would reject the model (the competition's limits), or None
 
 
-def score_model(config: SweepConfig, contender: Contender, eval_split, tasks, competition) -> Scored:
-    """The trial's and the head-to-head's computation, in this process: model_pair_losses on the held-out split
-    with the sweep's settings (device, threads, batching, attention), then competition_score."""
+def score_model(config: SweepConfig, contender: Contender, eval_split, tasks, competition,
+                task_options: dict | None = None) -> Scored:
+    """The trial's and the head-to-head's computation: model_pair_losses on the held-out split with the sweep's
+    settings (device, threads, batching, attention), then competition_score. In this process, or, given
+    `task_options` (a trial's resources), as a Ray task where a trial would run (publishing.head_to_head)."""
     from orchestrator.inputs import trial_settings
+    from publishing.head_to_head import remote_pair_losses
     from publishing.subnet.model_checks import ModelCheckError, check_model
     from trainables.lora_trial import model_pair_losses
     from trainables.scoring import competition_score
 
     settings = dataclasses.replace(trial_settings(config, contender.folder), embedded_model=contender.embedded,
-                                   device=config.run.device)  # this process is the worker: the device as asked
-    losses = model_pair_losses(str(contender.folder), settings, eval_split)
+                                   device=config.run.device)  # the device as asked, where the losses are computed
+    losses = (remote_pair_losses(str(contender.folder), settings, eval_split, task_options) if task_options else
+              model_pair_losses(str(contender.folder), settings, eval_split))
     score, per_task = competition_score(losses, tasks)
     try:
         check_model(contender.folder, competition)

@@ -61,7 +61,8 @@ _NO_TUNER_RESTORE_HINT = _NoTunerRestoreHint()  # one instance: adding it again 
 
 
 def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Experiment, callbacks: list,
-              scheduler, num_trials: int, max_concurrent: int, max_reports: int | None = None, study=None):
+              scheduler, num_trials: int, max_concurrent: int, max_reports: int | None = None, study=None,
+              progress_title: str = ""):
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -98,7 +99,8 @@ def new_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Ex
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
-            progress_reporter=ProgressBlock(num_trials, max_reports or 0, max_concurrent), verbose=1),
+            progress_reporter=ProgressBlock(num_trials, max_reports or 0, max_concurrent, title=progress_title),
+            verbose=1),
     )
 
 
@@ -117,7 +119,7 @@ def measure_opponent(config: SweepConfig, opponent, settings: TrialSettings, dat
 
 
 def build_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: Experiment, plan: ClusterPlan,
-                max_reports: int, study=None):
+                max_reports: int, study=None, progress_title: str = ""):
     """A new Tuner, or, with --resume, Tune's own restore of the experiment (trials, checkpoints, searcher)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -153,18 +155,20 @@ def build_tuner(config: SweepConfig, space: SearchSpace, trainable, experiment: 
                                reduction_factor=config.search.reduction_factor)
                  if config.search.scheduler == "asha" else FIFOScheduler())
     return new_tuner(config, space, trainable, experiment, callbacks, scheduler, space.trials(config.search.num_samples),
-                     plan.max_concurrent, max_reports, study)
+                     plan.max_concurrent, max_reports, study, progress_title)
 
 
 def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, data: SweepData,
               publishing: PublishSetup, opponent=None, trial_function=lora_trainable,
               experiment: Experiment | None = None, command: list[str] | None = None,
               study: "StudyChoice | None" = None,
-              merged: Callable[[SweepOutcome], None] = lambda outcome: None) -> SweepOutcome:
+              merged: Callable[[SweepOutcome], None] = lambda outcome: None,
+              progress_title: str = "") -> SweepOutcome:
     """Run the sweep on the Ray this process is connected to: plan, build the tuner, fit, collect. Publishing
     happens in the coordinator actor, fed by the tuner's callbacks. `merged` gets the outcome (less its plots and
     what-mattered) once the best is merged and the sweep needs Ray no more, while the plots are drawn: the driver
-    shuts its Ray down and prints the summary's first lines then."""
+    shuts its Ray down and prints the summary's first lines then. `progress_title` opens each progress block's header
+    (orchestrator.mine's round: `round 2 · trials: ...`)."""
     from ray import tune
 
     from orchestrator.memory_budget import plan_trial_memory, trial_budget
@@ -193,7 +197,7 @@ def run_sweep(config: SweepConfig, space: SearchSpace, settings: TrialSettings, 
                                     work_dir=experiment.local_dir)
     try:
         # build the tuner and fit: every trial ends (finished, stopped, failed...) or the sweep is interrupted
-        tuner = build_tuner(config, space, trainable, experiment, plan, max_reports, study)
+        tuner = build_tuner(config, space, trainable, experiment, plan, max_reports, study, progress_title)
         results, records = fit(tuner, experiment, max_reports, budget)
         budget_end = budget.report(records, num_trials)
         trials_csv = experiment.keep(write_trials_csv(records, experiment.local_dir))

@@ -13,7 +13,7 @@ from publishing.subnet.constants import VALIDATOR_EPSILON
 from publishing.subnet.iswin import Comparison, compare, compare_scores
 from trainables.data import EvalTask, TokenizedSplit
 from trainables.scoring import competition_score
-from trainables.lora_trial import TrialSettings, model_pair_losses
+from trainables.lora_trial import TrialSettings, folder_pair_losses, model_folder_files
 
 NOT_COMMITTED = float("inf")  # our model would be committed after theirs: theirs gets epsilon's advantage
 
@@ -30,9 +30,20 @@ class Opponent:
 
 
 def remote_pair_losses(model_dir: str, settings: TrialSettings, split: TokenizedSplit, options: dict) -> list[float]:
+    """A model folder's per-pair losses, as a Ray task with `options` (a trial's resources: on a GPU node where trials
+    use GPUs). A folder that node can neither read nor fetch from the Hub (a merged model on the driver's own disk,
+    where the storage is a bucket) is sent to it through Ray's object store."""
     import ray
 
-    return ray.get(ray.remote(model_pair_losses).options(**options).remote(model_dir, settings, split))
+    task = ray.remote(folder_pair_losses).options(**options)
+    return reaching_the_folder(lambda files: ray.get(task.remote(model_dir, settings, split, files)),
+                               lambda: ray.put(model_folder_files(model_dir)))
+
+
+def reaching_the_folder(score, ship):
+    """score(None): the task reads the folder where it runs, or answers None; then score(ship()): its files sent."""
+    losses = score(None)
+    return losses if losses is not None else score(ship())
 
 
 def versus(ours: list[float], theirs: list[float], opponent: Opponent, tasks: tuple[EvalTask, ...]) -> Comparison:

@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -134,6 +135,8 @@ def test_three_rounds_follow_the_rival_and_publish_by_the_rules(rival, local_hub
         assert not list((folder / f"mining.round-00{n}").glob("*/checkpoint_*"))
     assert (folder / "rounds.png").stat().st_size > 0
     assert "round 2: starts from the leader (uid 1, " in out
+    # each round's progress blocks say which round is in progress (what the job log in the dashboard shows)
+    assert re.search(r"^round 2 · trials: \d+/1 done", out, re.MULTILINE), out[-3000:]
     assert TOKEN not in out and TOKEN.encode() not in (folder / "rounds.csv").read_bytes()
 
 
