@@ -6,8 +6,9 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 
-# what starts a Ray node of the test's own: tests/ray_nodes.py's helper, or `ray start --head` spelled out
-STARTS_NODES = re.compile(r"""start_node\(|["']start["'],\s*["']--head["']""")
+# what starts a Ray node of the test's own: tests/ray_nodes.py's helper or its two-node Cluster, or `ray start --head`
+# spelled out
+STARTS_NODES = re.compile(r"""start_node\(|\bCluster\(|["']start["'],\s*["']--head["']""")
 DRIVES_CHROMIUM = re.compile(r"chromium", re.IGNORECASE)
 
 
