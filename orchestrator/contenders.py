@@ -119,9 +119,9 @@ def scoring_task_options(config: SweepConfig) -> dict | None:
     """Where the round's trials will use GPUs, each contender is scored as a trial would be: a Ray task with a trial's
     resources, on a GPU node (the driver may run on a CPU-only head, where a 3B model at 16k tokens would take hours
     and its memory). Where they use CPUs, in this process, as orchestrator.score scores (None)."""
-    import ray
+    from orchestrator.cluster_plan import ClusterPlan, trial_resources, wait_for_room
 
-    from orchestrator.cluster_plan import ClusterPlan, trial_resources
-
-    resources = trial_resources(config.run.device, config.run.cpus_per_trial, ray.cluster_resources().get("GPU", 0))
+    # (a spot GPU worker reclaimed since the last round: wait for its replacement, not score on the head's CPU)
+    cluster = wait_for_room(config)
+    resources = trial_resources(config.run.device, config.run.cpus_per_trial, cluster.get("GPU", 0))
     return ClusterPlan(resources, 1).task_options if "gpu" in resources else None

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.request
 import json
 from pathlib import Path
@@ -41,7 +42,7 @@ from publishing.subnet.competitions import COMPETITIONS_FILE
 from publishing.subnet.model_hash import hash_directory, hash_with_hotkey
 from publishing.subnet.model_id import ModelId
 from tests.polling import wait_for
-from tests.ray_nodes import free_port
+from tests.ray_nodes import free_port, start_node
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -139,28 +140,46 @@ def make_wallet(wallets_dir: Path, name: str, hotkey: str) -> None:
 
 
 class LocalHead:
-    """`ray up`'s head, on this machine: `RAY_AUTH_MODE=token ray start --head` as configs/cluster.yaml runs it,
-    in the home folder; --block, in a process group of its own, so the test ends it without `ray stop` (which
-    would stop every Ray here)."""
+    """`ray up`'s head, on this machine: `RAY_AUTH_MODE=token ray start --head` as configs/cluster.yaml runs it, with
+    no CPU for trials (its `resources: {CPU: 0}`), in the home folder; --block, in a process group of its own, so the
+    test ends it without `ray stop` (which would stop every Ray here). `join_worker_when_the_driver_waits` adds the
+    worker node that `ray up` launches and that joins minutes later."""
 
     def __init__(self, home: Path, env: dict):
         self.temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths are limited
-        self.dashboard_port = free_port()
+        self.dashboard_port, self.port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.dashboard_port}"
-        argv = ["ray", "start", "--head", "--block", "--num-cpus", "2", "--disable-usage-stats",
+        self.env, self.worker = {**env, "RAY_AUTH_MODE": "token"}, None
+        argv = ["ray", "start", "--head", "--block", "--num-cpus", "0", "--disable-usage-stats",
                 "--temp-dir", self.temp_dir, "--dashboard-host", "127.0.0.1", "--dashboard-port",
-                str(self.dashboard_port), "--metrics-export-port", str(free_port())]
-        for flag in ("--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                str(self.dashboard_port), "--metrics-export-port", str(free_port()), "--port", str(self.port)]
+        for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                      "--ray-client-server-port", "--runtime-env-agent-port"):
             argv += [flag, str(free_port())]
         self.log = open(home / "ray-head.log", "w")
-        self.process = subprocess.Popen(argv, env={**env, "RAY_AUTH_MODE": "token"}, cwd=home,
-                                        start_new_session=True, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(argv, env=self.env, cwd=home, start_new_session=True, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+
+    def join_worker_when_the_driver_waits(self) -> threading.Thread:
+        """In the background: once a job's driver says it is waiting for a worker node, a worker (two CPUs) joins."""
+        def join():
+            logs = Path(self.temp_dir, "session_latest", "logs")
+            wait_for("the driver waiting for a worker node", lambda: any(
+                "waiting for a worker node" in log.read_text(errors="replace")
+                for log in logs.glob("job-driver-*.log")), 300)
+            self.worker = start_node(["--address", f"127.0.0.1:{self.port}", "--num-cpus", "2",
+                                      "--disable-usage-stats"], self.env)
+
+        thread = threading.Thread(target=join, daemon=True)
+        thread.start()
+        return thread
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        for node in (self.worker, self.process):
+            if node is not None and node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+            if node is not None:
+                node.wait()
         self.log.close()
         subprocess.run(["rm", "-rf", self.temp_dir])
 
@@ -205,8 +224,11 @@ def test_the_competition_4_cluster_block_runs_as_written(tmp_path, model_dir):
                 submit = [w.replace("http://localhost:8265", head.url) for w in words[:at]]
                 job = words[at + 1:]  # python -m orchestrator.run FLAGS
                 argv = [*job[:3], *sweep_flags(job[3:], tmp_path / "results", competitions, model)]
-                # the driver runs where the head's `ray start` ran (its home), as on the cluster
+                # the driver runs where the head's `ray start` ran (its home), as on the cluster; it waits for the
+                # worker node, which joins once it does (on AWS: minutes after `ray up`)
+                joining = head.join_worker_when_the_driver_waits()
                 job_output = run(shlex.join([*submit, "--", *argv]), env, REPO, timeout=900).stdout
+                joining.join(timeout=60)
             else:
                 run(command, env, REPO)
     finally:
@@ -214,6 +236,8 @@ def test_the_competition_4_cluster_block_runs_as_written(tmp_path, model_dir):
             head.stop()
     assert (home / ".ray" / "auth_token").is_file()  # `ray get-auth-token --generate` made the token the head used
     assert job_output is not None and re.search(r"Job '\S+' succeeded", job_output), job_output[-3000:]
+    assert "waiting for a worker node: the cluster has no room for a trial yet (a GPU or 1 CPU; it has 0 GPUs, " \
+           "0 CPUs)" in job_output and re.search(r"a worker node joined after \d+ s: 0 GPUs, 2 CPUs", job_output)
     experiment = tmp_path / "results" / "readme"
     record = json.loads((experiment / "publish.json").read_text())
     model_id = ModelId.from_compressed_str(record["model_id"])

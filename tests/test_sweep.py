@@ -7,7 +7,8 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from orchestrator.run import main
-from orchestrator.cluster_plan import concurrent_slots, trial_resources
+from orchestrator.cluster_plan import concurrent_slots, room_for_a_trial, trial_resources, wait_for_room
+from orchestrator.config import ConfigError, load_config
 from publishing.subnet.model_hash import hash_directory
 from publishing.subnet.model_id import ModelId
 from tests import faulty_trials
@@ -22,6 +23,30 @@ def test_one_trial_per_gpu_where_there_are_gpus():
     assert concurrent_slots({"cpu": 1, "gpu": 1}, {"CPU": 64, "GPU": 8}) == 8
     assert concurrent_slots({"cpu": 1}, {"CPU": 2}) == 2
     assert concurrent_slots({"cpu": 2}, {"CPU": 2}) == 1
+
+
+def test_a_trial_has_room_where_a_gpu_is_or_for_auto_and_cpu_enough_cpus():
+    # the README's cluster before its first GPU worker joins: a head with no CPU for trials
+    assert not room_for_a_trial("auto", 1, {"CPU": 0})
+    assert room_for_a_trial("auto", 1, {"CPU": 8, "GPU": 1}) and room_for_a_trial("auto", 2, {"CPU": 2})
+    assert not room_for_a_trial("auto", 4, {"CPU": 2})
+    assert not room_for_a_trial("cuda", 1, {"CPU": 64}) and room_for_a_trial("cuda:1", 1, {"CPU": 8, "GPU": 2})
+    assert not room_for_a_trial("cpu", 1, {"CPU": 0, "GPU": 8}) and room_for_a_trial("cpu", 1, {"CPU": 1})
+
+
+def test_a_driver_on_a_cluster_waits_for_a_worker_then_says_none_came_in_one_line(local_ray):
+    """The session's Ray has 2 CPUs and no GPU: a joined driver asking for GPU trials waits, then gives up in one
+    line; a Ray started here has nothing to wait for, nor has a cluster with room."""
+    said = []
+    joined_cuda = load_config(["--address", "auto", "--device", "cuda"])
+    with pytest.raises(ConfigError, match=r"^no worker node with a GPU joined the cluster in 0\.01 minutes; check "
+                                          r"`ray status`"):
+        wait_for_room(joined_cuda, wait_s=0.6, poll_s=0.2, say=said.append)
+    assert said == ["waiting for a worker node: the cluster has no room for a trial yet (a GPU; it has 0 GPUs, 2 CPUs). "
+                    "A new node takes minutes to join; `ray status` on the head shows the autoscaler's launches"]
+    said.clear()
+    assert wait_for_room(load_config(["--device", "cuda"]), wait_s=0.6, say=said.append)["CPU"] == 2
+    assert wait_for_room(load_config(["--address", "auto"]), wait_s=0.6, say=said.append)["CPU"] == 2 and not said
 
 
 @pytest.mark.slow
