@@ -65,6 +65,23 @@ def wait_for_room(config: SweepConfig, wait_s: float = WORKER_WAIT_S, poll_s: fl
                       f"status` and the autoscaler's log on the head (`ray monitor <cluster.yaml>`), then run again")
 
 
+def scoring_task_options(config: SweepConfig) -> dict | None:
+    """Where a driver scores a model (orchestrator.score --address, orchestrator.mine's contenders): on a cluster it
+    joined, as a trial would run, a Ray task with a trial's resources (on a GPU node where trials use GPUs: the
+    README's head has none, and a 3B model at 16k tokens would take it hours), once the cluster has room for one
+    trial; without --address, in its own process (None), on this machine, where trials run too."""
+    if config.run.address is None:
+        return None
+    cluster = wait_for_room(config)  # (a spot GPU worker reclaimed since the last round: wait for its replacement)
+    resources = trial_resources(config.run.device, config.run.cpus_per_trial, cluster.get("GPU", 0))
+    return ClusterPlan(resources, 1).task_options
+
+
+def scoring_place(options: dict) -> str:
+    """Where scoring_task_options' task runs, in words: `a Ray task with a GPU`, `a Ray task with 2 CPU(s)`."""
+    return "a Ray task with " + ("a GPU" if options.get("num_gpus") else f"{options.get('num_cpus', 1)} CPU(s)")
+
+
 def concurrent_slots(resources: dict, cluster: dict) -> int:
     """How many trials fit in the cluster at once."""
     return max(1, min(math.floor(cluster.get(k.upper(), 0) / v) for k, v in resources.items()))

@@ -89,6 +89,7 @@ def score_contenders(config: SweepConfig, contenders: Contenders, base_model_dir
     from transformers.utils import logging as hf_logging
 
     from orchestrator.inputs import data_competition, prepare_eval_data
+    from orchestrator.cluster_plan import scoring_place, scoring_task_options
     from orchestrator.score import Contender, check_vocabulary, score_model
 
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per model is noise between the round's lines
@@ -97,7 +98,9 @@ def score_contenders(config: SweepConfig, contenders: Contenders, base_model_dir
     eval_split, tasks = prepare_eval_data(config, base_model_dir, hub_endpoint)
     present = [c for c in (contenders.leader, contenders.ours, contenders.committed) if c is not None]
     check_vocabulary(present, eval_split)
-    options = scoring_task_options(config)
+    options = scoring_task_options(config)  # on a cluster: where trials train, not in this (the head's) process
+    if options:
+        print(f"scoring {len(present) or 1} model(s) on the cluster, each as {scoring_place(options)}", flush=True)
 
     def candidate(contender, source: Source) -> Candidate | None:
         if contender is None:
@@ -114,14 +117,3 @@ def score_contenders(config: SweepConfig, contenders: Contenders, base_model_dir
         base_score = score_model(config, base, eval_split, tasks, competition, options).score
     return (*scored, base_score, len(eval_split))
 
-
-def scoring_task_options(config: SweepConfig) -> dict | None:
-    """Where the round's trials will use GPUs, each contender is scored as a trial would be: a Ray task with a trial's
-    resources, on a GPU node (the driver may run on a CPU-only head, where a 3B model at 16k tokens would take hours
-    and its memory). Where they use CPUs, in this process, as orchestrator.score scores (None)."""
-    from orchestrator.cluster_plan import ClusterPlan, trial_resources, wait_for_room
-
-    # (a spot GPU worker reclaimed since the last round: wait for its replacement, not score on the head's CPU)
-    cluster = wait_for_room(config)
-    resources = trial_resources(config.run.device, config.run.cpus_per_trial, cluster.get("GPU", 0))
-    return ClusterPlan(resources, 1).task_options if "gpu" in resources else None

@@ -41,12 +41,15 @@ SHARED = {
                 "cortex_steps", "cortex_samples_per_epoch", "eval_fraction", "task_data", "eval_samples_per_task",
                 "max_length", "tokenizer"),
     "how models run": ("device", "cpus_per_trial", "packing", "batch_size", "micro_batch_tokens", "eval_batch_size",
-                       "attn_implementation"),
+                       "attn_implementation", "address"),
 }
 SEED_HELP = ("seed of the held-out samples: the split (m1, g1) or the draw (a competition with tasks) the sweep makes "
              "with this --seed; the sweep's default is 0 (configs/default.yaml), so --seed 0 scores on a default "
              "sweep's held-out set, which its models never trained on (default: fresh, a random seed, printed so "
              "the run can be repeated)")
+ADDRESS_HELP = ("a Ray cluster to score on (auto on a cluster's head): each model is scored as a trial would run, "
+                "with a trial's resources (a GPU where the cluster's trials use GPUs); a folder only this machine "
+                "holds is sent to the node that scores it (default: in this process, on this machine, no Ray)")
 SOURCE_FLAGS = ("load_model_dir", "load_repo", "download_repo_latest_commit", "load_uid", "load_best")
 NOT_COMMITTED = math.inf  # a folder or a Hub repo: committed now, after every on-chain model
 
@@ -97,6 +100,8 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
             cls = GROUPS[FIELD_GROUP[name]]
             if name == "seed":
                 group.add_argument("--seed", type=int, metavar="INT", help=SEED_HELP)
+            elif name == "address":
+                group.add_argument("--address", metavar="STR", help=ADDRESS_HELP)
             else:
                 add_flag(group, cls, FIELDS[name], shown=defaults.get(name, dataclasses.MISSING))
     parser.set_defaults(sources=None)
@@ -409,6 +414,31 @@ def record(scored: list[Scored], request: Request, competition, eval_split, task
     }
 
 
+def score_all(config: SweepConfig, contenders: list[Contender], eval_split, tasks, competition) -> list[Scored] | None:
+    """Each model scored: in this process, or, with --address, on the cluster as a trial would run
+    (cluster_plan.scoring_task_options: a GPU node where trials use GPUs, once one has joined; None, with the
+    line printed, when none joined in time)."""
+    if config.run.address is None:
+        return [score_model(config, c, eval_split, tasks, competition) for c in contenders]
+    from orchestrator.cluster_plan import scoring_place, scoring_task_options
+    from orchestrator.ray_start import start_ray
+
+    started_ray = start_ray(config)
+    try:
+        options = scoring_task_options(config)
+        print(f"scoring on the cluster ({config.run.address}): each model as {scoring_place(options)}, as a trial runs",
+              flush=True)
+        return [score_model(config, c, eval_split, tasks, competition, options) for c in contenders]
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
 def main(argv: list[str] | None = None, chain_factory=None, hub_endpoint: str | None = None) -> int:
     """`chain_factory` and `hub_endpoint`: the chain and Hub the models come from (tests pass their own)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -440,7 +470,9 @@ def main(argv: list[str] | None = None, chain_factory=None, hub_endpoint: str | 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per model is noise between the result lines
-    scored = [score_model(config, c, eval_split, tasks, competition) for c in contenders]
+    scored = score_all(config, contenders, eval_split, tasks, competition)
+    if scored is None:
+        return 2
     result = verdict(scored, competition, current_block, by_score=bool(tasks)) if len(scored) > 1 else None
     print(render(scored, request, competition, eval_split, tasks, current_block, result))
     if request.json_path:

@@ -5,12 +5,10 @@ files of a folder it cannot read; either way it computes what this process would
 
 import dataclasses
 import fnmatch
+import json
 
 import pytest
 
-from orchestrator.config import load_config
-from orchestrator.inputs import data_competition, prepare_eval_data
-from orchestrator.score import Contender, score_model
 from publishing.head_to_head import reaching_the_folder
 from tests.hub_server import local_hub  # noqa: F401  (the fixture)
 from trainables.lora_trial import (TrainingSettings, TrialSettings, folder_pair_losses, model_folder_files,
@@ -64,14 +62,38 @@ def test_a_folder_the_node_cannot_read_is_sent_to_it_and_scores_the_same(model_d
                                lambda: shipped.append(2)) == losses and shipped == [1]
 
 
-def test_a_ray_task_with_a_trials_resources_scores_as_this_process_does(local_ray, model_dir, monkeypatch):
-    """orchestrator.mine's contenders on a GPU cluster: score_model as a Ray task (here with a CPU) gives the number
-    orchestrator.score prints in this process."""
+def test_score_on_a_cluster_runs_each_model_as_a_ray_task_and_prints_what_this_process_prints(local_ray, model_dir,
+                                                                                             tmp_path, capsys):
+    """`orchestrator.score --address ...` (and orchestrator.mine's contenders on a cluster): each model scored as a Ray
+    task with a trial's resources (here a CPU: the session's Ray has no GPU) gives the numbers scored in this process."""
+    from orchestrator.score import main
+
+    flags = ["--seed", "3", "--load_model_dir", str(model_dir), "--tokenizer", "model"]
+    assert main([*flags, "--json", str(tmp_path / "here.json")]) == 0
+    here = capsys.readouterr().out
+    address = local_ray.get_runtime_context().gcs_address
+    assert main([*flags, "--address", address, "--json", str(tmp_path / "there.json")]) == 0
+    there = capsys.readouterr().out
+    assert f"scoring on the cluster ({address}): each model as a Ray task with 1 CPU(s), as a trial runs" in there
+    assert "scoring on the cluster" not in here
+    (ours,), (theirs,) = (json.loads((tmp_path / f"{name}.json").read_text())["models"] for name in ("here", "there"))
+    assert theirs["pair_losses"] == pytest.approx(ours["pair_losses"], abs=1e-6)
+    assert theirs["score"] == pytest.approx(ours["score"], abs=1e-6)
+
+
+def test_a_mining_rounds_contenders_are_scored_on_the_cluster_it_joined(local_ray, model_dir, monkeypatch, capsys):
+    """orchestrator.mine with --address: its contenders are scored on the cluster (a GPU node there), with the
+    numbers a driver without --address computes in its own process."""
+    from orchestrator.config import load_config
+    from orchestrator.contenders import Contenders, score_contenders
+    from orchestrator.score import Contender
+
     monkeypatch.setenv("LORA_SWEEP_CACHE", str(model_dir.parent))
-    config = load_config(["--seed", "3", "--cpus_per_trial", "1"])
-    eval_split, tasks = prepare_eval_data(config, model_dir, None)
-    contender = Contender("the embedded model", model_dir, embedded=True)
-    here = score_model(config, contender, eval_split, tasks, data_competition(config))
-    there = score_model(config, contender, eval_split, tasks, data_competition(config),
-                        task_options={"num_cpus": 1, "num_gpus": 0})
-    assert there.pair_losses == pytest.approx(here.pair_losses, abs=1e-6) and there.score == pytest.approx(here.score, abs=1e-6)
+    ours = Contenders(ours=Contender("round 1's best model", model_dir))
+    flags = ["--seed", "3"]
+    _, here, _, _, samples = score_contenders(load_config(flags), ours, model_dir, True, None)
+    assert "on the cluster" not in capsys.readouterr().out
+    address = local_ray.get_runtime_context().gcs_address
+    _, there, _, _, _ = score_contenders(load_config([*flags, "--address", address]), ours, model_dir, True, None)
+    assert "scoring 1 model(s) on the cluster, each as a Ray task with 1 CPU(s)" in capsys.readouterr().out
+    assert samples > 0 and there.score == pytest.approx(here.score, abs=1e-6)
