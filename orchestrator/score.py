@@ -448,11 +448,13 @@ def main(argv: list[str] | None = None, chain_factory=None, hub_endpoint: str | 
         request = parse(argv)
         config = request.config
         # torch and transformers only now: --help and a bad flag never load them
-        from orchestrator.inputs import check_device, check_env_file, data_competition, prepare_eval_data
+        from orchestrator.inputs import check_address, check_device, check_env_file, data_competition, \
+            prepare_eval_data
         from publishing.subnet.chain import ChainError
 
         check_env_file(config)
         check_device(config)
+        check_address(config)
         competition = data_competition(config)
         contenders, chain = resolve_models(config, request.sources, chain_factory, hub_endpoint)
         first = contenders[0]

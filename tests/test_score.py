@@ -189,6 +189,7 @@ def bad_folder(tmp_path: Path) -> Path:
     (["--download_repo_latest_commit", "a" * 40], "pass one commit with each --load_repo"),
     (["--num_samples", "3"], "unrecognized arguments: --num_samples 3"),
     (["--seed", "-1"], "--seed must be between 0 and 2**32 - 1"),
+    (["--address", "127.0.0.1:1"], "--address 127.0.0.1:1: nothing answers there"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_any_model_is_read(argv, message, tmp_path, capsys):
     argv = [a.format(tmp=tmp_path, bad=bad_folder(tmp_path) if "{bad}" in a else "") for a in argv]
