@@ -116,4 +116,3 @@ def score_contenders(config: SweepConfig, contenders: Contenders, base_model_dir
         base = Contender(str(base_model_dir), base_model_dir, embedded=base_embedded)
         base_score = score_model(config, base, eval_split, tasks, competition, options).score
     return (*scored, base_score, len(eval_split))
-
