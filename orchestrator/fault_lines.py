@@ -22,9 +22,12 @@ _TRIAL_ID = re.compile(r"([0-9a-f]{8}(?:_\d+)?)$")  # Tune's trial id, at the en
 
 @dataclass
 class TrialProgress:
-    """How far a trial got: its last reported step and the step of its last checkpoint (0: none yet)."""
+    """How far a trial got: its last reported step and the step of its last checkpoint (0: none yet), and whether
+    Tune ended it (finished, or stopped by the scheduler or a stopper: Tune's on_trial_complete), which a trial cut
+    short by an interruption is not."""
     step: int = 0
     checkpoint_step: int = 0
+    ended_by_tune: bool = False
 
 
 # trial id -> its progress, kept by the driver's ProgressKeeper callback (the log filter has only the trial's name)
@@ -71,7 +74,8 @@ def condense_trial_failures() -> None:
 
 
 class ProgressKeeper(tune.Callback):
-    """A Tune callback on the driver that keeps PROGRESS: each result's step, and each checkpoint's."""
+    """A Tune callback on the driver that keeps PROGRESS: each result's step, each checkpoint's, and each trial Tune
+    ended."""
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         PROGRESS.setdefault(trial.trial_id, TrialProgress()).step = int(result.get(STEP, 0))
@@ -79,6 +83,14 @@ class ProgressKeeper(tune.Callback):
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         progress = PROGRESS.setdefault(trial.trial_id, TrialProgress())
         progress.checkpoint_step = int(trial.last_result.get(STEP, progress.step))  # Tune's result came first
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        PROGRESS.setdefault(trial.trial_id, TrialProgress()).ended_by_tune = True
+
+
+def ended_by_tune() -> set[str]:
+    """The trials this driver saw Tune end (see TrialProgress)."""
+    return {trial_id for trial_id, progress in PROGRESS.items() if progress.ended_by_tune}
 
 
 class CondenseStorageSyncFailures(logging.Filter):

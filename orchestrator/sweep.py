@@ -247,12 +247,14 @@ def quiet_tune_output() -> None:
 def fit(tuner, experiment: Experiment, max_reports: int, budget) -> tuple[object, list[TrialRecord]]:
     """Tune's results and each trial's record. A storage that filled or failed under the sweep is raised as
     StorageFailed (an outcome: one line, --resume continues); any other error as it is."""
+    from orchestrator.fault_lines import ended_by_tune
     from orchestrator.storage_failure import STORAGE_ERRORS, raise_if_storage_failed
 
     try:
         try:
             results = tuner.fit()
-            records = records_from_results(results, max_reports, budget_stopped=budget.stopped)
+            records = records_from_results(results, max_reports, budget_stopped=budget.stopped,
+                                           ended_by_tune=ended_by_tune())
         except Exception as error:
             raise_if_storage_failed(experiment, [error])
             raise

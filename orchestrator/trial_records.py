@@ -102,10 +102,12 @@ def ended_reason(status: TrialStatus, reports: int, planned_reports: int, step: 
     return ""
 
 
-def records_from_results(results, planned_reports: int,
-                         budget_stopped: frozenset | set = frozenset()) -> list[TrialRecord]:
+def records_from_results(results, planned_reports: int, budget_stopped: frozenset | set = frozenset(),
+                         ended_by_tune: frozenset | set = frozenset()) -> list[TrialRecord]:
     """Tune's ResultGrid -> one record per trial, in trial order. `budget_stopped`: the trials --time_budget
-    stopped at a report."""
+    stopped at a report. `ended_by_tune`: the trials the driver saw Tune end (its on_trial_complete): ended, as
+    Tune's status says, even where their last result lacks `done` (a resumed sweep's CI run once read such a trial,
+    finished in the progress block, as interrupted)."""
     records = []
     for result in results:
         metrics = result.metrics or {}
@@ -115,7 +117,8 @@ def records_from_results(results, planned_reports: int,
         config = result.config or {}
         trial_id = str(metrics.get(TRIAL_ID) or Path(result.path).name)
         reports, step = int(metrics.get(TRAINING_ITERATION, 0)), int(metrics.get(STEP, 0))
-        status = trial_status(result.error is not None, bool(metrics.get(DONE)), reports, planned_reports,
+        status = trial_status(result.error is not None, bool(metrics.get(DONE)) or trial_id in ended_by_tune,
+                              reports, planned_reports,
                               out_of_memory=bool(metrics.get(OUT_OF_MEMORY)),
                               stopped_by_budget=trial_id in budget_stopped)
         last = losses[-1] if losses else math.nan

@@ -102,6 +102,10 @@ def test_sweep_end_to_end(local_ray, tmp_path, capsys):
     rows = list(csv.DictReader((tmp_path / "e2e" / "trials.csv").open()))
     assert sorted(r["trial_id"] for r in rows) == sorted(t["reports"][0]["trial_id"] for t in trials)
     assert {r["status"] for r in rows} <= {"finished", "stopped by the scheduler"}
+    # the driver saw Tune end each trial (its on_trial_complete): what trials.csv trusts over a missing `done`
+    from orchestrator.fault_lines import ended_by_tune
+
+    assert {r["trial_id"] for r in rows} <= ended_by_tune()
     assert "python -m publishing.upload --load_model_dir" in summary and "from_pretrained(" in summary
 
     # what mattered, recounted from each trial's reports: a full trial's steps are a finished trial's last step, and

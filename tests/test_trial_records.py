@@ -33,6 +33,23 @@ def test_how_a_trial_ended():
     assert trial_status(has_error=False, done=False, reports=4, planned_reports=4) is TrialStatus.FINISHED
 
 
+def test_a_trial_tune_ended_is_not_interrupted_though_its_last_result_lacks_done():
+    """Tune's last result for a trial normally carries `done` when Tune ended it; where it does not, the driver's
+    record of Tune's on_trial_complete decides (a CI run once read such a trial of a resumed sweep as interrupted)."""
+    from types import SimpleNamespace
+
+    from orchestrator.trial_records import records_from_results
+
+    def result(trial_id):
+        metrics = {"trial_id": trial_id, "training_iteration": 2, "step": 9, "eval_loss": 6.7, "done": False}
+        return SimpleNamespace(metrics=metrics, metrics_dataframe=None, error=None, config={}, path=f"/x/{trial_id}")
+
+    cut_short, ended = records_from_results([result("aaaa0001"), result("aaaa0002")], planned_reports=20,
+                                            ended_by_tune={"aaaa0002"})
+    assert cut_short.status is TrialStatus.INTERRUPTED and ended.status is TrialStatus.STOPPED
+    assert ended.reason.startswith("stopped early by ASHA at step 9, after 2 of 20 evaluations")
+
+
 def test_trials_csv_has_a_row_per_trial_best_first_with_status_and_reason(tmp_path):
     records = [
         TrialRecord("a1", Hyperparameters(1e-4, 8, 16), TrialStatus.FINISHED, "", 31, 3.5, 3.6, 12.0, "/x/a1"),
