@@ -30,7 +30,7 @@ def room_for_a_trial(device: str, cpus_per_trial: int, cluster: dict) -> bool:
 # A new node takes minutes to join: the first GPU worker after `ray up` (a spot request, then this project's install),
 # or one replacing a spot worker reclaimed between two mining rounds. A driver that joined a cluster waits this long.
 WORKER_WAIT_S = 30 * 60
-WAIT_POLL_S = 5.0
+WAIT_POLL_S = 2.0  # (ray.cluster_resources() is one call to the head: cheap)
 
 
 def wait_for_room(config: SweepConfig, wait_s: float = WORKER_WAIT_S, poll_s: float = WAIT_POLL_S,
