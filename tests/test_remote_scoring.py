@@ -4,7 +4,6 @@ own disk (where the storage is a bucket). The GPU node that scores one fetches a
 files of a folder it cannot read; either way it computes what this process would."""
 
 import dataclasses
-import fnmatch
 import json
 
 import pytest
@@ -13,7 +12,7 @@ from publishing.head_to_head import reaching_the_folder
 from tests.hub_server import local_hub  # noqa: F401  (the fixture)
 from trainables.lora_trial import (TrainingSettings, TrialSettings, folder_pair_losses, model_folder_files,
                                    model_pair_losses)
-from trainables.model_loading import STARTING_MODEL_PATTERNS
+from trainables.model_loading import is_model_file
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +21,7 @@ def settings(model_dir) -> TrialSettings:
 
 
 def model_files(folder) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir()
-            if any(fnmatch.fnmatch(p.name, pattern) for pattern in STARTING_MODEL_PATTERNS)}
+    return {p.name: p.read_bytes() for p in folder.iterdir() if is_model_file(p.name)}
 
 
 def test_a_node_without_a_hub_models_folder_fetches_it_then_scores_it(local_hub, model_dir, settings, sweep_data,

@@ -27,9 +27,8 @@ from trainables.evaluation import pair_losses, per_pair_means, token_losses
 from trainables.hyperparameters import Hyperparameters
 from trainables.scoring import competition_score
 from trainables import fused_kernels
-from trainables.model_loading import (STARTING_MODEL_PATTERNS, ensure_model_here, load_causal_lm, measured_load,
-                                      pick_device, release_accelerator_memory, resolve_attention, training_dtype,
-                                      use_cpus)
+from trainables.model_loading import (ensure_model_here, is_model_file, load_causal_lm, measured_load, pick_device,
+                                      release_accelerator_memory, resolve_attention, training_dtype, use_cpus)
 from trainables.out_of_memory import is_out_of_memory, out_of_memory_reason
 from trainables.settings import TrainingSettings, TrialSettings  # noqa: F401  (imported from here too)
 from trainables.packing import micro_batch, pairs_of, real_tokens
@@ -368,10 +367,7 @@ class _Window:
 
 def model_pair_losses(model_dir: str, settings: TrialSettings, eval_split: TokenizedSplit) -> list[float]:
     """Per-pair losses of a plain model folder on the held-out set (run as a Ray task with a trial's resources)."""
-    # the folder scored, on whichever node runs this: the starting model, or another (an opponent, a round's
-    # leader) fetched from the Hub on the driver's node and fetched again here where this node lacks it
-    ensure_model_here(model_dir, settings.embedded_model and Path(model_dir) == Path(settings.model_dir),
-                      settings.hub_endpoint)
+    ensure_scored_folder(model_dir, settings)
     device = pick_device(settings.device)
     use_cpus(device, settings.cpus_per_trial)
     model = load_causal_lm(model_dir, training_dtype(device),
@@ -384,6 +380,13 @@ def model_pair_losses(model_dir: str, settings: TrialSettings, eval_split: Token
         release_accelerator_memory()
 
 
+def ensure_scored_folder(model_dir: str, settings: TrialSettings) -> None:
+    """The folder scored, on whichever node runs this: the starting model, or another (an opponent, a round's
+    leader) fetched from the Hub on the driver's node and fetched again here where this node lacks it."""
+    ensure_model_here(model_dir, settings.embedded_model and Path(model_dir) == Path(settings.model_dir),
+                      settings.hub_endpoint)
+
+
 def folder_pair_losses(model_dir: str, settings: TrialSettings, eval_split: TokenizedSplit,
                        files: dict[str, bytes] | None = None) -> list[float] | None:
     """model_pair_losses on the node that runs this (a Ray task): None where this node can neither read the folder
@@ -391,8 +394,7 @@ def folder_pair_losses(model_dir: str, settings: TrialSettings, eval_split: Toke
     `files` brings it (the folder's model files, read on the driver: model_folder_files), written to a folder of
     this task's own."""
     if files is None:
-        ensure_model_here(model_dir, settings.embedded_model and Path(model_dir) == Path(settings.model_dir),
-                          settings.hub_endpoint)
+        ensure_scored_folder(model_dir, settings)
         return model_pair_losses(model_dir, settings, eval_split) if Path(model_dir).is_dir() else None
     with tempfile.TemporaryDirectory(prefix="scored-model-") as here:
         for name, data in files.items():
@@ -403,10 +405,8 @@ def folder_pair_losses(model_dir: str, settings: TrialSettings, eval_split: Toke
 def model_folder_files(model_dir: str) -> dict[str, bytes]:
     """The files of a model folder that loading it reads (STARTING_MODEL_PATTERNS: configs, safetensors weights,
     tokenizer files), by name: what folder_pair_losses writes on a node that cannot read the folder."""
-    import fnmatch
-
     return {path.name: path.read_bytes() for path in sorted(Path(model_dir).iterdir())
-            if path.is_file() and any(fnmatch.fnmatch(path.name, p) for p in STARTING_MODEL_PATTERNS)}
+            if path.is_file() and is_model_file(path.name)}
 
 
 def lora_trainable(config: dict, settings: TrialSettings, data: SweepData) -> None:

@@ -24,6 +24,14 @@ CACHE_ENV = "LORA_SWEEP_CACHE"
 STARTING_MODEL_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
 
 
+def is_model_file(name: str) -> bool:
+    """A file a model folder is loaded from (STARTING_MODEL_PATTERNS): configs, safetensors weights, tokenizer
+    files; never a pickle or code."""
+    import fnmatch
+
+    return any(fnmatch.fnmatch(name, pattern) for pattern in STARTING_MODEL_PATTERNS)
+
+
 def cache_root() -> Path:
     """This node's cache: the embedded model, and models and tokenizers downloaded from the Hub."""
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "lora-sweep-miner"))

@@ -6,14 +6,13 @@ files are fetched (never code: models are loaded with use_safetensors=True and w
 trust_remote_code). Downloads go to one cache per node, so they happen once, not once per trial.
 """
 
-import fnmatch
 from pathlib import Path
 
 from publishing.subnet.chain import Chain
 from publishing.subnet.hub import HubClient
 from publishing.subnet.model_id import ModelId, ModelIdError
 from trainables.errors import one_line
-from trainables.model_loading import STARTING_MODEL_PATTERNS, cache_root
+from trainables.model_loading import cache_root, is_model_file
 
 
 class RemoteModelError(ValueError):
@@ -40,7 +39,7 @@ def fetch_model(hub: HubClient, repo_id: str, commit: str, max_bytes: int, cache
     except Exception as e:  # huggingface_hub raises several types for a missing repo or revision
         raise RemoteModelError(f"cannot read {where} from {hub.endpoint}: {one_line(e)}") from None
     check_remote_files(sizes, max_bytes, where)
-    wanted = [name for name in sizes if any(fnmatch.fnmatch(name, p) for p in STARTING_MODEL_PATTERNS)]
+    wanted = [name for name in sizes if is_model_file(name)]
     return hub.download(repo_id, commit, cache_dir or default_model_cache(), allow_patterns=wanted)
 
 
