@@ -4,13 +4,14 @@ The S3 server is moto's server mode (`moto_server`, from the dev extras), starte
 authentication on: every request must be signed with an access key moto issued, so a missing or wrong credential
 really fails, as on AWS. Clients find it the standard way: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID /
 AWS_SECRET_ACCESS_KEY and AWS_DEFAULT_REGION in the environment of the driver and of both Ray nodes (started by
-`ray start` here, as in tests/test_node_failure.py); nothing passes them to the product any other way.
+`ray start` here, tests/ray_nodes.py); nothing passes them to the product any other way.
 """
 
 import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -313,6 +314,11 @@ def test_a_sweep_in_s3_survives_a_lost_worker_node_and_a_lost_driver(s3, cluster
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # now the driver dies too (the head node lives on)
         driver.wait()
+    # a handled fault reads as handled: one line, not Tune's traceback of the dead actor
+    killed = first_log.read_text()
+    assert re.search(rf"trial {victim.split('_')[1]} failed at step \d+ \(.*\); Tune resumes it from its checkpoint at "
+                     r"step \d+", killed), killed[-3000:]
+    assert "Traceback" not in killed, killed[-3000:]
     before, done = results_in_s3(s3, name), terminated_in_s3_snapshot(s3, name)
 
     argv = [a for a in sweep_argv(cluster, tmp_path, name) if a not in ("--experiment_name", name)]

@@ -257,8 +257,10 @@ def test_a_trial_that_keeps_failing_is_reported_and_the_sweep_goes_on(local_ray,
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["learning_rate"] == "0.0001"
     assert failed[0]["reason"] == "RuntimeError: injected: this trial always fails"
-    error_files = list(tmp_path.glob("failing/*/error.txt"))
-    assert len(error_files) == 1 and "injected" in error_files[0].read_text()
+    [error] = tmp_path.glob("failing/*/error.txt")
+    # tried 1 + --max_failures times, each failure recorded, then given up on
+    assert error.read_text().count("RuntimeError: injected: this trial always fails") == 3
+    assert "Failure # 3" in error.read_text() and "Failure # 4" not in error.read_text()
 
 
 @pytest.mark.slow
