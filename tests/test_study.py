@@ -37,7 +37,7 @@ def swept(local_ray, tmp_path_factory):
     # --eval_steps: every evaluation on the whole set, so rank_loss (what the study holds) equals eval_loss here
     argv = ["--num_samples", "6", "--num_epochs", "2", "--grace_period", "1", "--reduction_factor", "3",
             "--eval_steps", "10", "--max_concurrent_trials", "2", "--storage_path", str(storage), "--experiment_name", "warm",
-            "--no-dashboard", "--study", "studies.journal", "--pruned_trials", "pruned"]
+            "--no-dashboard", "--study", "studies.journal", "--pruned_trials", "pruned", "--reuse_workers"]
     return storage, argv
 
 
