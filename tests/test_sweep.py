@@ -279,14 +279,16 @@ def test_trials_stopped_by_the_scheduler_hand_their_worker_on_without_losing_the
     # One trial at a time, in the grid sampler's seeded order, so the run is the same every time; four learning
     # rates that learn at four speeds, so ASHA stops every trial that reaches a rung behind an earlier one.
     config = load_config(["--num_epochs", "1", "--eval_steps", "10", "--scheduler", "asha", "--grace_period", "1",
-                          "--max_concurrent_trials", "1", "--storage_path", str(tmp_path), "--experiment_name", "reuse",
-                          "--no-dashboard"])
+                          "--max_concurrent_trials", "1", "--reuse_workers", "--storage_path", str(tmp_path),
+                          "--experiment_name", "reuse", "--no-dashboard"])
     space = parse_search_space({"sampler": "grid", "space": {"learning_rate": [1e-3, 1e-4, 1e-5, 1e-6],
                                                              "r": [8], "alpha": [16]}}, "test")
     cloudpickle.register_pickle_by_value(faulty_trials)
     outcome = run_sweep(config, space, trial_settings(config, model_dir), sweep_data, PublishSetup(PublishTarget()),
                         trial_function=slow_to_clean_up)
     statuses = [t.status for t in outcome.trials]
-    assert TrialStatus.STOPPED in statuses  # the case under test happened: a stopped trial's worker was reused
+    assert TrialStatus.STOPPED in statuses  # the case under test happened: a trial was stopped, its worker reused
     assert outcome.errored == 0, [t.reason for t in outcome.trials]
     assert outcome.num_trials == 4 and outcome.finished + outcome.stopped_early == 4
+    workers = {report["pid"] for trial in trial_results(tmp_path / "reuse") for report in trial["reports"]}
+    assert len(workers) == 1  # one trial at a time, each in the worker of the one before
