@@ -5,6 +5,8 @@ mostly waiting for Ray's processes."""
 import os
 import threading
 
+from orchestrator.stop_signal import stop_means_ctrl_c
+
 TRIAL_THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
 # Quiet libraries keep the progress block readable. (Trials load only local folders, with local_files_only;
 # the Hub stays reachable for the coordinator, which publishes.)
@@ -40,6 +42,8 @@ def start_ray(config) -> bool:
                        include_dashboard=config.run.dashboard if config.run.address is None else None,
                        runtime_env={"env_vars": WORKER_ENV}, logging_level="WARNING", log_to_driver=True)
     imports.join()
+    # ray.init set SIGTERM to end this process on the spot; `ray job stop` sends SIGTERM: make it Ctrl-C
+    stop_means_ctrl_c()
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}")
         # Ray 2.60 turns token authentication on for a new local Ray (ray.init sets RAY_AUTH_MODE=token here);

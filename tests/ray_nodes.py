@@ -3,6 +3,7 @@ node whole without touching any other Ray here), started when the node says so, 
 
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 RAY = str(Path(sys.executable).parent / "ray")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STARTED = "Ray runtime started"  # what `ray start` prints once its node has joined the cluster
 
 
@@ -19,6 +21,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def head_start_env(cluster_file: str = "cluster.yaml") -> dict[str, str]:
+    """The environment a cluster file's head starts Ray with (the `VAR=value` words before its `ray start`): a test's
+    head gets what `ray up`'s does."""
+    import yaml
+
+    commands = yaml.safe_load((CONFIGS / cluster_file).read_text())["head_start_ray_commands"]
+    words = shlex.split(next(c for c in commands if "ray start" in c).split(";")[-1])
+    return dict(word.split("=", 1) for word in words[:words.index("ray")])
 
 
 def start_node(args: list[str], env: dict, timeout_s: float = 90) -> subprocess.Popen:

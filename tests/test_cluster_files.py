@@ -1,12 +1,14 @@
 """Both cluster files pass Ray's own cluster-config preparation and validation, as `ray up` runs them."""
 
 import copy
+import re
 
 import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from orchestrator.config import CONFIGS_DIR
+from tests.ray_nodes import head_start_env
 
 
 @pytest.mark.parametrize("name", ["cluster.yaml", "cluster-local.yaml"])
@@ -18,7 +20,9 @@ def test_cluster_file_validates(name):
     assert prepared["file_mounts"] == {"~/lora-sweep-miner": ".", "~/.ray/auth_token": "~/.ray/auth_token"}
     # every node starts with token authentication, using the token mounted from the laptop
     starts = prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"]
-    assert all("RAY_AUTH_MODE=token ray start" in c for c in starts if "ray start" in c)
+    assert all(re.search(r"RAY_AUTH_MODE=token (\w+=\S+ )*ray start", c) for c in starts if "ray start" in c)
+    # `ray job stop` gives a sweep time to save its state before Ray kills it
+    assert int(head_start_env(name)["RAY_JOB_STOP_WAIT_TIME_S"]) >= 30
 
 
 def test_a_broken_cluster_file_is_caught():

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.polling import wait_for
-from tests.ray_nodes import RAY, free_port
+from tests.ray_nodes import RAY, free_port, head_start_env
 from trainables.trial_telemetry import GAUGES, SWEEP_GAUGES, prometheus_names
 
 CHROMIUM = shutil.which("chromium")
@@ -59,7 +59,9 @@ class Head:
         self.temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths are limited
         self.dashboard_port, self.metrics_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.dashboard_port}"
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
+        # the environment configs/cluster.yaml starts its head with (token authentication; a stopped job's time to
+        # save its state), with the token itself
+        self.env = {**os.environ, **head_start_env(), "RAY_AUTH_TOKEN": self.token,
                     "LORA_SWEEP_CACHE": str(tmp_path / "cache"),
                     "RAY_metrics_report_interval_ms": "1000"}  # gauges reach the export within a second or two
         self.env.pop("RAY_ADDRESS", None)
@@ -341,9 +343,19 @@ def test_the_dashboard_shows_trial_ids_hyperparameters_and_eval_losses(head, tmp
     asyncio.run(with_chromium(shots, scenario))
     print(f"screenshots: {shots}")
 
-    # the sweep, run as a Ray job, ends as it does at a terminal
+    # `ray job stop` (SIGTERM to the driver) is Ctrl-C: Tune's state saved, nothing merged or published, the
+    # command that continues the sweep in the job's log
+    stopping = time.time()
+    stopped = subprocess.run([RAY, "job", "stop", "--address", head.url, SUBMISSION_ID], env=head.env,
+                             capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     status = wait_for("the job to end", lambda: (lambda s: s in ("SUCCEEDED", "FAILED", "STOPPED") and s)(
-        head.get(f"/api/jobs/{SUBMISSION_ID}")["status"]), 240, interval=2)
-    assert status == "SUCCEEDED", driver_log(head)[-3000:]
-    assert "=== Sweep summary ===" in driver_log(head)
+        head.get(f"/api/jobs/{SUBMISSION_ID}")["status"]), 60, interval=0.5)
+    log = driver_log(head)
+    print(f"ray job stop: {status} after {time.time() - stopping:.1f} s")
+    assert status == "STOPPED", log[-3000:]
+    assert "=== Sweep interrupted ===" in log and "--resume --experiment_name dashboard" in log, log[-3000:]
+    assert "=== Sweep summary ===" not in log
+    marker = json.loads((tmp_path / "results" / "dashboard" / "lora_sweep.json").read_text())
+    assert marker["status"] == "interrupted", marker
     print(f"test body: {time.time() - started:.0f} s")

@@ -207,7 +207,8 @@ def readme_mining_block() -> list[str]:
 
 
 def test_ctrl_c_and_a_killed_driver_are_resumed_and_no_round_is_lost_or_repeated(model_dir, tmp_path, capsys):
-    """The README's offline run (no chain, two rounds), in a folder of its own: Ctrl-C once round 1 is recorded;
+    """The README's offline run (no chain, two rounds), in a folder of its own: stopped (`ray job stop`'s SIGTERM,
+    which is Ctrl-C) once round 1 is recorded;
     --resume, killed while round 2's sweep runs; --resume again finishes round 2 from its saved state."""
     env = {**os.environ, "LORA_SWEEP_CACHE": str(model_dir.parent), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     argv = [*readme_mining_block(), "--scheduler", "fifo", "--no-dashboard", "--storage_path", str(tmp_path / "runs"),
@@ -228,7 +229,9 @@ def test_ctrl_c_and_a_killed_driver_are_resumed_and_no_round_is_lost_or_repeated
     driver = start(output=subprocess.PIPE)
     try:
         wait_until(lambda: (folder / "rounds.csv").is_file(), driver, "round 1")
-        driver.send_signal(signal.SIGINT)  # what Ctrl-C sends: round 1 is recorded, round 2 is being prepared
+        # what `ray job stop` sends a job, which stops it as Ctrl-C does (SIGINT: the same handler, see
+        # tests/test_stop_signal.py): round 1 is recorded, round 2 is being prepared
+        driver.send_signal(signal.SIGTERM)
         out, _ = driver.communicate(timeout=180)
     finally:
         if driver.poll() is None:

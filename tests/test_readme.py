@@ -42,7 +42,7 @@ from publishing.subnet.competitions import COMPETITIONS_FILE
 from publishing.subnet.model_hash import hash_directory, hash_with_hotkey
 from publishing.subnet.model_id import ModelId
 from tests.polling import wait_for
-from tests.ray_nodes import free_port, start_node
+from tests.ray_nodes import free_port, head_start_env, start_node
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -140,7 +140,7 @@ def make_wallet(wallets_dir: Path, name: str, hotkey: str) -> None:
 
 
 class LocalHead:
-    """`ray up`'s head, on this machine: `RAY_AUTH_MODE=token ray start --head` as configs/cluster.yaml runs it, with
+    """`ray up`'s head, on this machine: `RAY_AUTH_MODE=token ... ray start --head` as configs/cluster.yaml runs it, with
     no CPU for trials (its `resources: {CPU: 0}`), in the home folder; --block, in a process group of its own, so the
     test ends it without `ray stop` (which would stop every Ray here). `join_worker_when_the_driver_waits` adds the
     worker node that `ray up` launches and that joins minutes later."""
@@ -149,7 +149,7 @@ class LocalHead:
         self.temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths are limited
         self.dashboard_port, self.port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.dashboard_port}"
-        self.env, self.worker = {**env, "RAY_AUTH_MODE": "token"}, None
+        self.env, self.worker = {**env, **head_start_env()}, None  # RAY_AUTH_MODE=token, as the cluster file has
         argv = ["ray", "start", "--head", "--block", "--num-cpus", "0", "--disable-usage-stats",
                 "--temp-dir", self.temp_dir, "--dashboard-host", "127.0.0.1", "--dashboard-port",
                 str(self.dashboard_port), "--metrics-export-port", str(free_port()), "--port", str(self.port)]
