@@ -246,7 +246,8 @@ def run_rounds(request: MineRequest, folder: str, space, base_model_dir: Path, p
         if outcome.interrupted:
             from orchestrator.summary import render_interrupted
 
-            print(render_interrupted(outcome, request.argv))
+            # the round's sweep continues with the run (orchestrator.run's command would not take mine's flags)
+            print(render_interrupted(outcome, resume_line(request, folder)))
             write_mining(folder, status="interrupted")
             print(f"interrupted in round {number}: nothing of it was merged or published. To continue:\n  "
                   f"{resume_line(request, folder)}", file=sys.stderr)

@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             shut_down_ray()  # the workers' last log lines come before the error line, not after it
         print(f"error: {render_storage_failure(failure, argv, experiment.name)}", file=sys.stderr)
         return STORAGE_FAILED_EXIT
-    from orchestrator.summary import render_interrupted, summary_tail
+    from orchestrator.summary import render_interrupted, resume_command, summary_tail
 
     if outcome.interrupted:
-        print(render_interrupted(outcome, argv))
+        print(render_interrupted(outcome, resume_command(argv, outcome.experiment_name)))
         return INTERRUPTED_EXIT
     print(summary_tail(outcome, config))
     return 0

@@ -205,7 +205,9 @@ def summary_tail(outcome: SweepOutcome, config: SweepConfig) -> str:
     return "\n".join(lines)
 
 
-def render_interrupted(outcome: SweepOutcome, argv: list[str]) -> str:
+def render_interrupted(outcome: SweepOutcome, continue_with: str) -> str:
+    """The interrupted sweep's summary, ending with `continue_with`: the command that continues it (the sweep's
+    own resume_command; orchestrator.mine's, for a round)."""
     lines = [
         "",
         "=== Sweep interrupted ===",
@@ -215,6 +217,6 @@ def render_interrupted(outcome: SweepOutcome, argv: list[str]) -> str:
         f"trials.csv:      {outcome.trials_csv}",
         f"experiment:      {outcome.experiment_path}",
         "to continue from the last checkpoints:",
-        f"  {resume_command(argv, outcome.experiment_name)}",
+        f"  {continue_with}",
     ]
     return "\n".join(lines)

@@ -208,8 +208,8 @@ def readme_mining_block() -> list[str]:
 
 def test_ctrl_c_and_a_killed_driver_are_resumed_and_no_round_is_lost_or_repeated(model_dir, tmp_path, capsys):
     """The README's offline run (no chain, two rounds), in a folder of its own: stopped (`ray job stop`'s SIGTERM,
-    which is Ctrl-C) once round 1 is recorded;
-    --resume, killed while round 2's sweep runs; --resume again finishes round 2 from its saved state."""
+    which is Ctrl-C) once round 1 is recorded; --resume, stopped again while round 2's sweep trains; --resume,
+    killed outright while that sweep trains on; --resume again finishes round 2 from its saved state."""
     env = {**os.environ, "LORA_SWEEP_CACHE": str(model_dir.parent), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     argv = [*readme_mining_block(), "--scheduler", "fifo", "--no-dashboard", "--storage_path", str(tmp_path / "runs"),
             "--experiment_name", "m"]
@@ -241,9 +241,30 @@ def test_ctrl_c_and_a_killed_driver_are_resumed_and_no_round_is_lost_or_repeated
     assert "interrupted between rounds" in out or "interrupted: nothing more is published" in out
     assert json.loads((folder / "mining.json").read_text())["status"] == "interrupted"
 
+    def round_two_reports() -> int:  # whole lines of its trials' result.json (one a report)
+        return sum(p.read_text().count("\n") for p in (folder / "m.round-002").glob("*/result.json"))
+
+    # stopped again while round 2's sweep trains: the round's summary and the run's resume command
+    driver = start("--resume", output=subprocess.PIPE)
+    try:
+        wait_until(lambda: round_two_reports() > 0, driver, "round 2's first report")
+        driver.send_signal(signal.SIGTERM)
+        out, _ = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, out[-3000:]
+    assert "=== Sweep interrupted ===" in out and "interrupted in round 2" in out, out[-3000:]
+    # the summary's "to continue" is the run's command, not the round's own sweep's (orchestrator.run takes no
+    # --rounds)
+    assert out[out.index("to continue from the last checkpoints:"):].splitlines()[1].strip().startswith(
+        "python -m orchestrator.mine ") and "orchestrator.run" not in out[out.index("=== Sweep interrupted ==="):]
+
+    # killed outright while round 2's resumed sweep trains
+    reported = round_two_reports()
     driver = start("--resume")
     try:
-        wait_until(lambda: list((folder / "m.round-002").glob("*/result.json")), driver, "round 2's first report")
+        wait_until(lambda: round_two_reports() > reported, driver, "round 2's report after its resume")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
