@@ -226,17 +226,22 @@ def test_ctrl_c_and_a_killed_driver_are_resumed_and_no_round_is_lost_or_repeated
             time.sleep(0.1)
         assert condition(), f"{what} did not happen in time"
 
-    driver = start(output=subprocess.PIPE)
-    try:
-        wait_until(lambda: (folder / "rounds.csv").is_file(), driver, "round 1")
-        # what `ray job stop` sends a job, which stops it as Ctrl-C does (SIGINT: the same handler, see
-        # tests/test_stop_signal.py): round 1 is recorded, round 2 is being prepared
-        driver.send_signal(signal.SIGTERM)
-        out, _ = driver.communicate(timeout=180)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 130, out[-3000:]
+    def stopped_once(condition, what: str, *more: str) -> str:
+        """Start the driver; once `condition` holds, send what `ray job stop` sends a job, which stops it as Ctrl-C
+        does (SIGINT: the same handler, see tests/test_stop_signal.py); its output, once it exited 130."""
+        driver = start(*more, output=subprocess.PIPE)
+        try:
+            wait_until(condition, driver, what)
+            driver.send_signal(signal.SIGTERM)
+            out, _ = driver.communicate(timeout=180)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+        assert driver.returncode == 130, out[-3000:]
+        return out
+
+    # round 1 is recorded, round 2 is being prepared
+    out = stopped_once(lambda: (folder / "rounds.csv").is_file(), "round 1")
     assert "--experiment_name m --resume" in out and "=== Sweep summary ===" in out  # round 1's, not round 2's
     assert "interrupted between rounds" in out or "interrupted: nothing more is published" in out
     assert json.loads((folder / "mining.json").read_text())["status"] == "interrupted"
@@ -245,15 +250,7 @@ def test_ctrl_c_and_a_killed_driver_are_resumed_and_no_round_is_lost_or_repeated
         return sum(p.read_text().count("\n") for p in (folder / "m.round-002").glob("*/result.json"))
 
     # stopped again while round 2's sweep trains: the round's summary and the run's resume command
-    driver = start("--resume", output=subprocess.PIPE)
-    try:
-        wait_until(lambda: round_two_reports() > 0, driver, "round 2's first report")
-        driver.send_signal(signal.SIGTERM)
-        out, _ = driver.communicate(timeout=180)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 130, out[-3000:]
+    out = stopped_once(lambda: round_two_reports() > 0, "round 2's first report", "--resume")
     assert "=== Sweep interrupted ===" in out and "interrupted in round 2" in out, out[-3000:]
     # the summary's "to continue" is the run's command, not the round's own sweep's (orchestrator.run takes no
     # --rounds)
